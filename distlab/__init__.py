@@ -1,0 +1,1 @@
+"""distlab: the host side of the lab (CLI, Testbed, runtimes, faults, workloads, checkers)."""

@@ -1,0 +1,1 @@
+"""The node contract, implemented once: config, logs, metrics, RPC faults, server and client."""

@@ -1,0 +1,69 @@
+"""What a role plugs into the node contract.
+
+A role (kv, switch, chord, ...) is a `RoleSpec`: its name, its own settings,
+and a `build` function that receives the node's `NodeContext` and returns a
+`RoleNode`: the gRPC services it adds plus its status and snapshot hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from nodes.common.channel import Channels
+from nodes.common.config import Setting
+from nodes.common.faults import FaultRules
+from nodes.common.logs import EventLog
+from nodes.common.metrics import NodeMetrics
+
+
+class RoleError(Exception):
+    """A role hook refused a request; the message is shown to the caller."""
+
+
+@dataclass
+class NodeContext:
+    """Everything a role may use; built once per node by the server bootstrap."""
+
+    name: str
+    role: str
+    config: dict[str, Any]
+    registry: CollectorRegistry
+    metrics: NodeMetrics
+    log: EventLog
+    rules: FaultRules
+    channels: Channels
+
+
+class RoleNode:
+    """The hooks the node contract calls; a role overrides what it has."""
+
+    #: Full names of the services `register` adds, for health and reflection.
+    service_names: tuple[str, ...] = ()
+
+    def register(self, server: grpc.Server) -> None:
+        raise NotImplementedError
+
+    def status(self) -> dict[str, str]:
+        return {}
+
+    def snapshot(self) -> bytes:
+        raise RoleError("this role has no state to snapshot")
+
+    def restore(self, state: bytes) -> None:
+        raise RoleError("this role has no state to restore")
+
+    def close(self) -> None:
+        """Called once after the server stopped serving: flush and release."""
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    name: str
+    summary: str
+    settings: tuple[Setting, ...]
+    build: Callable[[NodeContext], RoleNode]

@@ -1,0 +1,146 @@
+"""Server bootstrap: turns a `RoleSpec` into a running node that keeps the contract.
+
+`python -m nodes.<role>` calls `main(SPEC)`. It reads the environment (exit
+2 naming the bad variable), starts /metrics, the gRPC server with the
+interceptors, health, reflection and Control, the peer heartbeat, and on
+SIGTERM stops accepting, lets in-flight RPCs finish within GRACE_SECONDS and
+exits 0. `NodeServer` is the same thing without signals, for tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from nodes.common.channel import Channels
+from nodes.common.config import COMMON_SETTINGS, ConfigError, default_node_name, describe, \
+    load_settings
+from nodes.common.control import ControlService
+from nodes.common.faults import FaultRules
+from nodes.common.interceptors import ServerInterceptor
+from nodes.common.logs import EventLog
+from nodes.common.metrics import NodeMetrics
+from nodes.common.peers import FailureDetector, Heartbeat
+from nodes.common.role import NodeContext, RoleSpec
+from nodes.rpc import control_pb2, control_pb2_grpc
+
+VERSION = "0.1.0"
+CONTROL_SERVICE = control_pb2.DESCRIPTOR.services_by_name["Control"].full_name
+
+
+class NodeServer:
+    """One node: a role behind the node contract, started and stopped explicitly."""
+
+    def __init__(self, spec: RoleSpec, environ: Mapping[str, str]) -> None:
+        self.spec = spec
+        self.config = load_settings(COMMON_SETTINGS + spec.settings, environ)
+        name = self.config["NODE_NAME"] or default_node_name()
+        self.registry = CollectorRegistry()
+        self.metrics = NodeMetrics(self.registry, node=name, role=spec.name, version=VERSION)
+        self.log = EventLog(name, spec.name, level=self.config["LOG_LEVEL"])
+        self.rules = FaultRules()
+        self.metrics.fault_rules_active.set_function(lambda: len(self.rules.active()))
+        self.channels = Channels(node=name, metrics=self.metrics, rules=self.rules,
+                                 default_timeout=self.config["RPC_TIMEOUT_SECONDS"],
+                                 max_message_bytes=self.config["MAX_MESSAGE_BYTES"])
+        self.context = NodeContext(name=name, role=spec.name, config=self.config,
+                                   registry=self.registry, metrics=self.metrics, log=self.log,
+                                   rules=self.rules, channels=self.channels)
+        self.role = spec.build(self.context)
+        self.heartbeat = Heartbeat(
+            entries=self.config["PEERS"], port=self.config["GRPC_PORT"],
+            interval=self.config["PEER_INTERVAL_SECONDS"],
+            detector=FailureDetector(rise=self.config["PEER_RISE"],
+                                     fall=self.config["PEER_FALL"]),
+            channels=self.channels, metrics=self.metrics, log=self.log)
+        self.health = health.HealthServicer()
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._server: grpc.Server | None = None
+        self._metrics_server = None
+
+    @property
+    def name(self) -> str:
+        return self.context.name
+
+    def start(self) -> None:
+        limit = self.config["MAX_MESSAGE_BYTES"]
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.config["WORKERS"],
+                                       thread_name_prefix="rpc"),
+            interceptors=[ServerInterceptor(self.metrics, self.rules, self.log)],
+            options=[("grpc.max_receive_message_length", limit),
+                     ("grpc.max_send_message_length", limit),
+                     ("grpc.so_reuseport", 0)])
+        self.role.register(server)
+        control_pb2_grpc.add_ControlServicer_to_server(
+            ControlService(self.context, self.role, VERSION, self.heartbeat.peers), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        services = (*self.role.service_names, CONTROL_SERVICE)
+        reflection.enable_server_reflection(
+            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        self.grpc_port = server.add_insecure_port(f"0.0.0.0:{self.config['GRPC_PORT']}")
+        self._metrics_server, _ = start_http_server(self.config["METRICS_PORT"],
+                                                    registry=self.registry)
+        self.metrics_port = self._metrics_server.server_port
+        server.start()
+        self._server = server
+        for service in ("", *services):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.heartbeat.start()
+        self.log.info("node_started", grpc_port=self.grpc_port, metrics_port=self.metrics_port,
+                      services=list(services), peers=list(self.config["PEERS"]))
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight RPCs finish within `grace`, then release everything."""
+        grace = self.config["GRACE_SECONDS"] if grace is None else grace
+        self.log.info("node_stopping", grace_seconds=grace)
+        self.health.enter_graceful_shutdown()
+        self.heartbeat.stop()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+        self.role.close()
+        self.channels.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        self.log.info("node_stopped")
+
+
+def main(spec: RoleSpec, argv: Sequence[str] | None = None,
+         environ: Mapping[str, str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    environ = os.environ if environ is None else environ
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"python -m nodes.{spec.name}: {spec.summary}\n")
+        print(describe(COMMON_SETTINGS + spec.settings))
+        return 0
+    if argv:
+        print(f"nodes.{spec.name}: unexpected argument {argv[0]!r}; configure with environment "
+              f"variables (see --help)", file=sys.stderr)
+        return 2
+    try:
+        node = NodeServer(spec, environ)
+    except ConfigError as exc:
+        print(f"nodes.{spec.name}: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    try:
+        node.start()
+    except (OSError, RuntimeError) as exc:
+        print(f"nodes.{spec.name}: cannot start: {exc}", file=sys.stderr)
+        return 1
+    stopping.wait()
+    node.stop()
+    return 0

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for protos/*.proto (run `make protos`; never committed)."""

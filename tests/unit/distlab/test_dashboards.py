@@ -1,0 +1,385 @@
+"""distlab.dashboards: the repo's Grafana dashboards load and are well formed, bad
+dashboards are rejected naming the file, and check_queries reports every problem
+against a real (tiny, fake) Prometheus HTTP API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import requests
+import yaml
+
+from distlab.dashboards import (
+    DashboardError,
+    PanelQuery,
+    QueryProblem,
+    check_queries,
+    load_dashboards,
+    render_expr,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+DASHBOARDS = REPO / "grafana" / "dashboards"
+DS = {"type": "prometheus", "uid": "prometheus"}
+
+
+# --------------------------------------------------------------------------- the real dashboards
+
+
+def test_repo_dashboards_load_with_queries_on_every_panel() -> None:
+    dashboards = load_dashboards(DASHBOARDS)
+    assert dashboards, "no dashboards in grafana/dashboards"
+    uids = [d.uid for d in dashboards]
+    assert len(uids) == len(set(uids))
+    for dashboard in dashboards:
+        raw = json.loads(dashboard.path.read_text())
+        query_panels = [
+            p for p in _all_panels(raw) if p.get("type") not in ("row", "text")
+        ]
+        titled = {q.panel_title for q in dashboard.panels}
+        for panel in query_panels:
+            assert panel["title"] in titled, f"{dashboard.path}: {panel['title']} has no query"
+        assert all(q.expr.strip() for q in dashboard.panels)
+
+
+def test_overview_dashboard_settings() -> None:
+    (overview,) = [d for d in load_dashboards(DASHBOARDS) if d.uid == "distlab-overview"]
+    raw = json.loads(overview.path.read_text())
+    assert overview.title == "distlab overview"
+    assert raw["refresh"] == "5s"
+    assert raw["time"]["from"] == "now-15m"
+    exprs = [q.expr for q in overview.panels]
+    assert any("distlab_peer_up" in e for e in exprs)
+    assert any("distlab_fault_active" in e for e in exprs)
+    assert any("distlab_fault_rules_active" in e for e in exprs)
+    assert any("role:distlab_rpc_server_requests:rate30s" in e for e in exprs)
+    annotations = [a.get("expr", "") for a in raw["annotations"]["list"]]
+    assert any('alertname="FaultActive"' in a for a in annotations)
+    for panel in _all_panels(raw):
+        if panel.get("type") not in ("row", "text"):
+            assert panel["datasource"] == DS
+            assert all(t["datasource"] == DS for t in panel["targets"])
+
+
+def test_repo_dashboard_queries_render_without_variables() -> None:
+    for dashboard in load_dashboards(DASHBOARDS):
+        for query in dashboard.panels:
+            assert "$" not in render_expr(query.expr), query
+
+
+def test_repo_dashboard_queries_only_use_recorded_rules_that_exist() -> None:
+    rules = yaml.safe_load((REPO / "prometheus" / "rules" / "distlab.yml").read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    for dashboard in load_dashboards(DASHBOARDS):
+        for query in dashboard.panels:
+            for name in _recording_rule_names(query.expr):
+                assert name in recorded, f"{query}: {name} is not a recording rule"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not on PATH")
+def test_repo_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
+    """promtool has no 'parse this expression' command, but it checks the PromQL of
+    rule files: wrap every rendered panel query in a recording rule."""
+    queries = [q for d in load_dashboards(DASHBOARDS) for q in d.panels]
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": render_expr(q.expr)}
+        for i, q in enumerate(queries)
+    ]
+    rule_file = tmp_path / "dashboard-queries.yml"
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    done = subprocess.run(
+        ["promtool", "check", "rules", str(rule_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --------------------------------------------------------------------------- bad dashboards
+
+
+def _dashboard(uid: str = "d1", panels: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    if panels is None:
+        panels = [_panel("p", [_target("A", "up")])]
+    return {"uid": uid, "title": uid, "panels": panels}
+
+
+def _panel(title: str, targets: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"type": "timeseries", "title": title, "datasource": DS, "targets": targets, **extra}
+
+
+def _target(ref_id: str, expr: str | None, **extra: Any) -> dict[str, Any]:
+    target: dict[str, Any] = {"refId": ref_id, "datasource": DS, **extra}
+    if expr is not None:
+        target["expr"] = expr
+    return target
+
+
+def _write(directory: Path, name: str, content: Any) -> Path:
+    path = directory / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_nested_rows_and_text_panels(tmp_path: Path) -> None:
+    dashboard = _dashboard(
+        panels=[
+            {"type": "text", "title": "about", "options": {"content": "hi"}},
+            _panel("top", [_target("A", "up"), _target("B", "sum(up)")]),
+            {
+                "type": "row",
+                "title": "collapsed",
+                "collapsed": True,
+                "panels": [_panel("inner", [_target("A", "rate(x[$__rate_interval])")])],
+            },
+        ]
+    )
+    _write(tmp_path, "a.json", dashboard)
+    (loaded,) = load_dashboards(tmp_path)
+    assert loaded.uid == "d1"
+    assert loaded.panels == [
+        PanelQuery("d1", "top", "A", "up"),
+        PanelQuery("d1", "top", "B", "sum(up)"),
+        PanelQuery("d1", "inner", "A", "rate(x[$__rate_interval])"),
+    ]
+
+
+def test_legacy_rows_layout(tmp_path: Path) -> None:
+    _write(tmp_path, "old.json", {"uid": "old", "rows": [{"panels": [_panel("p", [_target(
+        "A", "up")])]}]})
+    (loaded,) = load_dashboards(tmp_path)
+    assert [q.expr for q in loaded.panels] == ["up"]
+
+
+def test_empty_directory_has_no_dashboards(tmp_path: Path) -> None:
+    assert load_dashboards(tmp_path) == []
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(DashboardError, match="not a directory"):
+        load_dashboards(tmp_path / "nope")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ('{"uid": "x", "panels": [', "invalid JSON"),
+        ("[]", "not a JSON object"),
+        ({"title": "no uid", "panels": []}, "missing dashboard uid"),
+        (_dashboard(panels=[_panel("empty", [])]), "'empty'.*no targets"),
+        (_dashboard(panels=[{"type": "stat", "title": "bare", "datasource": DS}]), "no targets"),
+        (_dashboard(panels=[_panel("p", [_target("A", None)])]), "target A has no expr"),
+        (_dashboard(panels=[_panel("p", [_target("A", "  ")])]), "target A has no expr"),
+        (
+            _dashboard(panels=[_panel("p", [_target("A", "up")], datasource={"uid": "loki"})]),
+            "datasource 'loki'",
+        ),
+        (
+            _dashboard(panels=[_panel("p", [_target("A", "up", datasource={"uid": "other"})])]),
+            "target A uses datasource 'other'",
+        ),
+        (
+            _dashboard(panels=[{"type": "stat", "title": "p", "targets": [_target("A", "up")]}]),
+            "no datasource",
+        ),
+        (
+            {
+                **_dashboard(),
+                "templating": {"list": [{"name": "r", "type": "query", "datasource": "graphite"}]},
+            },
+            "variable 'r' uses datasource 'graphite'",
+        ),
+        (
+            _dashboard(
+                panels=[
+                    {
+                        "type": "row",
+                        "title": "r",
+                        "panels": [_panel("deep", [_target("Z", "up", datasource={"uid": "x"})])],
+                    }
+                ]
+            ),
+            "'deep' target Z uses datasource 'x'",
+        ),
+    ],
+)
+def test_bad_dashboard_names_the_file(tmp_path: Path, content: Any, reason: str) -> None:
+    _write(tmp_path, "a-good.json", _dashboard(uid="good"))
+    bad = _write(tmp_path, "b-bad.json", content)
+    with pytest.raises(DashboardError, match=reason) as caught:
+        load_dashboards(tmp_path)
+    assert caught.value.path == bad
+    assert str(bad) in str(caught.value)
+
+
+def test_duplicate_uids_across_files(tmp_path: Path) -> None:
+    first = _write(tmp_path, "a.json", _dashboard(uid="same"))
+    second = _write(tmp_path, "b.json", _dashboard(uid="same"))
+    with pytest.raises(DashboardError, match="duplicate dashboard uid 'same'") as caught:
+        load_dashboards(tmp_path)
+    assert caught.value.path == second
+    assert str(first) in str(caught.value)
+
+
+def test_grafana_builtin_annotation_is_allowed(tmp_path: Path) -> None:
+    builtin = {"name": "Annotations & Alerts", "datasource": {"type": "grafana", "uid": "-- Grafana --"}}
+    _write(tmp_path, "a.json", {**_dashboard(), "annotations": {"list": [builtin]}})
+    assert len(load_dashboards(tmp_path)) == 1
+
+
+# --------------------------------------------------------------------------- render_expr
+
+
+@pytest.mark.parametrize(
+    ("expr", "rendered"),
+    [
+        ('up{role=~"$role"}', 'up{role=~".*"}'),
+        ('up{role=~"${role}"}', 'up{role=~".*"}'),
+        ('up{role=~"${role:regex}"}', 'up{role=~".*"}'),
+        ('up{role=~"[[role]]"}', 'up{role=~".*"}'),
+        ("rate(x[$__rate_interval])", "rate(x[30s])"),
+        ("rate(x[$__interval])", "rate(x[5s])"),
+        ("increase(x[$__range])", "increase(x[15m])"),
+        ("rate(x[${__rate_interval}]) + rate(y[$__interval])", "rate(x[30s]) + rate(y[5s])"),
+        ('label_replace(up, "m", "$1", "instance", "(.*):.*")',
+         'label_replace(up, "m", "$1", "instance", "(.*):.*")'),
+        ('up{x="$unknown"}', 'up{x="$unknown"}'),
+        ("up", "up"),
+    ],
+)
+def test_render_expr(expr: str, rendered: str) -> None:
+    assert render_expr(expr) == rendered
+
+
+def test_render_expr_overrides() -> None:
+    assert render_expr('up{role=~"$role"}', {"role": "kv"}) == 'up{role=~"kv"}'
+
+
+# --------------------------------------------------------------------------- check_queries
+
+# query -> (HTTP status, JSON body or raw text)
+_VECTOR = {
+    "status": "success",
+    "data": {"resultType": "vector", "result": [{"metric": {"role": "kv"}, "value": [1, "3"]}]},
+}
+_RESPONSES: dict[str, tuple[int, Any]] = {
+    'sum by (role) (up{role=~".*"})': (200, _VECTOR),
+    "absent_metric": (200, {"status": "success", "data": {"resultType": "vector", "result": []}}),
+    "scalar(1)": (200, {"status": "success", "data": {"resultType": "scalar", "result": [1, "1"]}}),
+    "sum(": (
+        400,
+        {
+            "status": "error",
+            "errorType": "bad_data",
+            "error": 'invalid parameter "query": 1:5: parse error: unexpected end of input',
+        },
+    ),
+    "teapot": (500, "<html>internal error</html>"),
+}
+
+
+class _FakePrometheus(BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        url = urlparse(self.path)
+        if url.path != "/api/v1/query":
+            self._reply(404, {"status": "error", "errorType": "not_found", "error": url.path})
+            return
+        query = parse_qs(url.query).get("query", [""])[0]
+        type(self).seen.append(query)
+        status, body = _RESPONSES.get(
+            query, (422, {"status": "error", "errorType": "execution", "error": "unknown"})
+        )
+        self._reply(status, body)
+
+    def _reply(self, status: int, body: Any) -> None:
+        payload = (body if isinstance(body, str) else json.dumps(body)).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def fake_prometheus() -> Iterator[str]:
+    _FakePrometheus.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakePrometheus)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _q(ref_id: str, expr: str) -> PanelQuery:
+    return PanelQuery("d1", f"panel {ref_id}", ref_id, expr)
+
+
+def test_check_queries_all_good(fake_prometheus: str) -> None:
+    queries = [_q("A", 'sum by (role) (up{role=~"$role"})'), _q("B", "scalar(1)")]
+    assert check_queries(fake_prometheus + "/", queries) == []
+    assert _FakePrometheus.seen == ['sum by (role) (up{role=~".*"})', "scalar(1)"]
+
+
+def test_check_queries_reports_every_problem(fake_prometheus: str) -> None:
+    queries = [
+        _q("A", "absent_metric"),
+        _q("B", 'sum by (role) (up{role=~"${role}"})'),
+        _q("C", "sum("),
+        _q("D", "teapot"),
+    ]
+    with requests.Session() as session:
+        problems = check_queries(fake_prometheus, queries, session=session, timeout=2.0)
+    assert [p.query.ref_id for p in problems] == ["A", "C", "D"]
+    by_ref = {p.query.ref_id: p for p in problems}
+    assert "no series" in by_ref["A"].reason
+    assert "bad_data" in by_ref["C"].reason
+    assert "parse error: unexpected end of input" in by_ref["C"].reason
+    assert "HTTP 500" in by_ref["D"].reason
+    assert all(isinstance(p, QueryProblem) for p in problems)
+    assert "panel A" in str(by_ref["A"]) and "absent_metric" in str(by_ref["A"])
+
+
+def test_check_queries_unreachable_prometheus() -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    queries = [_q("A", "up"), _q("B", "sum(up)")]
+    problems = check_queries(f"http://127.0.0.1:{port}", queries, timeout=2.0)
+    assert [p.query.ref_id for p in problems] == ["A", "B"]
+    assert all("HTTP request" in p.reason and "failed" in p.reason for p in problems)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _all_panels(container: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in container.get("panels", []):
+        yield panel
+        yield from _all_panels(panel)
+
+
+def _recording_rule_names(expr: str) -> list[str]:
+    """Metric names of the form level:metric:operations used in an expression."""
+    import re
+
+    return re.findall(r"\b[a-z_]+:[a-z_0-9]+:[a-z_0-9]+\b", expr)
