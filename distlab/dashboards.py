@@ -225,9 +225,7 @@ def _check_datasource(path: Path, source: Any, where: str, required: bool) -> No
         return
     uid = source.get("uid") if isinstance(source, dict) else source
     if uid != DATASOURCE_UID:
-        raise DashboardError(
-            path, f"{where} uses datasource {uid!r}, want uid {DATASOURCE_UID!r}"
-        )
+        raise DashboardError(path, f"{where} uses datasource {uid!r}, want uid {DATASOURCE_UID!r}")
 
 
 # --------------------------------------------------------------------------- rendering

@@ -9,8 +9,9 @@ Naming scheme, written once:
 - a *grudge* maps every machine to the machines whose packets it drops (inbound), as in
   Jepsen's nemesis; the partition shapes below always return symmetric grudges, so dropping
   inbound only is enough to cut both directions;
-- every iptables rule distlab adds lives in its own chain `DISTLAB`, jumped to from INPUT and
-  OUTPUT, so healing flushes that chain and never touches anybody else's rules;
+- every iptables rule distlab adds lives in its own chain `DISTLAB`, jumped to from INPUT
+  only (every fault here is on received packets), so healing flushes that chain and never
+  touches anybody else's rules; loopback traffic is never matched;
 - tc faults (tbf, netem) replace the root qdisc of one interface, `eth0` unless told.
 """
 
@@ -229,9 +230,10 @@ def _majorities_ring_links(n: int) -> list[set[int]]:
     For n = 3 that is the line order[1] - order[0] - order[2]: order[0] sees everybody, the two
     others see only order[0]; it is the only symmetric grudge on 3 machines where everyone sees
     a majority and no two see the same set (Jepsen's 3-node ring is a one-way cycle instead, in
-    which no pair can exchange packets at all). The sets are pairwise distinct for every n >= 3
-    because an interval of fewer than n ring positions, with or without its antipode, is not
-    invariant under any rotation; the unit tests check it exhaustively for small n.
+    which no pair can exchange packets at all). Except in that odd case, every position links
+    to the same ring offsets, and the visible sets differ because an arc of fewer than n
+    positions, with or without its antipode, is not invariant under any rotation; the unit
+    tests check distinctness and majorities for every n from 3 to 40.
     """
     k = n // 2
     links: list[set[int]] = [set() for _ in range(n)]
@@ -267,19 +269,19 @@ class Plan:
 
 
 def ensure_chain_commands() -> tuple[Argv, ...]:
-    """Commands that create chain DISTLAB and jump to it first from INPUT and OUTPUT, once.
+    """Commands that create chain DISTLAB and jump to it first from INPUT, once.
 
     Run them in a machine before any iptables plan; running them again changes nothing. The
     check-then-insert needs a shell, so it is one `sh -c` argv. `set -e` makes it fail loudly
     when a jump cannot be inserted (no iptables, no NET_ADMIN) instead of pretending.
     """
     lines = ["set -e", f"iptables -w -N {CHAIN} 2>/dev/null || true"]
-    for hook in ("INPUT", "OUTPUT"):
-        # Position 1, so that no ACCEPT rule (say, for established connections) runs first.
-        lines.append(
-            f"iptables -w -C {hook} -j {CHAIN} 2>/dev/null"
-            f" || iptables -w -I {hook} 1 -j {CHAIN}"
-        )
+    # Position 1, so that no ACCEPT rule (say, for established connections) runs first; not
+    # for loopback, so a machine's own health check and local calls are never cut.
+    lines.append(
+        f"iptables -w -C INPUT ! -i lo -j {CHAIN} 2>/dev/null"
+        f" || iptables -w -I INPUT 1 ! -i lo -j {CHAIN}"
+    )
     return (("sh", "-c", "\n".join(lines)),)
 
 
@@ -319,9 +321,8 @@ def partition_plans(grudge: Grudge, addresses: Mapping[str, Sequence[str]]) -> l
 def loss_plan(machine: str, probability: float, *, sources: Sequence[str] = ()) -> Plan:
     """Drop each inbound packet with `probability` (0 < p <= 1), from `sources` or from anyone.
 
-    Without sources the rule matches every packet that traverses DISTLAB, which is jumped to
-    from OUTPUT too: loopback and outbound packets are then dropped as well. Give the peers'
-    addresses as `sources` to lose inbound traffic from them only.
+    Without sources every packet received from another machine is at risk; loopback never
+    is, since DISTLAB is not reached from `lo`.
     """
     _validate_machine(machine)
     if _real(probability, "loss probability") > 1:

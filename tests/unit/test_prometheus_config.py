@@ -62,7 +62,7 @@ def test_config_matches_the_lab_contract() -> None:
     assert set(jobs) == {"nodes", "prometheus"}
     assert jobs["prometheus"]["static_configs"] == [{"targets": ["localhost:9090"]}]
     (file_sd,) = jobs["nodes"]["file_sd_configs"]
-    assert file_sd["files"] == ["/etc/prometheus/targets/*.json"]
+    assert file_sd["files"] == ["/distlab/targets/*.json"]
     assert file_sd["refresh_interval"] == "5s"
     assert "static_configs" not in jobs["nodes"]
 

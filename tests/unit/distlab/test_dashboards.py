@@ -5,6 +5,7 @@ against a real (tiny, fake) Prometheus HTTP API on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -43,9 +44,7 @@ def test_repo_dashboards_load_with_queries_on_every_panel() -> None:
     assert len(uids) == len(set(uids))
     for dashboard in dashboards:
         raw = json.loads(dashboard.path.read_text())
-        query_panels = [
-            p for p in _all_panels(raw) if p.get("type") not in ("row", "text")
-        ]
+        query_panels = [p for p in _all_panels(raw) if p.get("type") not in ("row", "text")]
         titled = {q.panel_title for q in dashboard.panels}
         for panel in query_panels:
             assert panel["title"] in titled, f"{dashboard.path}: {panel['title']} has no query"
@@ -156,8 +155,11 @@ def test_nested_rows_and_text_panels(tmp_path: Path) -> None:
 
 
 def test_legacy_rows_layout(tmp_path: Path) -> None:
-    _write(tmp_path, "old.json", {"uid": "old", "rows": [{"panels": [_panel("p", [_target(
-        "A", "up")])]}]})
+    _write(
+        tmp_path,
+        "old.json",
+        {"uid": "old", "rows": [{"panels": [_panel("p", [_target("A", "up")])]}]},
+    )
     (loaded,) = load_dashboards(tmp_path)
     assert [q.expr for q in loaded.panels] == ["up"]
 
@@ -233,7 +235,10 @@ def test_duplicate_uids_across_files(tmp_path: Path) -> None:
 
 
 def test_grafana_builtin_annotation_is_allowed(tmp_path: Path) -> None:
-    builtin = {"name": "Annotations & Alerts", "datasource": {"type": "grafana", "uid": "-- Grafana --"}}
+    builtin = {
+        "name": "Annotations & Alerts",
+        "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+    }
     _write(tmp_path, "a.json", {**_dashboard(), "annotations": {"list": [builtin]}})
     assert len(load_dashboards(tmp_path)) == 1
 
@@ -252,8 +257,10 @@ def test_grafana_builtin_annotation_is_allowed(tmp_path: Path) -> None:
         ("rate(x[$__interval])", "rate(x[5s])"),
         ("increase(x[$__range])", "increase(x[15m])"),
         ("rate(x[${__rate_interval}]) + rate(y[$__interval])", "rate(x[30s]) + rate(y[5s])"),
-        ('label_replace(up, "m", "$1", "instance", "(.*):.*")',
-         'label_replace(up, "m", "$1", "instance", "(.*):.*")'),
+        (
+            'label_replace(up, "m", "$1", "instance", "(.*):.*")',
+            'label_replace(up, "m", "$1", "instance", "(.*):.*")',
+        ),
         ('up{x="$unknown"}', 'up{x="$unknown"}'),
         ("up", "up"),
     ],
@@ -292,7 +299,7 @@ _RESPONSES: dict[str, tuple[int, Any]] = {
 class _FakePrometheus(BaseHTTPRequestHandler):
     seen: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:  # http.server's method naming
         url = urlparse(self.path)
         if url.path != "/api/v1/query":
             self._reply(404, {"status": "error", "errorType": "not_found", "error": url.path})
@@ -380,6 +387,4 @@ def _all_panels(container: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def _recording_rule_names(expr: str) -> list[str]:
     """Metric names of the form level:metric:operations used in an expression."""
-    import re
-
     return re.findall(r"\b[a-z_]+:[a-z_0-9]+:[a-z_0-9]+\b", expr)

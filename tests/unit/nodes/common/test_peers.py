@@ -1,0 +1,94 @@
+"""nodes/common/peers.py: the failure detector and peer discovery (no sockets)."""
+
+import pytest
+
+from nodes.common.peers import FailureDetector, discover
+
+
+def feed(detector: FailureDetector, peer: str, results: str) -> list[bool | None]:
+    """Observe a string of results, "+" good and "-" failed; return each verdict change."""
+    return [detector.observe(peer, char == "+") for char in results]
+
+
+def test_new_peer_starts_down_and_needs_rise_good_checks():
+    detector = FailureDetector(rise=2, fall=3)
+    assert not detector.is_up("kv-2")
+    assert feed(detector, "kv-2", "+") == [None]
+    assert not detector.is_up("kv-2")
+    assert feed(detector, "kv-2", "+") == [True]
+    assert detector.is_up("kv-2")
+
+
+def test_goes_down_after_fall_failures_in_a_row():
+    detector = FailureDetector(rise=1, fall=3)
+    feed(detector, "kv-2", "+")
+    assert feed(detector, "kv-2", "--") == [None, None]
+    assert detector.is_up("kv-2")
+    assert feed(detector, "kv-2", "-") == [False]
+    assert not detector.is_up("kv-2")
+    assert feed(detector, "kv-2", "-") == [None]  # already down: no new verdict
+
+
+def test_flapping_never_crosses_a_threshold():
+    detector = FailureDetector(rise=2, fall=2)
+    feed(detector, "kv-2", "++")
+    assert detector.is_up("kv-2")
+    assert feed(detector, "kv-2", "-+-+-+-+") == [None] * 8
+    assert detector.is_up("kv-2")
+    detector = FailureDetector(rise=2, fall=2)
+    assert feed(detector, "kv-3", "+-+-+-+-") == [None] * 8
+    assert not detector.is_up("kv-3")
+
+
+def test_peers_are_judged_independently():
+    detector = FailureDetector(rise=1, fall=1)
+    feed(detector, "a", "+")
+    feed(detector, "b", "-")
+    assert detector.verdicts() == {"a": True, "b": False}
+
+
+def test_thresholds_must_be_positive():
+    with pytest.raises(ValueError):
+        FailureDetector(rise=0, fall=1)
+    with pytest.raises(ValueError):
+        FailureDetector(rise=1, fall=0)
+
+
+def fake_dns(table: dict[str, list[str]]):
+    def resolve(host: str) -> list[str]:
+        if host not in table:
+            raise OSError(f"cannot resolve {host}")
+        return table[host]
+
+    return resolve
+
+
+NAMES = {"10.0.0.2": "kv-1", "10.0.0.3": "kv-2", "10.0.0.4": "kv-3"}
+
+
+def test_dns_name_gives_every_replica_named_by_reverse_lookup():
+    peers = discover(["kv"], default_port=50051, own_targets=set(),
+                     resolve=fake_dns({"kv": ["10.0.0.2", "10.0.0.3", "10.0.0.4"]}),
+                     name_of=NAMES.get)
+    assert peers == {"kv-1": "10.0.0.2:50051", "kv-2": "10.0.0.3:50051",
+                     "kv-3": "10.0.0.4:50051"}
+
+
+def test_own_target_is_excluded():
+    peers = discover(["kv"], default_port=50051, own_targets={"10.0.0.3:50051"},
+                     resolve=fake_dns({"kv": ["10.0.0.2", "10.0.0.3"]}), name_of=NAMES.get)
+    assert peers == {"kv-1": "10.0.0.2:50051"}
+
+
+def test_literal_entries_are_named_by_entry_and_keep_their_port():
+    peers = discover(["127.0.0.1:7001", "127.0.0.1:7002", "localhost"], default_port=50051,
+                     own_targets={"127.0.0.1:7002"},
+                     resolve=fake_dns({"127.0.0.1": ["127.0.0.1"], "localhost": ["127.0.0.1"]}),
+                     name_of=lambda address: "should-not-be-used")
+    assert peers == {"127.0.0.1:7001": "127.0.0.1:7001", "localhost:50051": "127.0.0.1:50051"}
+
+
+def test_unresolvable_name_is_skipped_and_unnamed_address_falls_back_to_itself():
+    peers = discover(["gone", "kv:7000"], default_port=50051, own_targets=set(),
+                     resolve=fake_dns({"kv": ["10.0.0.9"]}), name_of=NAMES.get)
+    assert peers == {"10.0.0.9": "10.0.0.9:7000"}
