@@ -100,15 +100,14 @@ def default_node_name() -> str:
     reverse lookup of the container's address with that name, so a scaled
     replica learns its own name without a per-replica variable.
     """
+    from nodes.common.peers import machine_name_of
+
     hostname = socket.gethostname()
     try:
         address = socket.gethostbyname(hostname)
-        full = socket.gethostbyaddr(address)[0]
     except OSError:
         return hostname
-    container = full.split(".")[0]
-    project, _, rest = container.partition("-")
-    return rest if project and rest else container
+    return machine_name_of(address) or hostname
 
 
 COMMON_SETTINGS: tuple[Setting, ...] = (

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import dns.exception
+import dns.resolver
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -64,10 +66,15 @@ class FailureDetector:
 
 
 def machine_name_of(address: str) -> str | None:
-    """Docker DNS answers a reverse lookup with `<project>-<service>-<n>.<network>`."""
+    """The machine name Docker's DNS gives `address`: `<project>-<service>-<n>.<network>`.
+
+    Asks the resolver in /etc/resolv.conf directly: the system lookup reads
+    /etc/hosts first, where a container finds only its own id for itself.
+    """
     try:
-        full = socket.gethostbyaddr(address)[0]
-    except OSError:
+        answer = dns.resolver.resolve_address(address, lifetime=1.0)
+        full = str(answer[0].target).rstrip(".")
+    except (dns.exception.DNSException, OSError, IndexError):
         return None
     container = full.split(".")[0]
     project, _, rest = container.partition("-")

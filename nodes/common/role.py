@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,6 +38,15 @@ class NodeContext:
     log: EventLog
     rules: FaultRules
     channels: Channels
+
+    @property
+    def data_dir(self) -> Path:
+        """This machine's own directory under DATA_DIR.
+
+        Scaled replicas of a service share one volume; a directory per machine
+        name keeps their state apart and finds it again after a restart.
+        """
+        return Path(self.config["DATA_DIR"]) / self.name
 
 
 class RoleNode:

@@ -22,8 +22,13 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from nodes.common.channel import Channels
-from nodes.common.config import COMMON_SETTINGS, ConfigError, default_node_name, describe, \
-    load_settings
+from nodes.common.config import (
+    COMMON_SETTINGS,
+    ConfigError,
+    default_node_name,
+    describe,
+    load_settings,
+)
 from nodes.common.control import ControlService
 from nodes.common.faults import FaultRules
 from nodes.common.interceptors import ServerInterceptor

@@ -7,7 +7,6 @@ a write is acknowledged only after its record is fsync'd.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import grpc
 from prometheus_client import Gauge, Histogram
@@ -31,7 +30,7 @@ class KVNode(RoleNode, kv_pb2_grpc.KVServicer):
         fsync_seconds = Histogram("distlab_kv_wal_fsync_seconds",
                                   "Time to fsync one write-ahead-log append.",
                                   buckets=LATENCY_BUCKETS, registry=ctx.registry)
-        self._wal = WriteAheadLog(Path(ctx.config["DATA_DIR"]) / "kv.wal",
+        self._wal = WriteAheadLog(ctx.data_dir / "kv.wal",
                                   on_fsync=fsync_seconds.observe)
         self._lock = threading.Lock()
         records = self._wal.replay()

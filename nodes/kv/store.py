@@ -55,7 +55,10 @@ def decode_records(data: bytes) -> tuple[list[Record], int]:
         op, version, key_length, value_length = _HEADER.unpack_from(payload)
         if op not in (PUT, DELETE) or _HEADER.size + key_length + value_length != length:
             break
-        key = payload[_HEADER.size:_HEADER.size + key_length].decode()
+        try:
+            key = payload[_HEADER.size:_HEADER.size + key_length].decode()
+        except UnicodeDecodeError:  # a crafted frame: its checksum holds, its key is not text
+            break
         records.append(Record(op, version, key, payload[_HEADER.size + key_length:]))
         offset = end
     return records, offset

@@ -1,5 +1,8 @@
 """nodes/kv/store.py: records on disk and the state machine they rebuild."""
 
+import struct
+import zlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -134,3 +137,23 @@ def test_value_too_large():
     store.prepare_put("k", b"1234")
     with pytest.raises(KVError, match="value is 5 bytes; the limit is 4"):
         store.prepare_put("k", b"12345")
+
+
+def frame(payload: bytes) -> bytes:
+    """A frame with a valid checksum around any payload, as a crafted snapshot could hold."""
+    return struct.pack(">II", zlib.crc32(payload), len(payload)) + payload
+
+
+def test_checksummed_frame_with_a_non_utf8_key_stops_decoding():
+    good = SAMPLE[0].encode()
+    bad = frame(struct.pack(">BQHI", PUT, 2, 1, 0) + b"\xff")
+    assert decode_records(good + bad + SAMPLE[1].encode()) == ([SAMPLE[0]], len(good))
+
+
+@pytest.mark.parametrize("payload", [
+    struct.pack(">BQHI", 9, 1, 1, 0) + b"k",  # unknown op
+    struct.pack(">BQHI", PUT, 1, 5, 0) + b"k",  # lengths disagree with the frame
+    b"short",  # shorter than a header
+])
+def test_checksummed_frame_that_is_not_a_record_stops_decoding(payload):
+    assert decode_records(frame(payload)) == ([], 0)

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# `make images`: build distlab's images, choosing for each between a registry and the
+# offline path, and say which path it took. Writes the choices to .distlab/images.env,
+# which distlab passes to Compose.
+#   base        python:3.11-slim if it can be pulled, else distlab/base:bookworm (debootstrap)
+#   node        images/node/Dockerfile FROM that base
+#   prometheus  prom/prometheus (pinned) if it can be pulled, else Debian's package on the base
+#   grafana     grafana/grafana (pinned) if it can be pulled, else skipped (said so)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .distlab/logs
+
+REGISTRY_BASE=python:3.11-slim
+OFFLINE_BASE=distlab/base:bookworm
+NODE_IMAGE=distlab/node:dev
+REGISTRY_PROMETHEUS=prom/prometheus:v2.53.2
+OFFLINE_PROMETHEUS=distlab/prometheus:debian
+REGISTRY_GRAFANA=grafana/grafana:11.3.0
+
+have() { docker image inspect "$1" >/dev/null 2>&1; }
+pullable() { have "$1" || timeout 120 docker pull -q "$1" >/dev/null 2>&1; }
+say() { printf '%-11s %s\n' "$1" "$2"; }
+
+if docker buildx version >/dev/null 2>&1; then
+  build() { docker buildx build --load --progress=plain "$@"; }
+else
+  build() { DOCKER_BUILDKIT=0 docker build "$@"; }
+fi
+
+# Show one line per Dockerfile step, keep the whole output in a log, show its tail on failure.
+build_logged() {
+  local name=$1; shift
+  local log=".distlab/logs/build-$name.log"
+  local started=$SECONDS
+  if ! build "$@" >"$log" 2>&1; then
+    say "$name" "build FAILED; last lines of $log:"
+    tail -25 "$log" >&2
+    exit 1
+  fi
+  grep -E '^(Step [0-9]+/[0-9]+ : (FROM|RUN|COPY)|#[0-9]+ \[[0-9]+/[0-9]+\])' "$log" \
+    | sed -E 's/^/            /' | cut -c1-100 || true
+  say "$name" "built in $((SECONDS - started)) s"
+}
+
+if pullable "$REGISTRY_BASE"; then
+  base=$REGISTRY_BASE
+  say base "$REGISTRY_BASE (from the registry)"
+elif have "$OFFLINE_BASE"; then
+  base=$OFFLINE_BASE
+  say base "$OFFLINE_BASE (offline base, already built; no registry reachable)"
+else
+  command -v debootstrap >/dev/null || {
+    echo "base: cannot pull $REGISTRY_BASE and debootstrap is missing: run scripts/setup-host.sh" >&2
+    exit 1; }
+  say base "cannot pull $REGISTRY_BASE: building $OFFLINE_BASE with debootstrap (about 40 s)"
+  started=$SECONDS
+  images/base/build.sh "$OFFLINE_BASE" >/dev/null
+  base=$OFFLINE_BASE
+  say base "$OFFLINE_BASE built in $((SECONDS - started)) s"
+fi
+
+say node "building $NODE_IMAGE FROM $base"
+build_logged node --build-arg "BASE=$base" -t "$NODE_IMAGE" -f images/node/Dockerfile .
+
+if pullable "$REGISTRY_PROMETHEUS"; then
+  prometheus=$REGISTRY_PROMETHEUS
+  say prometheus "$REGISTRY_PROMETHEUS (from the registry)"
+else
+  prometheus=$OFFLINE_PROMETHEUS
+  say prometheus "cannot pull $REGISTRY_PROMETHEUS: building $OFFLINE_PROMETHEUS from Debian's package"
+  build_logged prometheus --build-arg "BASE=$base" -t "$OFFLINE_PROMETHEUS" images/prometheus
+fi
+
+if pullable "$REGISTRY_GRAFANA"; then
+  grafana=$REGISTRY_GRAFANA
+  say grafana "$REGISTRY_GRAFANA (from the registry)"
+else
+  grafana=
+  say grafana "SKIPPED: $REGISTRY_GRAFANA cannot be pulled here and there is no offline build;"
+  say "" "dashboards are still checked against the live Prometheus by the tests"
+fi
+
+cat > .distlab/images.env <<ENV
+# Written by scripts/images.sh ($(date -u +%FT%TZ)); read by distlab when it runs Compose.
+DISTLAB_BASE_IMAGE=$base
+DISTLAB_NODE_IMAGE=$NODE_IMAGE
+DISTLAB_PROMETHEUS_IMAGE=$prometheus
+DISTLAB_GRAFANA_IMAGE=$grafana
+ENV
