@@ -168,7 +168,8 @@ class Heartbeat:
             self._stopped.wait(self._interval)
 
     def check_once(self) -> None:
-        found = discover(self._entries, default_port=self._port, own_targets=own_targets(self._port))
+        found = discover(self._entries, default_port=self._port,
+                         own_targets=own_targets(self._port))
         with self._lock:
             for name, target in found.items():
                 if self._targets.get(name) != target:

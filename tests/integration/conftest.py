@@ -6,6 +6,7 @@ them (grace 0) and every channel it opened when the test ends, pass or fail.
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -114,8 +115,12 @@ class Lab:
     def close(self) -> None:
         for channel in self.channels:
             channel.close()
-        for node in reversed(self.nodes):
-            self.stop(node)
+        # Stopping a node waits up to 0.5 s for its /metrics thread: stop them all at once.
+        stoppers = [threading.Thread(target=self.stop, args=(node,)) for node in self.nodes]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
 
 
 @pytest.fixture
@@ -125,10 +130,26 @@ def lab(tmp_path_factory):
     lab.close()
 
 
+SMALL_LIMITS = {"KV_MAX_VALUE_BYTES": 1024, "MAX_MESSAGE_BYTES": 64 * 1024}
+
+
 @pytest.fixture
 def node(lab):
-    """One kv node with small limits so size checks are cheap to reach."""
-    return lab.start("kv-a", KV_MAX_VALUE_BYTES=1024, MAX_MESSAGE_BYTES=64 * 1024)
+    """One kv node of this test, with small limits so size checks are cheap to reach."""
+    return lab.start("kv-a", **SMALL_LIMITS)
+
+
+@pytest.fixture(scope="module")
+def shared_lab(tmp_path_factory):
+    lab = Lab(tmp_path_factory)
+    yield lab
+    lab.close()
+
+
+@pytest.fixture(scope="module")
+def shared_node(shared_lab):
+    """A kv node shared by a module's tests that change nothing (stopping one takes 0.5 s)."""
+    return shared_lab.start("kv-shared", **SMALL_LIMITS)
 
 
 @pytest.fixture

@@ -54,8 +54,9 @@ def test_put_get_delete_list(kv):
     ("Put", kv_pb2.PutRequest(key="huge", value=b"x" * (65 * 1024)), "RESOURCE_EXHAUSTED", ""),
     ("List", kv_pb2.ListRequest(limit=1001), "INVALID_ARGUMENT", "above the cap of 1000"),
 ])
-def test_bad_input_gets_a_status_with_a_message(kv, method, request_, code, fragment):
-    error = refused(getattr(kv, method), request_)
+def test_bad_input_gets_a_status_with_a_message(shared_lab, shared_node, method, request_, code,
+                                                fragment):
+    error = refused(getattr(shared_lab.kv(shared_node), method), request_)
     assert error.code().name == code
     assert error.details()
     assert fragment in error.details()
@@ -94,19 +95,21 @@ def test_acknowledged_writes_survive_a_restart(lab, tmp_path):
 
 
 @pytest.mark.parametrize("service", ["", KV_SERVICE, "distlab.control.Control"])
-def test_health_serving(lab, node, service):
-    reply = lab.health(node).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+def test_health_serving(shared_lab, shared_node, service):
+    health = shared_lab.health(shared_node)
+    reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_health_of_an_unknown_service_is_not_found(lab, node):
+def test_health_of_an_unknown_service_is_not_found(shared_lab, shared_node):
+    health = shared_lab.health(shared_node)
     with pytest.raises(grpc.RpcError) as caught:
-        lab.health(node).Check(health_pb2.HealthCheckRequest(service="nope.Nope"), timeout=5)
+        health.Check(health_pb2.HealthCheckRequest(service="nope.Nope"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_reflection_lists_and_describes_the_services(lab, node):
-    stub = reflection_pb2_grpc.ServerReflectionStub(lab.channel(node))
+def test_reflection_lists_and_describes_the_services(shared_lab, shared_node):
+    stub = reflection_pb2_grpc.ServerReflectionStub(shared_lab.channel(shared_node))
     requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
                 reflection_pb2.ServerReflectionRequest(file_containing_symbol=KV_SERVICE)]
     listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=5))

@@ -1,0 +1,342 @@
+"""The nemesis: applies faults to machines, records each one, and undoes them all.
+
+Process faults act through the runtime (kill -9, stop, pause, restart);
+network faults run the plans of `distlab.faults.network` inside machines
+(iptables, tc); RPC faults are rules given to a node's Control service. Each
+fault is journaled (start, end, how to undo it) in `.distlab/faults.json`,
+so `distlab heal` in a later process undoes what `distlab chaos` did.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+
+from distlab.errors import DistlabError, FaultError, UsageError
+from distlab.faults import network
+from distlab.machine import Machine
+from nodes.rpc import control_pb2
+
+RPC_ACTIONS = {"delay": control_pb2.FaultRule.DELAY, "error": control_pb2.FaultRule.ERROR,
+               "drop": control_pb2.FaultRule.DROP}
+MARKED_KINDS = ("partition", "loss", "bandwidth", "delay")
+NETEM_MISSING = "Specified qdisc kind is unknown"
+
+
+@dataclass
+class FaultRecord:
+    id: str
+    kind: str
+    machines: list[str]
+    params: dict
+    started: float
+    ended: float | None = None
+    undo: list[list] = field(default_factory=list)  # steps, see Nemesis._undo_step
+
+    @property
+    def active(self) -> bool:
+        return self.ended is None
+
+
+class Journal:
+    """Every fault applied, active or ended, kept in one JSON file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> list[FaultRecord]:
+        if not self.path.exists():
+            return []
+        return [FaultRecord(**entry) for entry in json.loads(self.path.read_text())]
+
+    def save(self, records: list[FaultRecord]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps([asdict(r) for r in records], indent=1))
+        temporary.replace(self.path)
+
+
+class Nemesis:
+    def __init__(self, machines: Callable[[], list[Machine]], journal: Journal, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._machines = machines
+        self.journal = journal
+        self._clock = clock
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def records(self) -> list[FaultRecord]:
+        return self.journal.load()
+
+    def active(self) -> list[FaultRecord]:
+        return [r for r in self.records() if r.active]
+
+    def _record(self, kind: str, machines: Sequence[Machine], params: dict,
+                undo: list[list], *, instant: bool = False) -> FaultRecord:
+        records = self.journal.load()
+        now = self._clock()
+        record = FaultRecord(id=f"f{len(records) + 1}-{kind}", kind=kind,
+                             machines=[m.name for m in machines], params=params, started=now,
+                             ended=now if instant else None, undo=undo)
+        records.append(record)
+        self.journal.save(records)
+        if kind in MARKED_KINDS:
+            for machine in machines:
+                _mark(machine, record.id, kind, True)
+        return record
+
+    def _by_name(self) -> dict[str, Machine]:
+        return {m.name: m for m in self._machines()}
+
+    def _pick(self, names: Sequence[str]) -> list[Machine]:
+        known = self._by_name()
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise UsageError(f"unknown machine {unknown[0]!r}",
+                             hint=f"machines: {', '.join(sorted(known))}")
+        return [known[n] for n in names]
+
+    def _lab_machines(self) -> list[Machine]:
+        return [m for m in self._machines() if m.info.lab != "common"]
+
+    # -- process faults ------------------------------------------------------------------
+
+    def kill(self, name: str) -> FaultRecord:
+        (machine,) = self._pick([name])
+        machine.kill("SIGKILL")
+        return self._record("kill", [machine], {}, [["start", name]])
+
+    def stop(self, name: str) -> FaultRecord:
+        (machine,) = self._pick([name])
+        machine.stop()
+        return self._record("stop", [machine], {}, [["start", name]])
+
+    def pause(self, name: str) -> FaultRecord:
+        (machine,) = self._pick([name])
+        machine.pause()
+        return self._record("pause", [machine], {}, [["resume", name]])
+
+    def restart(self, name: str) -> FaultRecord:
+        (machine,) = self._pick([name])
+        machine.restart()
+        return self._record("restart", [machine], {}, [], instant=True)
+
+    def start(self, name: str) -> None:
+        """Undo a kill or stop of `name` now; ends its records."""
+        self._pick([name])[0].start()
+        self._end_where(lambda r: r.kind in ("kill", "stop") and r.machines == [name])
+
+    def resume(self, name: str) -> None:
+        self._pick([name])[0].resume()
+        self._end_where(lambda r: r.kind == "pause" and r.machines == [name])
+
+    # -- network faults ------------------------------------------------------------------
+
+    def partition(self, shape: str, names: Sequence[str] = (), *, target: str | None = None,
+                  groups: Sequence[Sequence[str]] | None = None,
+                  seed: int | None = None) -> FaultRecord:
+        machines = self._pick(names) if names else self._lab_machines()
+        rng = random.Random(seed) if seed is not None else None
+        try:
+            grudge = network.partition(shape, [m.name for m in machines], target=target,
+                                       groups=groups, rng=rng)
+            plans = network.partition_plans(grudge, {m.name: m.info.addresses for m in machines})
+        except network.NetworkFaultError as exc:
+            raise UsageError(str(exc)) from None
+        undo = self._run_plans(machines, plans)
+        cut = sorted(f"{a}-{b}" for a, drops in grudge.items() for b in drops if a < b)
+        return self._record("partition", machines, {"shape": shape, "cut": cut}, undo)
+
+    def loss(self, name: str, probability: float) -> FaultRecord:
+        (machine,) = self._pick([name])
+        plan = self._plan(lambda: network.loss_plan(name, probability))
+        undo = self._run_plans([machine], [plan])
+        return self._record("loss", [machine], {"probability": probability}, undo)
+
+    def bandwidth(self, name: str, rate: str) -> FaultRecord:
+        (machine,) = self._pick([name])
+        plan = self._plan(lambda: network.bandwidth_plan(name, rate))
+        undo = self._run_plans([machine], [plan], chain=False)
+        return self._record("bandwidth", [machine], {"rate": rate}, undo)
+
+    def delay(self, name: str, delay_ms: float, jitter_ms: float = 0.0) -> FaultRecord:
+        (machine,) = self._pick([name])
+        plan = self._plan(lambda: network.delay_plan(name, delay_ms, jitter_ms=jitter_ms))
+        try:
+            undo = self._run_plans([machine], [plan], chain=False)
+        except FaultError as exc:
+            if NETEM_MISSING in str(exc):
+                raise FaultError(
+                    "kernel-level delay needs sch_netem, which this kernel does not have",
+                    hint=f"use RPC-level delay instead: distlab chaos rpc {name} delay "
+                         f"--seconds {delay_ms / 1000:g}") from None
+            raise
+        return self._record("delay", [machine],
+                            {"delay_ms": delay_ms, "jitter_ms": jitter_ms}, undo)
+
+    @staticmethod
+    def _plan(build: Callable[[], network.Plan]) -> network.Plan:
+        try:
+            return build()
+        except network.NetworkFaultError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _run_plans(self, machines: Sequence[Machine], plans: Sequence[network.Plan], *,
+                   chain: bool = True) -> list[list]:
+        """Apply every plan; on a failure undo what was applied and raise FaultError."""
+        by_name = {m.name: m for m in machines}
+        undo: list[list] = []
+        try:
+            for plan in plans:
+                machine = by_name[plan.machine]
+                if chain:
+                    for argv in network.ensure_chain_commands():
+                        machine.exec(argv)
+                for argv in plan.apply:
+                    machine.exec(argv)
+                undo.extend(["exec", plan.machine, list(argv)] for argv in plan.undo)
+        except DistlabError as exc:
+            for step in reversed(undo):
+                self._undo_step(step)
+            raise FaultError(f"could not apply the fault: {exc}") from None
+        return undo
+
+    # -- RPC-level faults ----------------------------------------------------------------
+
+    def rpc(self, name: str, action: str, *, method: str = "*", peer: str = "",
+            seconds: float = 0.0, jitter: float = 0.0, code: int = 14,
+            probability: float = 1.0, duration: float = 0.0,
+            outbound: bool = False) -> FaultRecord:
+        (machine,) = self._pick([name])
+        if action not in RPC_ACTIONS:
+            raise UsageError(f"RPC fault action {action!r} is not one of "
+                             f"{', '.join(RPC_ACTIONS)}")
+        rule = control_pb2.FaultRule(
+            method=method, peer=peer, action=RPC_ACTIONS[action],
+            direction=(control_pb2.FaultRule.OUTBOUND if outbound
+                       else control_pb2.FaultRule.INBOUND),
+            delay_seconds=seconds, jitter_seconds=jitter, status_code=code,
+            probability=probability, duration_seconds=duration)
+        channel, control = machine.control()
+        try:
+            reply = control.AddFaultRule(rule, timeout=5)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise UsageError(f"{name} refused the rule: {exc.details()}") from None
+            raise FaultError(f"{name} did not take the rule: {exc.code().name}") from None
+        finally:
+            channel.close()
+        params = {"action": action, "method": method, "peer": peer, "seconds": seconds,
+                  "code": code, "probability": probability, "duration": duration,
+                  "outbound": outbound}
+        return self._record("rpc", [machine], params, [["rpc-clear", name, reply.rule_id]])
+
+    # -- heal ------------------------------------------------------------------------------
+
+    def heal(self) -> list[str]:
+        """Undo every recorded fault, then sweep every machine clean; return what failed."""
+        problems: list[str] = []
+        records = self.journal.load()
+        for record in reversed(records):
+            if not record.active:
+                continue
+            for step in reversed(record.undo):
+                problem = self._undo_step(step)
+                if problem:
+                    problems.append(f"{record.id}: {problem}")
+            for name in record.machines:
+                if record.kind in MARKED_KINDS and name in self._by_name():
+                    _mark(self._by_name()[name], record.id, record.kind, False)
+            record.ended = self._clock()
+        self.journal.save(records)
+        problems += self._sweep()
+        return problems
+
+    def _sweep(self) -> list[str]:
+        """Whatever the journal says: every lab machine running, no rule, no iptables, no qdisc."""
+        problems = []
+        for machine in self._lab_machines():
+            try:
+                if machine.info.state == "paused":
+                    machine.resume()
+                elif machine.info.state in ("exited", "created", "dead"):
+                    machine.start()
+            except DistlabError as exc:
+                problems.append(f"{machine.name}: {exc}")
+                continue
+        for machine in self._lab_machines():
+            if machine.info.state != "running":
+                continue
+            try:
+                for argv in network.heal_commands():
+                    machine.exec(argv)
+            except DistlabError as exc:
+                problems.append(f"{machine.name}: {exc}")
+            _clear_rules(machine)
+        return problems
+
+    def _undo_step(self, step: list) -> str | None:
+        kind, name, *rest = step
+        machine = self._by_name().get(name)
+        if machine is None:
+            return f"{name} no longer exists"
+        try:
+            if kind == "exec":
+                machine.exec(rest[0], check=False)
+            elif kind == "start":
+                machine.refresh()
+                if machine.info.state != "running":
+                    machine.start()
+            elif kind == "resume":
+                if machine.refresh().info.state == "paused":
+                    machine.resume()
+            elif kind == "rpc-clear":
+                _clear_rules(machine, [rest[0]])
+        except DistlabError as exc:
+            return f"{name}: {exc}"
+        return None
+
+    def _end_where(self, predicate: Callable[[FaultRecord], bool]) -> None:
+        records = self.journal.load()
+        for record in records:
+            if record.active and predicate(record):
+                record.ended = self._clock()
+        self.journal.save(records)
+
+
+def _mark(machine: Machine, fault_id: str, kind: str, active: bool) -> None:
+    """Tell the node about a fault applied from outside, for its distlab_fault_active gauge.
+
+    Best effort: a machine the fault cut off may not answer, and the fault holds either way.
+    """
+    try:
+        channel, control = machine.control()
+    except DistlabError:
+        return
+    try:
+        control.MarkFault(control_pb2.FaultMarker(fault_id=fault_id, kind=kind, active=active),
+                          timeout=2)
+    except grpc.RpcError:
+        pass
+    finally:
+        channel.close()
+
+
+def _clear_rules(machine: Machine, rule_ids: Sequence[str] = ()) -> None:
+    try:
+        channel, control = machine.control()
+    except DistlabError:
+        return
+    try:
+        control.ClearFaultRules(control_pb2.ClearFaultRulesRequest(rule_ids=list(rule_ids)),
+                                timeout=5)
+    except grpc.RpcError:
+        pass  # an expired or already cleared rule: nothing left to undo
+    finally:
+        channel.close()

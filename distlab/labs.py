@@ -1,0 +1,67 @@
+"""The lab catalogue, read from compose.yaml: a lab is a Compose profile.
+
+`x-distlab` in compose.yaml names the default lab and describes each one; the
+services of a lab are those whose `profiles` include its name. Pure: reads
+the file it is given and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from distlab.errors import UnknownLab, UsageError
+
+MAX_REPLICAS = 64
+
+
+@dataclass(frozen=True)
+class Lab:
+    name: str
+    description: str
+    services: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    default: str
+    labs: dict[str, Lab]
+    common_services: tuple[str, ...]  # in every lab (no profile): prometheus
+
+    def lab(self, name: str | None) -> Lab:
+        name = name or self.default
+        try:
+            return self.labs[name]
+        except KeyError:
+            raise UnknownLab(f"unknown lab {name!r}",
+                             hint=f"labs: {', '.join(sorted(self.labs))}") from None
+
+    def parse_scale(self, lab: Lab, pairs: list[str]) -> dict[str, int]:
+        """`["kv=5"]` -> {"kv": 5}, checked against the lab's services."""
+        scale: dict[str, int] = {}
+        for pair in pairs:
+            service, sep, count = pair.partition("=")
+            if not sep or not count.isdigit():
+                raise UsageError(f"--scale {pair!r} is not SERVICE=N",
+                                 hint="for example --scale kv=5")
+            if service not in lab.services:
+                raise UsageError(f"lab {lab.name!r} has no service {service!r}",
+                                 hint=f"its services: {', '.join(lab.services)}")
+            if not 0 <= int(count) <= MAX_REPLICAS:
+                raise UsageError(f"--scale {pair!r}: N must be 0..{MAX_REPLICAS}")
+            scale[service] = int(count)
+        return scale
+
+
+def load_catalogue(compose_file: Path) -> Catalogue:
+    document = yaml.safe_load(compose_file.read_text())
+    meta = document.get("x-distlab", {})
+    services = document.get("services", {})
+    labs = {}
+    for name, description in meta.get("labs", {}).items():
+        members = tuple(s for s, spec in services.items() if name in (spec.get("profiles") or ()))
+        labs[name] = Lab(name, description, members)
+    common = tuple(s for s, spec in services.items() if not spec.get("profiles"))
+    return Catalogue(meta.get("default-lab", next(iter(labs), "")), labs, common)

@@ -1,0 +1,76 @@
+"""The Runtime interface: what the Testbed needs from a place that runs machines.
+
+Docker Compose on this host is the first backend; Docker Swarm and SSH hosts
+(Fabric) can follow without changing the Testbed or any scenario.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from distlab.commands import Result
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    name: str  # "kv-2": what users type and see
+    container: str  # "distlab-kv-2"
+    lab: str
+    role: str
+    service: str
+    state: str  # running, paused, exited, restarting, created
+    health: str  # healthy, unhealthy, starting, or "-" when the machine has no health check
+    addresses: tuple[str, ...]  # on the lab networks
+    grpc_endpoint: str | None  # host:port published on 127.0.0.1, when running
+
+
+@dataclass(frozen=True)
+class CleanReport:
+    containers: int
+    networks: int
+    volumes: int
+
+
+class Runtime(ABC):
+    @abstractmethod
+    def up(self, profiles: Sequence[str], scale: dict[str, int], *,
+           on_line: Callable[[str], None] | None = None) -> None: ...
+
+    @abstractmethod
+    def down(self) -> None: ...
+
+    @abstractmethod
+    def machines(self) -> list[MachineInfo]: ...
+
+    @abstractmethod
+    def signal(self, container: str, signal: str) -> None: ...
+
+    @abstractmethod
+    def stop(self, container: str, timeout: float) -> None: ...
+
+    @abstractmethod
+    def start(self, container: str) -> None: ...
+
+    @abstractmethod
+    def restart(self, container: str, timeout: float) -> None: ...
+
+    @abstractmethod
+    def pause(self, container: str) -> None: ...
+
+    @abstractmethod
+    def unpause(self, container: str) -> None: ...
+
+    @abstractmethod
+    def exec(self, container: str, argv: Sequence[str], *, user: str = "root",
+             timeout: float = 30.0, check: bool = True) -> Result: ...
+
+    @abstractmethod
+    def logs(self, container: str, tail: int) -> str: ...
+
+    @abstractmethod
+    def put_file(self, container: str, path: str, content: bytes) -> None: ...
+
+    @abstractmethod
+    def clean(self) -> CleanReport: ...

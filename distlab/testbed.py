@@ -1,0 +1,126 @@
+"""Testbed: the one facade scenarios and the CLI use to run labs.
+
+`up(lab, scale)`, `down()`, `machines()`, `machine(name)`, `client(role)`,
+`nemesis`, `prometheus`. A scenario never imports docker nor shells out: it
+asks the Testbed, which asks its Runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from distlab.errors import DistlabError, UnknownMachine
+from distlab.faults.nemesis import Journal, Nemesis
+from distlab.labs import Catalogue, Lab, load_catalogue
+from distlab.machine import Machine
+from distlab.observe import TARGETS_PATH, Prometheus, targets_document
+from distlab.runtime.base import MachineInfo, Runtime
+from distlab.runtime.compose import ComposeRuntime
+
+PROMETHEUS_URL = f"http://127.0.0.1:{os.environ.get('DISTLAB_PROMETHEUS_PORT', '9090')}"
+GRAFANA_URL = f"http://127.0.0.1:{os.environ.get('DISTLAB_GRAFANA_PORT', '3000')}"
+
+
+def project_root() -> Path:
+    """The checkout holding compose.yaml: $DISTLAB_HOME, else where this package lives."""
+    explicit = os.environ.get("DISTLAB_HOME")
+    root = Path(explicit) if explicit else Path(__file__).resolve().parents[1]
+    if not (root / "compose.yaml").exists():
+        raise DistlabError(f"no compose.yaml in {root}",
+                           hint="set DISTLAB_HOME to your distlab checkout")
+    return root
+
+
+class Testbed:
+    def __init__(self, runtime: Runtime | None = None, *, root: Path | None = None) -> None:
+        self.root = root or project_root()
+        self.runtime = runtime or ComposeRuntime(self.root)
+        self.catalogue: Catalogue = load_catalogue(self.root / "compose.yaml")
+        self.nemesis = Nemesis(self.machines, Journal(self.root / ".distlab" / "faults.json"))
+        self.prometheus = Prometheus(PROMETHEUS_URL)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def grafana_image(self) -> str:
+        env = self.root / ".distlab" / "images.env"
+        if env.exists():
+            for line in env.read_text().splitlines():
+                if line.startswith("DISTLAB_GRAFANA_IMAGE="):
+                    return line.partition("=")[2].strip()
+        return ""
+
+    def up(self, lab: str | None = None, scale: list[str] | None = None, *,
+           timeout: float = 180.0, on_line: Callable[[str], None] | None = None,
+           on_wait: Callable[[list[MachineInfo]], None] | None = None) -> Lab:
+        """Start `lab` (default lab if None) and wait until every machine is healthy."""
+        chosen = self.catalogue.lab(lab)
+        counts = self.catalogue.parse_scale(chosen, scale or [])
+        profiles = [chosen.name] + (["grafana"] if self.grafana_image() else [])
+        self.runtime.up(profiles, counts, on_line=on_line)
+        self.wait_healthy(chosen, timeout=timeout, on_wait=on_wait)
+        self.sync_targets()
+        return chosen
+
+    def wait_healthy(self, lab: Lab, *, timeout: float,
+                     on_wait: Callable[[list[MachineInfo]], None] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        wanted = set(lab.services) | set(self.catalogue.common_services)
+        while True:
+            infos = [m for m in self.runtime.machines() if m.service in wanted]
+            if on_wait:
+                on_wait(infos)
+            if infos and all(_ready(m) for m in infos):
+                return
+            if time.monotonic() > deadline:
+                late = [f"{m.name} ({m.state}/{m.health})" for m in infos if not _ready(m)]
+                raise DistlabError(f"not healthy after {timeout:.0f} s: {', '.join(late)}",
+                                   hint="see `distlab logs MACHINE`")
+            time.sleep(0.5)
+
+    def down(self) -> None:
+        self.runtime.down()
+
+    def clean(self):
+        report = self.runtime.clean()
+        journal = self.nemesis.journal.path
+        if journal.exists():
+            journal.unlink()
+        return report
+
+    # -- machines -------------------------------------------------------------------------
+
+    def machines(self) -> list[Machine]:
+        return [Machine(self.runtime, info) for info in self.runtime.machines()]
+
+    def machine(self, name: str) -> Machine:
+        machines = self.machines()
+        for machine in machines:
+            if name in (machine.name, machine.container):
+                return machine
+        names = ", ".join(m.name for m in machines) or "none (is a lab up?)"
+        raise UnknownMachine(f"no machine {name!r}", hint=f"machines: {names}")
+
+    def client(self, role: str) -> grpc.Channel:
+        """A channel from the host to a running machine of `role` (the first healthy one)."""
+        for machine in self.machines():
+            if machine.info.role == role and machine.info.grpc_endpoint and \
+                    machine.info.health in ("healthy", "-"):
+                return grpc.insecure_channel(machine.info.grpc_endpoint)
+        raise DistlabError(f"no healthy machine has role {role!r}")
+
+    def sync_targets(self) -> None:
+        """Rewrite Prometheus' target list from the machines that exist now."""
+        infos = self.runtime.machines()
+        prometheus = next((m for m in infos if m.role == "prometheus" and m.state == "running"),
+                          None)
+        if prometheus is not None:
+            self.runtime.put_file(prometheus.container, TARGETS_PATH, targets_document(infos))
+
+
+def _ready(info: MachineInfo) -> bool:
+    return info.state == "running" and info.health in ("healthy", "-")
