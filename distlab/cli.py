@@ -51,9 +51,10 @@ class DistlabGroup(click.Group):
 
 
 def _fail(message: str, hint: str, code: int) -> None:
-    errors.print(f"distlab: error: {message}", markup=False)
+    # soft_wrap: one line each whatever the width, so `2>&1 | grep` and CI logs see it whole.
+    errors.print(f"distlab: error: {message}", markup=False, soft_wrap=True)
     if hint:
-        errors.print(f"hint: {hint}", markup=False)
+        errors.print(f"hint: {hint}", markup=False, soft_wrap=True)
     sys.exit(code)
 
 

@@ -102,8 +102,9 @@ class Nemesis:
                              hint=f"machines: {', '.join(sorted(known))}")
         return [known[n] for n in names]
 
-    def _lab_machines(self) -> list[Machine]:
-        return [m for m in self._machines() if m.info.lab != "common"]
+    def _lab_machines(self, *, running: bool = False) -> list[Machine]:
+        return [m for m in self._machines() if m.info.lab != "common"
+                and (not running or m.info.state == "running")]
 
     # -- process faults ------------------------------------------------------------------
 
@@ -141,33 +142,35 @@ class Nemesis:
     def partition(self, shape: str, names: Sequence[str] = (), *, target: str | None = None,
                   groups: Sequence[Sequence[str]] | None = None,
                   seed: int | None = None) -> FaultRecord:
-        machines = self._pick(names) if names else self._lab_machines()
+        # By default every running lab machine: a stopped one has no address to cut.
+        machines = self._pick(names) if names else self._lab_machines(running=True)
         rng = random.Random(seed) if seed is not None else None
         try:
             grudge = network.partition(shape, [m.name for m in machines], target=target,
                                        groups=groups, rng=rng)
             plans = network.partition_plans(grudge, {m.name: m.info.addresses for m in machines})
         except network.NetworkFaultError as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(str(exc), hint="distlab chaos partition --help") from None
         undo = self._run_plans(machines, plans)
         cut = sorted(f"{a}-{b}" for a, drops in grudge.items() for b in drops if a < b)
         return self._record("partition", machines, {"shape": shape, "cut": cut}, undo)
 
     def loss(self, name: str, probability: float) -> FaultRecord:
         (machine,) = self._pick([name])
-        plan = self._plan(lambda: network.loss_plan(name, probability))
+        plan = self._plan("loss", lambda: network.loss_plan(name, probability))
         undo = self._run_plans([machine], [plan])
         return self._record("loss", [machine], {"probability": probability}, undo)
 
     def bandwidth(self, name: str, rate: str) -> FaultRecord:
         (machine,) = self._pick([name])
-        plan = self._plan(lambda: network.bandwidth_plan(name, rate))
+        plan = self._plan("bandwidth", lambda: network.bandwidth_plan(name, rate))
         undo = self._run_plans([machine], [plan], chain=False)
         return self._record("bandwidth", [machine], {"rate": rate}, undo)
 
     def delay(self, name: str, delay_ms: float, jitter_ms: float = 0.0) -> FaultRecord:
         (machine,) = self._pick([name])
-        plan = self._plan(lambda: network.delay_plan(name, delay_ms, jitter_ms=jitter_ms))
+        plan = self._plan("delay",
+                          lambda: network.delay_plan(name, delay_ms, jitter_ms=jitter_ms))
         try:
             undo = self._run_plans([machine], [plan], chain=False)
         except FaultError as exc:
@@ -181,11 +184,11 @@ class Nemesis:
                             {"delay_ms": delay_ms, "jitter_ms": jitter_ms}, undo)
 
     @staticmethod
-    def _plan(build: Callable[[], network.Plan]) -> network.Plan:
+    def _plan(kind: str, build: Callable[[], network.Plan]) -> network.Plan:
         try:
             return build()
         except network.NetworkFaultError as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(str(exc), hint=f"distlab chaos {kind} --help") from None
 
     def _run_plans(self, machines: Sequence[Machine], plans: Sequence[network.Plan], *,
                    chain: bool = True) -> list[list]:
@@ -198,9 +201,12 @@ class Nemesis:
                 if chain:
                     for argv in network.ensure_chain_commands():
                         machine.exec(argv)
-                for argv in plan.apply:
+                for index, argv in enumerate(plan.apply):
                     machine.exec(argv)
-                undo.extend(["exec", plan.machine, list(argv)] for argv in plan.undo)
+                    if index == 0:
+                        # From its first applied command on, a plan is undone whole: a later
+                        # command failing must not leave the earlier ones in place.
+                        undo.extend(["exec", plan.machine, list(a)] for a in plan.undo)
         except DistlabError as exc:
             for step in reversed(undo):
                 self._undo_step(step)
@@ -216,7 +222,7 @@ class Nemesis:
         (machine,) = self._pick([name])
         if action not in RPC_ACTIONS:
             raise UsageError(f"RPC fault action {action!r} is not one of "
-                             f"{', '.join(RPC_ACTIONS)}")
+                             f"{', '.join(RPC_ACTIONS)}", hint="distlab chaos rpc --help")
         rule = control_pb2.FaultRule(
             method=method, peer=peer, action=RPC_ACTIONS[action],
             direction=(control_pb2.FaultRule.OUTBOUND if outbound
@@ -228,7 +234,8 @@ class Nemesis:
             reply = control.AddFaultRule(rule, timeout=5)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise UsageError(f"{name} refused the rule: {exc.details()}") from None
+                raise UsageError(f"{name} refused the rule: {exc.details()}",
+                                 hint="distlab chaos rpc --help") from None
             raise FaultError(f"{name} did not take the rule: {exc.code().name}") from None
         finally:
             channel.close()

@@ -55,7 +55,7 @@ class RuleSpec:
             raise FaultRuleError("the Control service is exempt from fault rules")
         if not 0 < self.probability <= 1:
             raise FaultRuleError(f"probability {self.probability} must be in (0, 1]")
-        if self.duration_seconds < 0:
+        if not self.duration_seconds >= 0:  # written so that NaN is refused too
             raise FaultRuleError("duration_seconds must be >= 0 (0 means until cleared)")
         if self.action == "delay":
             if not 0 < self.delay_seconds + self.jitter_seconds <= MAX_DELAY_SECONDS:

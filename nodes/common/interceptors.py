@@ -219,6 +219,8 @@ class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
         if failure is not None:
             self._record(method, started, failure.code())
             return failure
+        # Time an outbound delay rule held the call is part of the caller's deadline.
+        details = details._replace(timeout=timeout - (time.perf_counter() - started))
         call = continuation(details, request)
         call.add_done_callback(lambda done: self._record(method, started, done.code()))
         return call

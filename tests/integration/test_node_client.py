@@ -128,3 +128,15 @@ def test_default_deadline_applies_when_the_caller_gives_none(lab, node):
         future.result(timeout=10)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert client.handled(GET, "DEADLINE_EXCEEDED") == 1
+
+
+def test_outbound_delay_counts_against_the_callers_deadline(lab, node, client):
+    client.kv.Put(kv_pb2.PutRequest(key="k", value=b"v"))
+    lab.control(node).AddFaultRule(Rule(action=Rule.DELAY, method=GET, delay_seconds=0.5),
+                                   timeout=5)
+    client.rules.add(RuleSpec(method=GET, action="delay", direction="outbound",
+                              delay_seconds=0.4))
+    # 0.4 s held here + 0.5 s at the server cannot fit in a 0.6 s deadline.
+    with pytest.raises(grpc.RpcError) as caught:
+        client.kv.Get(kv_pb2.GetRequest(key="k"), timeout=0.6)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

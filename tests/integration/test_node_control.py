@@ -87,9 +87,9 @@ def test_probability_half_fails_some_calls_and_not_others(kv, control, stored):
 
 
 def test_rule_with_a_duration_expires_by_itself(lab, kv, control, stored):
-    add_rule(control, method=GET, action=Rule.ERROR, duration_seconds=0.4)
+    add_rule(control, method=GET, action=Rule.ERROR, duration_seconds=1.0)
     (listed,) = control.ListFaultRules(control_pb2.ListFaultRulesRequest(), timeout=5).rules
-    assert 0 < listed.remaining_seconds <= 0.4
+    assert 0 < listed.remaining_seconds <= 1.0
     assert failure(kv.Get, stored).code() == grpc.StatusCode.UNAVAILABLE
     lab.wait_until(lambda: rule_ids(control) == [], what="rule expiry")
     assert kv.Get(stored, timeout=5).value == b"v"

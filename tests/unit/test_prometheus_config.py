@@ -1,14 +1,14 @@
 """prometheus/: the config, the rules and the rule unit tests pass promtool
-(Debian's promtool on this project's machines; skipped where it is missing)."""
+(from the lab's own Prometheus image; see tests/support/promtool.py)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.support.promtool import UNAVAILABLE, promtool_argv, run_promtool
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "prometheus"
@@ -16,16 +16,8 @@ CONFIG = PROMETHEUS / "prometheus.yml"
 RULES = sorted((PROMETHEUS / "rules").glob("*.yml"))
 RULE_TESTS = sorted((PROMETHEUS / "tests").glob("*_test.yml"))
 
-needs_promtool = pytest.mark.skipif(
-    shutil.which("promtool") is None,
-    reason="promtool is not on PATH (Debian: apt-get install prometheus)",
-)
-
-
-def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["promtool", *args], capture_output=True, text=True, timeout=120, cwd=REPO
-    )
+needs_promtool = pytest.mark.skipif(promtool_argv() is None, reason=UNAVAILABLE)
+_promtool = run_promtool
 
 
 @needs_promtool

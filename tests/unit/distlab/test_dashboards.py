@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +26,7 @@ from distlab.dashboards import (
     load_dashboards,
     render_expr,
 )
+from tests.support.promtool import UNAVAILABLE, promtool_argv, run_promtool
 
 REPO = Path(__file__).resolve().parents[3]
 DASHBOARDS = REPO / "grafana" / "dashboards"
@@ -85,8 +84,8 @@ def test_repo_dashboard_queries_only_use_recorded_rules_that_exist() -> None:
                 assert name in recorded, f"{query}: {name} is not a recording rule"
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not on PATH")
-def test_repo_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
+@pytest.mark.skipif(promtool_argv() is None, reason=UNAVAILABLE)
+def test_repo_dashboard_queries_parse_as_promql() -> None:
     """promtool has no 'parse this expression' command, but it checks the PromQL of
     rule files: wrap every rendered panel query in a recording rule."""
     queries = [q for d in load_dashboards(DASHBOARDS) for q in d.panels]
@@ -94,14 +93,11 @@ def test_repo_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
         {"record": f"dashboard:query_{i}", "expr": render_expr(q.expr)}
         for i, q in enumerate(queries)
     ]
-    rule_file = tmp_path / "dashboard-queries.yml"
+    # Inside the checkout, where the promtool container can read it.
+    rule_file = REPO / ".distlab" / "dashboard-queries.yml"
+    rule_file.parent.mkdir(exist_ok=True)
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
-    done = subprocess.run(
-        ["promtool", "check", "rules", str(rule_file)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_promtool("check", "rules", str(rule_file))
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -166,3 +166,10 @@ def test_clear_all_by_id_and_unknown_id():
     assert rules.active() == []
     assert rules.decide(GET, "", "inbound") is None
     assert rules.clear() == 0
+
+
+@pytest.mark.parametrize("field", ["duration_seconds", "probability", "delay_seconds"])
+def test_not_a_number_is_refused(field):
+    fields = {"action": "delay", "delay_seconds": 1.0, field: float("nan")}
+    with pytest.raises(FaultRuleError, match=field.split("_")[0]):
+        RuleSpec(**fields)

@@ -85,3 +85,19 @@ def test_replace_with_nothing_empties_the_log(tmp_path):
     wal.replace([])
     wal.close()
     assert path.read_bytes() == b""
+
+
+def test_append_returns_only_after_fsync_of_the_written_bytes(tmp_path, monkeypatch):
+    path = tmp_path / "kv.wal"
+    wal = WriteAheadLog(path)
+    synced_sizes = []
+    real_fsync = os.fsync
+
+    def watching_fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced_sizes.append(os.fstat(fd).st_size)
+
+    monkeypatch.setattr(os, "fsync", watching_fsync)
+    wal.append(RECORDS[0])
+    assert synced_sizes == [len(RECORDS[0].encode())]  # the record was on disk when fsync'd
+    wal.close()

@@ -1,0 +1,54 @@
+# distlab — the two commands a newcomer needs are `make up` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+LAB    ?=
+STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+PYTEST := $(BIN)/pytest -p no:cacheprovider
+
+.PHONY: up down status test unit integration e2e bench images protos lint clean doctor
+
+$(STAMP): pyproject.toml
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[host,dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+protos: $(STAMP)  ## generate gRPC stubs into nodes/rpc/ (never committed)
+	@PYTHON=$(BIN)/python scripts/gen-protos.sh
+
+images:  ## build the images (registry or offline path; says which)
+	@scripts/images.sh
+
+up: protos images  ## bring the default lab (or LAB=name) up
+	@$(BIN)/distlab up $(LAB)
+
+down: $(STAMP)
+	@$(BIN)/distlab down
+
+status: $(STAMP)
+	@$(BIN)/distlab status
+
+doctor: protos
+	@$(BIN)/distlab doctor
+
+test: protos images  ## everything CI runs: unit, integration, e2e
+	$(PYTEST) tests -q -ra
+
+unit: protos
+	$(PYTEST) tests/unit -q
+
+integration: protos
+	$(PYTEST) tests/integration -q
+
+e2e: protos images
+	$(PYTEST) tests/e2e -q -ra
+
+bench: protos images  ## measured figures, written to reports/bench/*.json
+	$(BIN)/python -m bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean: $(STAMP)  ## remove every labelled container, network and volume, and local state
+	-$(BIN)/distlab clean
+	rm -rf .distlab reports

@@ -1,0 +1,328 @@
+"""Unit tests for distlab/faults/nemesis.py over a FakeRuntime: faults applied, journaled, healed.
+
+The machines' iptables state is replayed from the commands the nemesis ran in them, so a test
+can say "no DROP rule is left" the way a user would find out: packets still being dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import grpc
+import pytest
+
+from distlab.errors import DistlabError, FaultError, UsageError
+from distlab.faults import network
+from distlab.faults.nemesis import Journal, Nemesis
+from nodes.rpc import control_pb2, control_pb2_grpc, kv_pb2, kv_pb2_grpc
+
+IP = {"kv-1": "172.20.0.11", "kv-2": "172.20.0.12", "kv-3": "172.20.0.13",
+      "prometheus-1": "172.20.0.2"}
+ENSURE_CHAIN = network.ensure_chain_commands()
+HEAL = network.heal_commands()
+
+
+def drop(source: str) -> tuple[str, ...]:
+    return ("-s", source, "-j", "DROP")
+
+
+def rules_in_effect(runtime, container: str) -> list[tuple[str, ...]]:
+    """The rules chain DISTLAB holds after every command the nemesis ran in `container`."""
+    rules: list[tuple[str, ...]] = []
+    for argv in runtime.execs_in(container, succeeded=True):
+        if argv[:4] == ("iptables", "-w", "-A", network.CHAIN):
+            rules.append(argv[4:])
+        elif argv[:4] == ("iptables", "-w", "-D", network.CHAIN) and argv[4:] in rules:
+            rules.remove(argv[4:])
+        elif argv in HEAL:
+            rules.clear()
+    return rules
+
+
+@pytest.fixture
+def clock():
+    ticks = itertools.count(1000)
+    return lambda: float(next(ticks))
+
+
+@pytest.fixture
+def nemesis(kv_lab, machines_of, tmp_path, clock) -> Nemesis:
+    return Nemesis(machines_of(kv_lab), Journal(tmp_path / "faults.json"), clock=clock)
+
+
+# -- process faults ------------------------------------------------------------------------
+
+
+def test_kill_is_a_sigkill_recorded_with_its_start_time(nemesis, kv_lab):
+    record = nemesis.kill("kv-2")
+    assert kv_lab.signals == [("distlab-kv-2", "SIGKILL")]
+    assert kv_lab.state("distlab-kv-2") == "exited"
+    assert (record.kind, record.machines, record.started, record.ended) == \
+        ("kill", ["kv-2"], 1000.0, None)
+    assert [r.id for r in nemesis.active()] == [record.id]
+
+
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_heal_starts_a_killed_or_stopped_machine_and_ends_the_record(nemesis, kv_lab, fault):
+    getattr(nemesis, fault)("kv-2")
+    assert kv_lab.state("distlab-kv-2") == "exited"
+    assert nemesis.heal() == []
+    assert kv_lab.state("distlab-kv-2") == "running"
+    (record,) = nemesis.records()
+    assert record.ended is not None and record.ended > record.started
+    assert nemesis.active() == []
+
+
+def test_pause_freezes_and_heal_resumes(nemesis, kv_lab):
+    nemesis.pause("kv-3")
+    assert kv_lab.state("distlab-kv-3") == "paused"
+    assert nemesis.heal() == []
+    assert kv_lab.state("distlab-kv-3") == "running"
+    assert nemesis.active() == []
+
+
+def test_chaos_start_and_resume_end_only_their_own_records(nemesis, kv_lab):
+    nemesis.kill("kv-1")
+    nemesis.pause("kv-2")
+    nemesis.start("kv-1")
+    assert kv_lab.state("distlab-kv-1") == "running"
+    assert [r.kind for r in nemesis.active()] == ["pause"]
+    nemesis.resume("kv-2")
+    assert kv_lab.state("distlab-kv-2") == "running"
+    assert nemesis.active() == []
+
+
+def test_restart_is_recorded_as_already_over(nemesis, kv_lab):
+    record = nemesis.restart("kv-1")
+    assert record.ended == record.started
+    assert nemesis.active() == []
+    assert kv_lab.state("distlab-kv-1") == "running"
+
+
+def test_an_unknown_machine_is_a_usage_error_listing_the_machines(nemesis, kv_lab):
+    for fault in (lambda: nemesis.kill("kv-9"), lambda: nemesis.loss("kv-9", 0.5),
+                  lambda: nemesis.partition("isolate", ["kv-1", "kv-9"], target="kv-1")):
+        with pytest.raises(UsageError) as raised:
+            fault()
+        assert "'kv-9'" in str(raised.value)
+        assert raised.value.hint == "machines: kv-1, kv-2, kv-3, prometheus-1"
+    assert nemesis.records() == []
+    assert kv_lab.execs == [] and kv_lab.signals == []
+
+
+# -- network faults ------------------------------------------------------------------------
+
+
+def test_isolate_drops_the_target_in_every_machine_and_everyone_in_the_target(nemesis, kv_lab):
+    record = nemesis.partition("isolate", target="kv-1")
+    assert kv_lab.execs_in("distlab-kv-1") == [
+        *ENSURE_CHAIN,
+        ("iptables", "-w", "-A", "DISTLAB", *drop(IP["kv-2"])),
+        ("iptables", "-w", "-A", "DISTLAB", *drop(IP["kv-3"]))]
+    for other in ("kv-2", "kv-3"):
+        assert kv_lab.execs_in(f"distlab-{other}") == [
+            *ENSURE_CHAIN, ("iptables", "-w", "-A", "DISTLAB", *drop(IP["kv-1"]))]
+    assert record.kind == "partition" and record.active
+    assert record.machines == ["kv-1", "kv-2", "kv-3"]
+    assert record.params == {"shape": "isolate", "cut": ["kv-1-kv-2", "kv-1-kv-3"]}
+
+
+def test_heal_undoes_a_partition_then_sweeps_every_running_lab_machine(nemesis, kv_lab):
+    nemesis.partition("isolate", target="kv-1")
+    applied = len(kv_lab.execs)
+    assert nemesis.heal() == []
+    healing = kv_lab.execs[applied:]
+    undo = [(where, argv) for where, argv in healing if argv[:3] == ("iptables", "-w", "-D")]
+    assert sorted(undo) == sorted([
+        ("distlab-kv-1", ("iptables", "-w", "-D", "DISTLAB", *drop(IP["kv-2"]))),
+        ("distlab-kv-1", ("iptables", "-w", "-D", "DISTLAB", *drop(IP["kv-3"]))),
+        ("distlab-kv-2", ("iptables", "-w", "-D", "DISTLAB", *drop(IP["kv-1"]))),
+        ("distlab-kv-3", ("iptables", "-w", "-D", "DISTLAB", *drop(IP["kv-1"])))])
+    swept = [where for where, argv in healing if argv in HEAL]
+    assert sorted(swept) == ["distlab-kv-1", "distlab-kv-2", "distlab-kv-3"]
+    for name in ("kv-1", "kv-2", "kv-3"):
+        assert rules_in_effect(kv_lab, f"distlab-{name}") == []
+    assert nemesis.active() == []
+
+
+@pytest.mark.parametrize("failing_in, failing_source", [
+    ("distlab-kv-1", IP["kv-3"]),  # the second rule of the first machine's plan
+    ("distlab-kv-3", IP["kv-1"]),  # the last machine, after two plans were applied
+])
+def test_a_partition_that_fails_midway_leaves_no_rule_behind(nemesis, kv_lab, failing_in,
+                                                              failing_source):
+    kv_lab.fail(failing_source, container=failing_in,
+                output="iptables: No chain/target/match by that name.")
+    with pytest.raises(FaultError) as raised:
+        nemesis.partition("isolate", target="kv-1")
+    assert "No chain/target/match by that name." in str(raised.value)
+    for name in ("kv-1", "kv-2", "kv-3"):
+        assert rules_in_effect(kv_lab, f"distlab-{name}") == [], name
+    assert nemesis.records() == []
+
+
+def test_the_common_machines_are_never_partitioned_nor_swept(nemesis, kv_lab):
+    kv_lab.stop("distlab-prometheus-1", 0)
+    nemesis.partition("halves", seed=1)
+    assert nemesis.heal() == []
+    assert kv_lab.execs_in("distlab-prometheus-1") == []
+    assert kv_lab.state("distlab-prometheus-1") == "exited"
+    assert all(IP["prometheus-1"] not in argv for _, argv in kv_lab.execs)
+
+
+def test_heal_starts_lab_machines_the_journal_knows_nothing_about(nemesis, kv_lab):
+    kv_lab.signal("distlab-kv-2", "SIGKILL")  # say, by hand, or before a crash of distlab
+    kv_lab.pause("distlab-kv-3")
+    assert nemesis.heal() == []
+    assert [kv_lab.state(f"distlab-kv-{n}") for n in (1, 2, 3)] == ["running"] * 3
+    assert sorted(w for w, argv in kv_lab.execs if argv in HEAL) == \
+        ["distlab-kv-1", "distlab-kv-2", "distlab-kv-3"]
+
+
+def test_heal_reports_a_machine_it_could_not_clean(nemesis, kv_lab):
+    nemesis.partition("isolate", target="kv-1")
+    kv_lab.fail("iptables -w -F", container="distlab-kv-2", output="iptables: Permission denied")
+    problems = nemesis.heal()
+    assert len(problems) == 1
+    assert problems[0].startswith("kv-2: ") and "Permission denied" in problems[0]
+
+
+def test_loss_adds_a_statistic_rule_and_heal_removes_it(nemesis, kv_lab):
+    record = nemesis.loss("kv-2", 0.25)
+    assert record.params == {"probability": 0.25}
+    assert rules_in_effect(kv_lab, "distlab-kv-2") == [
+        ("-m", "statistic", "--mode", "random", "--probability", "0.25", "-j", "DROP")]
+    assert kv_lab.execs_in("distlab-kv-2")[:len(ENSURE_CHAIN)] == list(ENSURE_CHAIN)
+    nemesis.heal()
+    assert rules_in_effect(kv_lab, "distlab-kv-2") == []
+
+
+def test_a_loss_probability_out_of_range_is_a_usage_error(nemesis, kv_lab):
+    with pytest.raises(UsageError, match="probability"):
+        nemesis.loss("kv-2", 5)
+    assert kv_lab.execs == []
+
+
+def test_bandwidth_replaces_the_root_qdisc_and_heal_deletes_it(nemesis, kv_lab):
+    nemesis.bandwidth("kv-1", "1mbit")
+    assert kv_lab.execs_in("distlab-kv-1") == [
+        ("tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "1mbit",
+         "burst", "32kbit", "latency", "400ms")]
+    nemesis.heal()
+    assert ("tc", "qdisc", "del", "dev", "eth0", "root") in kv_lab.execs_in("distlab-kv-1")
+
+
+def test_delay_without_netem_suggests_an_rpc_level_delay(nemesis, kv_lab):
+    kv_lab.fail("netem", container="distlab-kv-2", returncode=2,
+                output="Error: Specified qdisc kind is unknown.")
+    with pytest.raises(FaultError) as raised:
+        nemesis.delay("kv-2", 100)
+    assert "sch_netem" in str(raised.value)
+    assert "RPC-level delay" in raised.value.hint
+    assert "distlab chaos rpc kv-2 delay --seconds 0.1" in raised.value.hint
+    assert nemesis.records() == []
+
+
+def test_delay_failing_for_another_reason_says_that_reason(nemesis, kv_lab):
+    kv_lab.fail("netem", output="RTNETLINK answers: Operation not permitted")
+    with pytest.raises(FaultError, match="Operation not permitted") as raised:
+        nemesis.delay("kv-2", 100)
+    assert "RPC-level" not in raised.value.hint
+
+
+def test_the_journal_lets_another_process_heal_what_chaos_did(kv_lab, machines_of, tmp_path):
+    journal = tmp_path / ".distlab" / "faults.json"
+    chaos = Nemesis(machines_of(kv_lab), Journal(journal))
+    chaos.kill("kv-3")
+    chaos.partition("isolate", ["kv-1", "kv-2"], target="kv-1")
+
+    later = Nemesis(machines_of(kv_lab), Journal(journal))
+    assert [(r.kind, r.machines) for r in later.active()] == \
+        [("kill", ["kv-3"]), ("partition", ["kv-1", "kv-2"])]
+    assert later.heal() == []
+    assert kv_lab.state("distlab-kv-3") == "running"
+    assert rules_in_effect(kv_lab, "distlab-kv-1") == []
+    assert rules_in_effect(kv_lab, "distlab-kv-2") == []
+    assert Nemesis(machines_of(kv_lab), Journal(journal)).active() == []
+    assert len(Nemesis(machines_of(kv_lab), Journal(journal)).records()) == 2
+
+
+# -- RPC-level faults, against a real node served in this process ----------------------------
+
+
+def test_an_unknown_rpc_action_is_a_usage_error_before_any_call(nemesis):
+    with pytest.raises(UsageError, match="'explode'"):
+        nemesis.rpc("kv-1", "explode")
+    assert nemesis.records() == []
+
+
+@pytest.fixture
+def live_kv(tmp_path, make_info, make_runtime):
+    """kv-1 a real node (gRPC on 127.0.0.1), kv-2 a fake one: a runtime as the nemesis sees it."""
+    from nodes.common.server import NodeServer
+    from nodes.kv.__main__ import SPEC
+
+    node = NodeServer(SPEC, {"NODE_NAME": "kv-1", "GRPC_PORT": "0", "METRICS_PORT": "0",
+                             "DATA_DIR": str(tmp_path / "kv-1"), "LOG_LEVEL": "warning"})
+    node.start()
+    runtime = make_runtime([make_info("kv-1", grpc_endpoint=f"127.0.0.1:{node.grpc_port}"),
+                            make_info("kv-2")])
+    channel = grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}")
+    try:
+        yield node, runtime, channel
+    finally:
+        channel.close()
+        node.stop(grace=0)
+
+
+def test_an_rpc_fault_is_a_rule_on_the_node_until_heal(live_kv, machines_of, tmp_path):
+    node, runtime, channel = live_kv
+    nemesis = Nemesis(machines_of(runtime), Journal(tmp_path / "faults.json"))
+    control = control_pb2_grpc.ControlStub(channel)
+    kv = kv_pb2_grpc.KVStub(channel)
+
+    record = nemesis.rpc("kv-1", "error", method="/distlab.kv.KV/Get")
+    (rule,) = control.ListFaultRules(control_pb2.ListFaultRulesRequest(), timeout=5).rules
+    assert rule.rule.method == "/distlab.kv.KV/Get"
+    assert record.undo == [["rpc-clear", "kv-1", rule.rule_id]]
+    with pytest.raises(grpc.RpcError) as raised:
+        kv.Get(kv_pb2.GetRequest(key="k"), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    assert nemesis.heal() == []
+    assert control.ListFaultRules(control_pb2.ListFaultRulesRequest(), timeout=5).rules == []
+    with pytest.raises(grpc.RpcError) as raised:
+        kv.Get(kv_pb2.GetRequest(key="k"), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND  # served again: no such key
+    assert nemesis.active() == []
+
+
+def test_a_rule_the_node_refuses_is_a_usage_error(live_kv, machines_of, tmp_path):
+    _, runtime, channel = live_kv
+    nemesis = Nemesis(machines_of(runtime), Journal(tmp_path / "faults.json"))
+    with pytest.raises(UsageError, match="kv-1 refused the rule"):
+        nemesis.rpc("kv-1", "error", probability=5)
+    assert nemesis.records() == []
+    control = control_pb2_grpc.ControlStub(channel)
+    assert control.ListFaultRules(control_pb2.ListFaultRulesRequest(), timeout=5).rules == []
+
+
+def test_network_faults_are_marked_on_the_node_while_active(live_kv, machines_of, tmp_path):
+    node, runtime, _ = live_kv
+    nemesis = Nemesis(machines_of(runtime), Journal(tmp_path / "faults.json"))
+
+    def partitions_marked() -> float | None:
+        return node.registry.get_sample_value("distlab_fault_active", {"kind": "partition"})
+
+    nemesis.partition("isolate", target="kv-1")
+    assert partitions_marked() == 1
+    nemesis.heal()
+    assert partitions_marked() == 0
+
+
+def test_an_rpc_fault_on_a_machine_without_endpoint_fails_with_a_hint(nemesis):
+    with pytest.raises(DistlabError) as raised:
+        nemesis.rpc("kv-1", "delay", seconds=1)
+    assert "no gRPC endpoint" in str(raised.value)
+    assert raised.value.hint
+    assert nemesis.records() == []

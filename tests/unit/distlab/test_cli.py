@@ -1,0 +1,104 @@
+"""Tests of the `distlab` command as a user runs it: exit codes, and the error + hint lines.
+
+Each test runs the installed entry point in a subprocess with DOCKER_HOST pointing at a socket
+that does not exist, so no Docker engine is ever reached, and DISTLAB_HOME at a copy of
+compose.yaml, so no journal of a lab running on this machine is read or written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+DISTLAB = Path(sys.executable).with_name("distlab")
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return self.stderr.splitlines()
+
+
+@pytest.fixture
+def distlab(tmp_path):
+    home = tmp_path / "distlab"
+    home.mkdir()
+    shutil.copy(ROOT / "compose.yaml", home / "compose.yaml")
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("DOCKER_") and key not in ("COLUMNS", "LINES")}
+    env.update(DISTLAB_HOME=str(home), DOCKER_HOST=f"unix://{tmp_path}/no-engine.sock")
+
+    def run(*args: str) -> Run:
+        done = subprocess.run([str(DISTLAB), *args], env=env, capture_output=True, text=True,
+                              timeout=30, stdin=subprocess.DEVNULL, check=False)
+        return Run(done.returncode, done.stdout, done.stderr)
+
+    if not DISTLAB.exists():
+        pytest.skip(f"no distlab entry point at {DISTLAB}")
+    return run
+
+
+def assert_one_error_and_hint(run: Run, code: int) -> tuple[str, str]:
+    assert run.returncode == code, run.stderr
+    assert "Traceback" not in run.stderr
+    assert len(run.error_lines) == 2, run.stderr
+    error, hint = run.error_lines
+    assert error.startswith("distlab: error: ")
+    assert hint.startswith("hint: ")
+    return error, hint
+
+
+def test_help_lists_the_commands(distlab):
+    run = distlab("--help")
+    assert run.returncode == 0
+    for command in ("up", "down", "status", "chaos", "heal", "clean", "doctor"):
+        assert f"  {command} " in run.stdout, command
+
+
+@pytest.mark.parametrize("args, says, hint", [
+    (["nosuch"], "No such command 'nosuch'", "distlab --help"),
+    (["up", "--bogus"], "No such option '--bogus'", "distlab up --help"),
+    (["up", "nosuchlab"], "unknown lab 'nosuchlab'", "labs: kv"),
+    (["up", "--scale", "kv=abc"], "--scale 'kv=abc' is not SERVICE=N", "--scale kv=5"),
+    (["up", "--scale", "nosuch=2"], "has no service 'nosuch'", "its services: kv"),
+    (["chaos", "partition", "nosuchshape"], "'nosuchshape' is not one of",
+     "distlab chaos partition --help"),
+    (["chaos", "rpc", "kv-1", "explode"], "'explode' is not one of", "distlab chaos rpc --help"),
+    (["chaos", "loss", "kv-1", "often"], "'often' is not a valid float",
+     "distlab chaos loss --help"),
+])
+def test_a_bad_command_line_is_one_error_line_one_hint_and_exit_2(distlab, args, says, hint):
+    error, hint_line = assert_one_error_and_hint(distlab(*args), 2)
+    assert says in error
+    assert hint in hint_line
+
+
+def test_without_an_engine_status_says_so_and_points_at_doctor(distlab):
+    error, hint = assert_one_error_and_hint(distlab("status"), 1)
+    assert "Docker engine" in error
+    assert "distlab doctor" in hint and "setup-host" in hint
+
+
+def test_up_checks_the_lab_before_looking_for_an_engine(distlab):
+    run = distlab("up", "nosuchlab")
+    assert "unknown lab" in run.stderr
+    assert "Docker" not in run.stderr
+
+
+def test_labs_lists_the_default_lab_without_an_engine(distlab):
+    run = distlab("labs")
+    assert run.returncode == 0, run.stderr
+    assert "kv (default)" in run.stdout
+    assert "services: kv" in run.stdout

@@ -1,0 +1,85 @@
+"""Unit tests for distlab/labs.py: the lab catalogue read from the real compose.yaml."""
+
+from pathlib import Path
+
+import pytest
+
+from distlab.errors import UnknownLab, UsageError
+from distlab.labs import MAX_REPLICAS, load_catalogue
+
+COMPOSE = Path(__file__).resolve().parents[3] / "compose.yaml"
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    return load_catalogue(COMPOSE)
+
+
+def test_the_default_lab_is_kv_with_its_kv_service(catalogue):
+    assert catalogue.default == "kv"
+    assert catalogue.lab(None) is catalogue.labs["kv"]
+    assert catalogue.labs["kv"].services == ("kv",)
+    assert catalogue.labs["kv"].description
+
+
+def test_prometheus_comes_with_every_lab_and_grafana_only_with_its_profile(catalogue):
+    assert "prometheus" in catalogue.common_services
+    assert "grafana" not in catalogue.common_services
+    assert "kv" not in catalogue.common_services
+
+
+def test_parse_scale_reads_service_counts(catalogue):
+    kv = catalogue.lab("kv")
+    assert catalogue.parse_scale(kv, ["kv=5"]) == {"kv": 5}
+    assert catalogue.parse_scale(kv, ["kv=0"]) == {"kv": 0}
+    assert catalogue.parse_scale(kv, []) == {}
+
+
+@pytest.mark.parametrize("pair", ["kv", "kv=x", "kv=", "kv=-1", "kv=2.5"])
+def test_a_scale_that_is_not_service_equals_n_says_how_to_write_one(catalogue, pair):
+    with pytest.raises(UsageError) as raised:
+        catalogue.parse_scale(catalogue.lab("kv"), [pair])
+    assert repr(pair) in str(raised.value)
+    assert "SERVICE=N" in str(raised.value)
+    assert "--scale kv=5" in raised.value.hint
+
+
+def test_a_scale_for_a_service_the_lab_lacks_names_its_services(catalogue):
+    with pytest.raises(UsageError) as raised:
+        catalogue.parse_scale(catalogue.lab("kv"), ["nosuch=2"])
+    assert "'nosuch'" in str(raised.value)
+    assert raised.value.hint == "its services: kv"
+
+
+def test_a_scale_beyond_the_limit_says_the_limit(catalogue):
+    with pytest.raises(UsageError) as raised:
+        catalogue.parse_scale(catalogue.lab("kv"), ["kv=999"])
+    assert f"0..{MAX_REPLICAS}" in str(raised.value)
+    assert catalogue.parse_scale(catalogue.lab("kv"), [f"kv={MAX_REPLICAS}"]) == \
+        {"kv": MAX_REPLICAS}
+
+
+def test_an_unknown_lab_lists_the_labs(catalogue):
+    with pytest.raises(UnknownLab) as raised:
+        catalogue.lab("nosuchlab")
+    assert "'nosuchlab'" in str(raised.value)
+    assert raised.value.hint == "labs: kv"
+    assert isinstance(raised.value, UsageError)  # so the CLI exits 2, not 1
+
+
+def test_a_lab_is_the_services_whose_profiles_name_it(tmp_path):
+    compose = tmp_path / "compose.yaml"
+    compose.write_text(
+        "x-distlab:\n"
+        "  default-lab: chord\n"
+        "  labs: {kv: key-value, chord: a ring}\n"
+        "services:\n"
+        "  kv: {profiles: [kv]}\n"
+        "  chord: {profiles: [chord]}\n"
+        "  client: {profiles: [kv, chord]}\n"
+        "  prometheus: {}\n")
+    catalogue = load_catalogue(compose)
+    assert catalogue.default == "chord"
+    assert catalogue.labs["kv"].services == ("kv", "client")
+    assert catalogue.labs["chord"].services == ("chord", "client")
+    assert catalogue.common_services == ("prometheus",)
