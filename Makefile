@@ -6,7 +6,7 @@ LAB    ?=
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
-.PHONY: up down status test unit integration e2e bench images protos lint clean doctor
+.PHONY: host up down status test unit integration e2e bench images protos lint clean doctor
 
 $(STAMP): pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml
 protos: $(STAMP)  ## generate gRPC stubs into nodes/rpc/ (never committed)
 	@PYTHON=$(BIN)/python scripts/gen-protos.sh
 
-images:  ## build the images (registry or offline path; says which)
+host:  ## a fresh Debian machine gets Docker, Compose v2 and debootstrap (scripts/setup-host.sh)
+	@if docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then :; \
+	else echo "Docker engine or Compose v2 missing: running scripts/setup-host.sh"; \
+	  scripts/setup-host.sh; fi
+
+images: host  ## build the images (registry or offline path; says which)
 	@scripts/images.sh
 
 up: protos images  ## bring the default lab (or LAB=name) up

@@ -1,0 +1,5 @@
+"""`make bench`: run every benchmark; each writes reports/bench/<name>.json."""
+
+from bench import foundation
+
+foundation.main()
