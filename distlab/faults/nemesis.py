@@ -208,8 +208,9 @@ class Nemesis:
                         # command failing must not leave the earlier ones in place.
                         undo.extend(["exec", plan.machine, list(a)] for a in plan.undo)
         except DistlabError as exc:
+            known = {m.name: m for m in machines}
             for step in reversed(undo):
-                self._undo_step(step)
+                self._undo_step(step, known)
             raise FaultError(f"could not apply the fault: {exc}") from None
         return undo
 
@@ -249,17 +250,19 @@ class Nemesis:
     def heal(self) -> list[str]:
         """Undo every recorded fault, then sweep every machine clean; return what failed."""
         problems: list[str] = []
+        known = self._by_name()
         records = self.journal.load()
         for record in reversed(records):
             if not record.active:
                 continue
             for step in reversed(record.undo):
-                problem = self._undo_step(step)
+                problem = self._undo_step(step, known)
                 if problem:
                     problems.append(f"{record.id}: {problem}")
-            for name in record.machines:
-                if record.kind in MARKED_KINDS and name in self._by_name():
-                    _mark(self._by_name()[name], record.id, record.kind, False)
+            if record.kind in MARKED_KINDS:
+                for name in record.machines:
+                    if name in known:
+                        _mark(known[name], record.id, record.kind, False)
             record.ended = self._clock()
         self.journal.save(records)
         problems += self._sweep()
@@ -288,9 +291,9 @@ class Nemesis:
             _clear_rules(machine)
         return problems
 
-    def _undo_step(self, step: list) -> str | None:
+    def _undo_step(self, step: list, known: dict[str, Machine]) -> str | None:
         kind, name, *rest = step
-        machine = self._by_name().get(name)
+        machine = known.get(name)
         if machine is None:
             return f"{name} no longer exists"
         try:
