@@ -22,6 +22,7 @@ from typing import Any
 
 from bench import rpc_overhead
 from distlab.commands import Runner
+from distlab.runtime.compose import read_images_env
 from distlab.testbed import Testbed
 
 ROUNDS = 3
@@ -36,9 +37,7 @@ def time_up(testbed: Testbed) -> float:
 
 
 def cold_build_seconds(root: Path) -> float:
-    env = dict(line.split("=", 1) for line in
-               (root / ".distlab" / "images.env").read_text().splitlines()
-               if "=" in line and not line.startswith("#"))
+    env = read_images_env(root)
     started = time.perf_counter()
     Runner().run(["docker", "build", "--no-cache", "-q", "--build-arg",
                   f"BASE={env['DISTLAB_BASE_IMAGE']}", "-t", "distlab/node:dev",

@@ -19,6 +19,7 @@ from rich.table import Table
 from distlab.errors import DistlabError, UsageError
 from distlab.faults.network import SHAPES
 from distlab.runtime.base import MachineInfo
+from distlab.runtime.compose import read_images_env
 from distlab.testbed import GRAFANA_URL, PROMETHEUS_URL, Testbed
 from nodes.rpc import control_pb2
 
@@ -341,12 +342,8 @@ def doctor() -> None:
     """Check this host can run labs: engine, Compose v2, images, NET_ADMIN, tbf, netem."""
     from distlab.doctor import run_checks
 
-    testbed = Testbed()
-    env = testbed.root / ".distlab" / "images.env"
-    images_env = dict(line.split("=", 1) for line in env.read_text().splitlines()
-                      if "=" in line and not line.startswith("#")) if env.exists() else {}
     failed = False
-    for check in run_checks(images_env=images_env):
+    for check in run_checks(images_env=read_images_env(Testbed().root)):
         mark = {"ok": "[green]ok[/]", "unsupported": "[yellow]unsupported[/]"}.get(
             check.status, "[red]missing[/]")
         console.print(f"{check.name:<10} {mark:<24} {check.detail}")

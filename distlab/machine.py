@@ -70,8 +70,11 @@ class Machine:
         return f"{self.container}:{GRPC_PORT}"
 
     def channel(self) -> grpc.Channel:
-        """A channel from the host to this machine's published gRPC port."""
-        endpoint = self.refresh().info.grpc_endpoint
+        """A channel from the host to this machine's published gRPC port, as of `info`.
+
+        The port changes when the machine restarts: call `refresh()` first after one.
+        """
+        endpoint = self.info.grpc_endpoint
         if endpoint is None:
             raise DistlabError(f"machine {self.name} is {self.info.state}: no gRPC endpoint",
                                hint=f"distlab chaos start {self.name}")

@@ -20,7 +20,7 @@ from distlab.labs import Catalogue, Lab, load_catalogue
 from distlab.machine import Machine
 from distlab.observe import TARGETS_PATH, Prometheus, targets_document
 from distlab.runtime.base import MachineInfo, Runtime
-from distlab.runtime.compose import ComposeRuntime
+from distlab.runtime.compose import ComposeRuntime, read_images_env
 
 PROMETHEUS_URL = f"http://127.0.0.1:{os.environ.get('DISTLAB_PROMETHEUS_PORT', '9090')}"
 GRAFANA_URL = f"http://127.0.0.1:{os.environ.get('DISTLAB_GRAFANA_PORT', '3000')}"
@@ -47,12 +47,7 @@ class Testbed:
     # -- lifecycle ------------------------------------------------------------------------
 
     def grafana_image(self) -> str:
-        env = self.root / ".distlab" / "images.env"
-        if env.exists():
-            for line in env.read_text().splitlines():
-                if line.startswith("DISTLAB_GRAFANA_IMAGE="):
-                    return line.partition("=")[2].strip()
-        return ""
+        return read_images_env(self.root).get("DISTLAB_GRAFANA_IMAGE", "")
 
     def up(self, lab: str | None = None, scale: list[str] | None = None, *,
            timeout: float = 180.0, on_line: Callable[[str], None] | None = None,

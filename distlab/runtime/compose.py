@@ -24,13 +24,24 @@ LAB_LABEL = "distlab.lab"
 ROLE_LABEL = "distlab.role"
 PROJECT = "distlab"
 GRPC_PORT = "50051/tcp"
+IMAGES_ENV = Path(".distlab") / "images.env"  # written by scripts/images.sh
+
+
+def read_images_env(root: Path) -> dict[str, str]:
+    """The image choices `make images` made (DISTLAB_*_IMAGE), or {} before it ran."""
+    path = root / IMAGES_ENV
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines()
+             if "=" in line and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
 
 
 class ComposeRuntime(Runtime):
     def __init__(self, root: Path, *, runner: Runner | None = None) -> None:
         self.root = root
         self.compose_file = root / "compose.yaml"
-        self.images_env = root / ".distlab" / "images.env"
+        self.images_env = root / IMAGES_ENV
         self.runner = runner or Runner()
         self._docker: docker.DockerClient | None = None
 

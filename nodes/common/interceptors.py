@@ -210,17 +210,17 @@ class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
     def _intercept(self, continuation: Callable, details: Any, request: Any) -> Any:
         method = _method_name(details.method)
         timeout = details.timeout if details.timeout is not None else self._default_timeout
-        metadata = list(details.metadata or ()) + [(CALLER_METADATA_KEY, self._node)]
-        details = _CallDetails(method, timeout, metadata, details.credentials,
-                               getattr(details, "wait_for_ready", None),
-                               getattr(details, "compression", None))
         started = time.perf_counter()
         failure = self._outbound_fault(method, timeout)
         if failure is not None:
             self._record(method, started, failure.code())
             return failure
         # Time an outbound delay rule held the call is part of the caller's deadline.
-        details = details._replace(timeout=timeout - (time.perf_counter() - started))
+        remaining = timeout - (time.perf_counter() - started)
+        metadata = list(details.metadata or ()) + [(CALLER_METADATA_KEY, self._node)]
+        details = _CallDetails(method, remaining, metadata, details.credentials,
+                               getattr(details, "wait_for_ready", None),
+                               getattr(details, "compression", None))
         call = continuation(details, request)
         call.add_done_callback(lambda done: self._record(method, started, done.code()))
         return call

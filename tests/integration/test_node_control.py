@@ -191,23 +191,25 @@ def test_bad_restore_is_invalid_argument_and_changes_nothing(kv, control, stored
     assert kv.Get(stored, timeout=5).value == b"v"
 
 
-def test_in_flight_call_completes_during_a_graceful_stop(lab, node, kv, control, stored):
-    add_rule(control, method=GET, action=Rule.DELAY, delay_seconds=0.5)
-    in_flight = kv.Get.future(stored, timeout=10)
+def get_held_at_the_server(lab, kv, control, stored, *, delay: float, timeout: float):
+    """A Get the server is holding (a delay rule) when this returns, as a future."""
+    add_rule(control, method=GET, action=Rule.DELAY, delay_seconds=delay)
+    in_flight = kv.Get.future(stored, timeout=timeout)
     lab.wait_until(lambda: control.ListFaultRules(control_pb2.ListFaultRulesRequest(),
                                                   timeout=5).rules[0].matched == 1,
                    what="the call to reach the server")
+    return in_flight
+
+
+def test_in_flight_call_completes_during_a_graceful_stop(lab, node, kv, control, stored):
+    in_flight = get_held_at_the_server(lab, kv, control, stored, delay=0.5, timeout=10)
     lab.stop(node, grace=2)
     assert in_flight.result(timeout=10).value == b"v"
     assert failure(kv.Get, stored).code() == grpc.StatusCode.UNAVAILABLE  # no longer serving
 
 
 def test_graceful_stop_cuts_off_calls_that_outlast_the_grace(lab, node, kv, control, stored):
-    add_rule(control, method=GET, action=Rule.DELAY, delay_seconds=30)
-    in_flight = kv.Get.future(stored, timeout=60)
-    lab.wait_until(lambda: control.ListFaultRules(control_pb2.ListFaultRulesRequest(),
-                                                  timeout=5).rules[0].matched == 1,
-                   what="the call to reach the server")
+    in_flight = get_held_at_the_server(lab, kv, control, stored, delay=30, timeout=60)
     lab.stop(node, grace=0.2)
     with pytest.raises(grpc.RpcError) as caught:
         in_flight.result(timeout=10)

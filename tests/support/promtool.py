@@ -8,16 +8,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from distlab.runtime.compose import read_images_env
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def prometheus_image() -> str | None:
-    env = REPO / ".distlab" / "images.env"
-    if env.exists():
-        for line in env.read_text().splitlines():
-            if line.startswith("DISTLAB_PROMETHEUS_IMAGE="):
-                return line.partition("=")[2].strip() or None
-    return None
+    return read_images_env(REPO).get("DISTLAB_PROMETHEUS_IMAGE") or None
 
 
 def promtool_argv() -> list[str] | None:
