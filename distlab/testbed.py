@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 
 from distlab.errors import DistlabError, UnknownMachine
-from distlab.faults.nemesis import Journal, Nemesis
+from distlab.faults.nemesis import NO_LAB, Journal, Nemesis
 from distlab.labs import Catalogue, Lab, load_catalogue
 from distlab.machine import Machine
 from distlab.observe import TARGETS_PATH, Prometheus, targets_document
@@ -97,7 +97,7 @@ class Testbed:
         for machine in machines:
             if name in (machine.name, machine.container):
                 return machine
-        names = ", ".join(m.name for m in machines) or "none (is a lab up?)"
+        names = ", ".join(m.name for m in machines) or NO_LAB
         raise UnknownMachine(f"no machine {name!r}", hint=f"machines: {names}")
 
     def client(self, role: str) -> grpc.Channel:

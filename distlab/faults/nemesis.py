@@ -27,6 +27,7 @@ RPC_ACTIONS = {"delay": control_pb2.FaultRule.DELAY, "error": control_pb2.FaultR
                "drop": control_pb2.FaultRule.DROP}
 MARKED_KINDS = ("partition", "loss", "bandwidth", "delay")
 NETEM_MISSING = "Specified qdisc kind is unknown"
+NO_LAB = "none (is a lab up? distlab up)"
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Nemesis:
         unknown = [n for n in names if n not in known]
         if unknown:
             raise UsageError(f"unknown machine {unknown[0]!r}",
-                             hint=f"machines: {', '.join(sorted(known))}")
+                             hint=f"machines: {', '.join(sorted(known)) or NO_LAB}")
         return [known[n] for n in names]
 
     def _lab_machines(self, *, running: bool = False) -> list[Machine]:
@@ -144,6 +145,8 @@ class Nemesis:
                   seed: int | None = None) -> FaultRecord:
         # By default every running lab machine: a stopped one has no address to cut.
         machines = self._pick(names) if names else self._lab_machines(running=True)
+        if not machines:
+            raise UsageError("no running lab machine to partition", hint=f"machines: {NO_LAB}")
         rng = random.Random(seed) if seed is not None else None
         try:
             grudge = network.partition(shape, [m.name for m in machines], target=target,
