@@ -165,6 +165,14 @@ class ControlService(control_pb2_grpc.ControlServicer):
         self._ctx.log.info("state_restored", bytes=len(request.state))
         return control_pb2.RestoreReply()
 
+    def Reconfigure(self, request, context):
+        try:
+            settings = self._role.reconfigure(dict(request.settings))
+        except RoleError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self._ctx.log.info("reconfigured", settings=dict(request.settings))
+        return control_pb2.ReconfigureReply(settings=settings)
+
 
 def machine_name_of_host(host: str) -> str:
     """The machine name a probe target belongs to, for the peer label and fault rules."""

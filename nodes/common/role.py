@@ -54,12 +54,22 @@ class RoleNode:
 
     #: Full names of the services `register` adds, for health and reflection.
     service_names: tuple[str, ...] = ()
+    #: False when the role answers reflection itself (the switch forwards it to
+    #: the services behind it), so the node must not register its own.
+    serves_own_reflection: bool = True
 
     def register(self, server: grpc.Server) -> None:
         raise NotImplementedError
 
+    def serving(self, grpc_port: int) -> None:
+        """Called once the server answers on `grpc_port`: start background work here."""
+
     def status(self) -> dict[str, str]:
         return {}
+
+    def reconfigure(self, settings: dict[str, str]) -> dict[str, str]:
+        """Apply run-time settings and return them all; RoleError refuses the change."""
+        raise RoleError("this role has no run-time settings")
 
     def snapshot(self) -> bytes:
         raise RoleError("this role has no state to snapshot")

@@ -91,8 +91,9 @@ class NodeServer:
             ControlService(self.context, self.role, VERSION, self.heartbeat.peers), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         services = (*self.role.service_names, CONTROL_SERVICE)
-        reflection.enable_server_reflection(
-            (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        if self.role.serves_own_reflection:
+            reflection.enable_server_reflection(
+                (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         self.grpc_port = server.add_insecure_port(f"0.0.0.0:{self.config['GRPC_PORT']}")
         self._metrics_server, _ = start_http_server(self.config["METRICS_PORT"],
                                                     registry=self.registry)
@@ -102,6 +103,7 @@ class NodeServer:
         for service in ("", *services):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self.heartbeat.start()
+        self.role.serving(self.grpc_port)
         self.log.info("node_started", grpc_port=self.grpc_port, metrics_port=self.metrics_port,
                       services=list(services), peers=list(self.config["PEERS"]))
 
