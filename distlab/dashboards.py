@@ -98,8 +98,14 @@ class QueryProblem:
 # --------------------------------------------------------------------------- loading
 
 
-def load_dashboards(directory: Path) -> list[Dashboard]:
+COMMON_DASHBOARD = "overview"
+
+
+def load_dashboards(directory: Path, *, lab: str | None = None) -> list[Dashboard]:
     """Load and validate every `*.json` dashboard in `directory`, sorted by file name.
+
+    With `lab`, only the dashboards that lab shows: `overview.json` (every lab)
+    and the one named after it (`tiers.json` for lab tiers).
 
     Raises DashboardError (naming the file) on invalid JSON, a missing uid, a uid
     used by two files, a query panel without targets, a target without `expr`,
@@ -111,6 +117,8 @@ def load_dashboards(directory: Path) -> list[Dashboard]:
     dashboards: list[Dashboard] = []
     seen: dict[str, Path] = {}
     for path in sorted(directory.glob("*.json")):
+        if lab is not None and path.stem not in (COMMON_DASHBOARD, lab):
+            continue
         dashboard = load_dashboard(path)
         if dashboard.uid in seen:
             raise DashboardError(

@@ -45,7 +45,8 @@ class Catalogue:
             service, sep, count = pair.partition("=")
             if not sep or not count.isdigit():
                 raise UsageError(f"--scale {pair!r} is not SERVICE=N",
-                                 hint="for example --scale kv=5")
+                                 hint=f"SERVICE is one of {', '.join(lab.services)}; "
+                                      f"for example --scale {lab.services[0]}=2")
             if service not in lab.services:
                 raise UsageError(f"lab {lab.name!r} has no service {service!r}",
                                  hint=f"its services: {', '.join(lab.services)}")

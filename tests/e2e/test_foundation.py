@@ -19,11 +19,14 @@ from distlab.dashboards import check_queries, load_dashboards
 from distlab.errors import FaultError
 from distlab.testbed import PROMETHEUS_URL
 from nodes.rpc import control_pb2, kv_pb2, kv_pb2_grpc
+from tests.e2e.conftest import lab_fixture
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 DISTLAB = [str(Path(sys.executable).parent / "distlab")]
 MACHINES = ("kv-1", "kv-2", "kv-3")
+
+testbed = lab_fixture("kv")
 
 
 def probe(testbed, source: str, target: str, timeout: float = 1.0) -> control_pb2.ProbeReply:
@@ -67,7 +70,8 @@ def test_kv_serves_through_the_published_port(healed):
 
 
 def test_every_dashboard_query_returns_series(healed):
-    queries = [q for d in load_dashboards(REPO / "grafana" / "dashboards") for q in d.panels]
+    queries = [q for d in load_dashboards(REPO / "grafana" / "dashboards", lab="kv")
+               for q in d.panels]
     assert queries
     # Recording rules need a couple of evaluations over a 30 s window before they have data.
     deadline = time.monotonic() + 90

@@ -70,9 +70,9 @@ def test_help_lists_the_commands(distlab):
 @pytest.mark.parametrize("args, says, hint", [
     (["nosuch"], "No such command 'nosuch'", "distlab --help"),
     (["up", "--bogus"], "No such option '--bogus'", "distlab up --help"),
-    (["up", "nosuchlab"], "unknown lab 'nosuchlab'", "labs: kv"),
-    (["up", "--scale", "kv=abc"], "--scale 'kv=abc' is not SERVICE=N", "--scale kv=5"),
-    (["up", "--scale", "nosuch=2"], "has no service 'nosuch'", "its services: kv"),
+    (["up", "nosuchlab"], "unknown lab 'nosuchlab'", "labs: "),
+    (["up", "--scale", "app=abc"], "--scale 'app=abc' is not SERVICE=N", "--scale switch=2"),
+    (["up", "--scale", "nosuch=2"], "has no service 'nosuch'", "its services: switch, app"),
     (["chaos", "partition", "nosuchshape"], "'nosuchshape' is not one of",
      "distlab chaos partition --help"),
     (["chaos", "rpc", "kv-1", "explode"], "'explode' is not one of", "distlab chaos rpc --help"),
@@ -100,5 +100,6 @@ def test_up_checks_the_lab_before_looking_for_an_engine(distlab):
 def test_labs_lists_the_default_lab_without_an_engine(distlab):
     run = distlab("labs")
     assert run.returncode == 0, run.stderr
-    assert "kv (default)" in run.stdout
+    assert "tiers (default)" in run.stdout
+    assert "services: switch, app, data, data-master" in run.stdout
     assert "services: kv" in run.stdout

@@ -15,11 +15,12 @@ def catalogue():
     return load_catalogue(COMPOSE)
 
 
-def test_the_default_lab_is_kv_with_its_kv_service(catalogue):
-    assert catalogue.default == "kv"
-    assert catalogue.lab(None) is catalogue.labs["kv"]
+def test_the_default_lab_is_tiers_with_switch_app_and_data_tier(catalogue):
+    assert catalogue.default == "tiers"
+    assert catalogue.lab(None) is catalogue.labs["tiers"]
+    assert catalogue.labs["tiers"].services == ("switch", "app", "data", "data-master")
     assert catalogue.labs["kv"].services == ("kv",)
-    assert catalogue.labs["kv"].description
+    assert all(lab.description for lab in catalogue.labs.values())
 
 
 def test_prometheus_comes_with_every_lab_and_grafana_only_with_its_profile(catalogue):
@@ -41,7 +42,7 @@ def test_a_scale_that_is_not_service_equals_n_says_how_to_write_one(catalogue, p
         catalogue.parse_scale(catalogue.lab("kv"), [pair])
     assert repr(pair) in str(raised.value)
     assert "SERVICE=N" in str(raised.value)
-    assert "--scale kv=5" in raised.value.hint
+    assert "--scale kv=2" in raised.value.hint
 
 
 def test_a_scale_for_a_service_the_lab_lacks_names_its_services(catalogue):
@@ -63,7 +64,7 @@ def test_an_unknown_lab_lists_the_labs(catalogue):
     with pytest.raises(UnknownLab) as raised:
         catalogue.lab("nosuchlab")
     assert "'nosuchlab'" in str(raised.value)
-    assert raised.value.hint == "labs: kv"
+    assert raised.value.hint == "labs: kv, tiers"
     assert isinstance(raised.value, UsageError)  # so the CLI exits 2, not 1
 
 

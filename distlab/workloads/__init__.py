@@ -1,0 +1,1 @@
+"""Workloads: bounded client loads (count AND time) that record a History."""

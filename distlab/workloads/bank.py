@@ -1,0 +1,213 @@
+"""The bank workload: random transfers and reads over a fixed set of accounts.
+
+Client processes (threads) share one channel to the cluster's entry point and
+each draws its operations from its own seeded RNG, so a seed gives the same
+operation sequence. Bounded by an operation count AND a duration. Every
+operation lands in a `History`: a write that failed in a way that may still
+have happened (deadline, UNAVAILABLE, ...) is `info`, never `fail`.
+
+`settle()` resolves the indefinite transfers afterwards by replaying each
+with its idempotency key (the bank applies a key once, so a replay says
+whether it had happened, or makes it happen now) and takes a final audit, so
+the checker can compare the final balances with every applied transfer.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from distlab.checkers import Verdict
+from distlab.checkers.bank import BankOutcome, check_bank
+from distlab.history import FAIL, INFO, OK, History, Op
+from nodes.rpc import bank_pb2, bank_pb2_grpc
+
+# A write that failed with one of these certainly did not happen.
+DEFINITE_CODES = frozenset({
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+})
+SESSION_KEY = "x-session-id"
+
+
+@dataclass
+class BankConfig:
+    accounts: int = 8
+    initial_cents: int = 100_000
+    max_amount_cents: int = 5_000
+    processes: int = 4
+    max_ops: int = 2_000
+    seconds: float = 20.0
+    timeout: float = 2.0
+    seed: int = 0
+    # Shares of each operation; the rest of the mix is up to the caller.
+    mix: dict[str, float] = field(default_factory=lambda: {
+        "transfer": 0.7, "balance": 0.2, "audit": 0.1})
+
+
+class BankWorkload:
+    def __init__(self, channel: grpc.Channel, config: BankConfig | None = None, *,
+                 history: History | None = None, run_id: str | None = None) -> None:
+        self.config = config or BankConfig()
+        self.stub = bank_pb2_grpc.BankStub(channel)
+        self.history = history or History()
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.accounts = [f"acct-{self.run_id}-{i}" for i in range(self.config.accounts)]
+        self.initial = {name: self.config.initial_cents for name in self.accounts}
+        self.outcome: BankOutcome | None = None
+        self._issued = 0
+        self._issued_lock = threading.Lock()
+
+    # -- phases ---------------------------------------------------------------------------
+
+    def setup(self, *, deadline_seconds: float = 60.0) -> None:
+        """Open every account; retried until the cluster answers (it may still be starting)."""
+        for account in self.accounts:
+            request = bank_pb2.OpenAccountRequest(account=account,
+                                                  initial_cents=self.config.initial_cents)
+            _until_definite(lambda r=request: self.stub.OpenAccount(r, timeout=self.config.timeout),
+                            deadline_seconds, accept={grpc.StatusCode.ALREADY_EXISTS})
+
+    def run(self, stop: threading.Event | None = None) -> History:
+        """Run every client process until max_ops, `seconds`, or `stop`; return the history."""
+        stop = stop or threading.Event()
+        ends = time.monotonic() + self.config.seconds
+        threads = [threading.Thread(target=self._process, args=(p, stop, ends),
+                                    name=f"bank-{p}", daemon=True)
+                   for p in range(self.config.processes)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(self.config.seconds + self.config.timeout * 3 + 5)
+        return self.history
+
+    def settle(self, *, deadline_seconds: float = 60.0) -> BankOutcome:
+        """Resolve every indefinite transfer by replaying its key, then audit once more."""
+        applied, unresolved = [], []
+        for op in self.history.of("transfer"):
+            if op.type == OK:
+                applied.append(op.args)
+            elif op.type == INFO:
+                state = self._replay(op.args, deadline_seconds)
+                (applied.append(op.args) if state is True else
+                 unresolved.append(op.args) if state is None else None)
+        try:
+            final = _until_definite(
+                lambda: self.stub.Audit(bank_pb2.AuditRequest(), timeout=self.config.timeout),
+                deadline_seconds)
+            balances = {name: final.balances[name] for name in self.accounts
+                        if name in final.balances}
+        except grpc.RpcError:
+            balances = None  # the checker says unknown: nothing to compare with
+        self.outcome = BankOutcome(self.accounts, self.initial, balances, applied, unresolved)
+        return self.outcome
+
+    def check(self) -> Verdict:
+        if self.outcome is None:
+            self.settle()
+        return check_bank(self.history, self.outcome)
+
+    # -- one client process ---------------------------------------------------------------
+
+    def _process(self, process: int, stop: threading.Event, ends: float) -> None:
+        rng = random.Random(f"{self.config.seed}-{process}")
+        metadata = ((SESSION_KEY, f"{self.run_id}-p{process}"),)
+        ops, weights = zip(*self.config.mix.items(), strict=True)
+        serial = 0
+        while not stop.is_set() and time.monotonic() < ends and self._take_slot():
+            name = rng.choices(ops, weights)[0]
+            if name == "transfer":
+                source, target = rng.sample(self.accounts, 2)
+                serial += 1
+                args = {"from": source, "to": target,
+                        "amount": rng.randint(1, self.config.max_amount_cents),
+                        "key": f"{self.run_id}-{process}-{serial}"}
+                self._transfer(process, args)
+            elif name == "balance":
+                self._read(process, "balance", {"account": rng.choice(self.accounts)}, metadata)
+            else:
+                self._read(process, "audit", {}, metadata)
+
+    def _take_slot(self) -> bool:
+        with self._issued_lock:
+            if self._issued >= self.config.max_ops:
+                return False
+            self._issued += 1
+            return True
+
+    def _transfer(self, process: int, args: dict) -> None:
+        invoke = self.history.now()
+        try:
+            reply = self.stub.Transfer(_transfer_request(args), timeout=self.config.timeout)
+        except grpc.RpcError as exc:
+            kind = FAIL if exc.code() in DEFINITE_CODES else INFO
+            self.history.add(Op(process, "transfer", args, invoke, self.history.now(), kind,
+                                error=_describe(exc)))
+            return
+        self.history.add(Op(process, "transfer", args, invoke, self.history.now(), OK,
+                            result={"from": reply.from_balance_cents,
+                                    "to": reply.to_balance_cents}))
+
+    def _read(self, process: int, name: str, args: dict, metadata) -> None:
+        invoke = self.history.now()
+        try:
+            if name == "balance":
+                reply = self.stub.Balance(bank_pb2.BalanceRequest(account=args["account"]),
+                                          timeout=self.config.timeout, metadata=metadata)
+                result = reply.balance_cents
+            else:
+                reply = self.stub.Audit(bank_pb2.AuditRequest(), timeout=self.config.timeout,
+                                        metadata=metadata)
+                result = {n: reply.balances[n] for n in self.accounts if n in reply.balances}
+        except grpc.RpcError as exc:
+            # A read changes nothing: whatever went wrong, it certainly did not happen.
+            self.history.add(Op(process, name, args, invoke, self.history.now(), FAIL,
+                                error=_describe(exc)))
+            return
+        self.history.add(Op(process, name, args, invoke, self.history.now(), OK, result=result))
+
+    def _replay(self, args: dict, deadline_seconds: float) -> bool | None:
+        """True: the transfer is applied (before or now); False: it cannot be; None: unknown."""
+        ends = time.monotonic() + deadline_seconds
+        while time.monotonic() < ends:
+            try:
+                self.stub.Transfer(_transfer_request(args), timeout=self.config.timeout)
+                return True
+            except grpc.RpcError as exc:
+                if exc.code() in DEFINITE_CODES:
+                    return False
+                time.sleep(0.2)
+        return None
+
+
+def _transfer_request(args: dict) -> bank_pb2.TransferRequest:
+    return bank_pb2.TransferRequest(from_account=args["from"], to_account=args["to"],
+                                    amount_cents=args["amount"], idempotency_key=args["key"])
+
+
+def _describe(exc: grpc.RpcError) -> str:
+    return f"{exc.code().name}: {exc.details()}"
+
+
+def _until_definite(call: Callable, deadline_seconds: float, *,
+                    accept: frozenset | set = frozenset()):
+    """Call until it answers or fails definitely; codes in `accept` count as done (None)."""
+    ends = time.monotonic() + deadline_seconds
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if exc.code() in accept:
+                return None
+            if exc.code() in DEFINITE_CODES or time.monotonic() > ends:
+                raise
+            time.sleep(0.2)
