@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import click
 import grpc
@@ -351,4 +352,53 @@ def doctor() -> None:
             console.print(f"{'':<10} fix: {check.fix}")
         failed |= check.status == "missing"
     if failed:
+        sys.exit(1)
+
+
+# -- workloads ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--seconds", default=20.0, show_default=True, help="how long the clients run")
+@click.option("--ops", default=5000, show_default=True, help="at most this many operations")
+@click.option("--processes", default=4, show_default=True, help="concurrent clients")
+@click.option("--accounts", default=8, show_default=True, help="accounts to transfer between")
+@click.option("--seed", default=0, show_default=True, help="same seed, same operations")
+@click.option("--history", "history_path", type=click.Path(dir_okay=False), default=None,
+              help="write every operation to this history.jsonl")
+def bank(seconds: float, ops: int, processes: int, accounts: int, seed: int,
+         history_path: str | None) -> None:
+    """Run the bank workload through the switch and check the bank invariants.
+
+    Random transfers, balance reads and audits over fresh accounts; then every
+    indefinite transfer is resolved by replaying its idempotency key and the
+    final balances are compared with every applied transfer. Exit 0 when the
+    invariants hold, 1 when they do not or cannot be decided.
+    """
+    from distlab.workloads.bank import BankConfig, BankWorkload
+
+    if seconds <= 0 or ops <= 0 or processes <= 0 or accounts < 2:
+        raise UsageError("--seconds, --ops and --processes must be > 0 and --accounts >= 2")
+    testbed = Testbed()
+    workload = BankWorkload(testbed.client("switch"), BankConfig(
+        accounts=accounts, processes=processes, max_ops=ops, seconds=seconds, seed=seed))
+    try:
+        workload.setup(deadline_seconds=30)
+    except grpc.RpcError as exc:
+        raise DistlabError(f"cannot open accounts through the switch: {exc.code().name}: "
+                           f"{exc.details()}", hint="distlab status") from None
+    console.print(f"running {processes} clients for up to {seconds:g} s / {ops} operations ...")
+    workload.run()
+    verdict = workload.check()
+    if history_path:
+        workload.history.write(Path(history_path))
+    table = Table(title=f"bank: {verdict.outcome}", title_justify="left")
+    for column in ("operation", "ok", "fail", "info (indefinite)"):
+        table.add_column(column)
+    for name, row in sorted(workload.history.counts().items()):
+        table.add_row(name, str(row["ok"]), str(row["fail"]), str(row["info"]))
+    console.print(table)
+    for problem in verdict.problems:
+        console.print(f"  {problem}", markup=False)
+    if verdict.valid is not True:
         sys.exit(1)
