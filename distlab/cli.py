@@ -165,12 +165,28 @@ def _print_status(testbed: Testbed) -> None:
     table = Table()
     for column in ("machine", "lab", "role", "state", "health", "address", "faults", "detail"):
         table.add_column(column)
+    details = {machine.name: _detail(machine) for machine in machines}
+    balancer_view = _balancer_view(details)
     for machine in machines:
         info = machine.info
         faults = ", ".join(r.kind for r in active if info.name in r.machines)
+        detail = " ".join(part for part in (balancer_view.get(info.name, ""), details[info.name])
+                          if part)
         table.add_row(info.name, info.lab, info.role, info.state, _health_cell(info),
-                      ", ".join(info.addresses) or "-", faults or "-", _detail(machine))
+                      ", ".join(info.addresses) or "-", faults or "-", detail)
     console.print(table)
+
+
+def _balancer_view(details: dict[str, str]) -> dict[str, str]:
+    """{backend machine: "switch: ejected"}: what a switch says of each of its backends,
+    shown on the backend's own row ("backend.app-2=ejected" in the switch's status)."""
+    view = {}
+    for detail in details.values():
+        for part in detail.split():
+            key, _, value = part.partition("=")
+            if key.startswith("backend.") and value:
+                view[key.removeprefix("backend.")] = f"switch: {value.split(',')[0]}"
+    return view
 
 
 def _health_cell(info: MachineInfo) -> str:
