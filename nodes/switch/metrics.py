@@ -1,0 +1,67 @@
+"""The switch's own metrics, per backend (label `backend` = its machine name).
+
+Registered on the node's registry by nodes/switch/node.py. Counters and the
+latency histogram are updated per attempt by the forwarder through children
+cached on each backend's link; the gauges (in flight, healthy, ejected) are
+read from the backend at scrape time, so they cost the request path nothing.
+A backend's gauges go when it leaves the set; its counters stay, as counters do.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from nodes.common.metrics import LATENCY_BUCKETS
+from nodes.switch.backends import EJECTED, HEALTHY, Backend
+
+
+class SwitchMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "distlab_switch_backend_requests_total",
+            "Attempts the switch sent to a backend, by the backend's final status.",
+            ["backend", "code"], registry=registry)
+        self.latency = Histogram(
+            "distlab_switch_backend_latency_seconds",
+            "Time from sending one attempt to a backend to its answer.",
+            ["backend"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.outstanding = Gauge(
+            "distlab_switch_backend_outstanding", "Calls in flight to a backend.",
+            ["backend"], registry=registry)
+        self.healthy = Gauge(
+            "distlab_switch_backend_healthy",
+            "1 when a backend passed its active health checks (rise in a row), else 0.",
+            ["backend"], registry=registry)
+        self.ejected = Gauge(
+            "distlab_switch_backend_ejected",
+            "1 while a backend is ejected for consecutive failures, else 0.",
+            ["backend"], registry=registry)
+        self.ejections = Counter(
+            "distlab_switch_ejections_total", "Times a backend was ejected.",
+            ["backend"], registry=registry)
+        self.retries = Counter(
+            "distlab_switch_retries_total",
+            "Retries of idempotent calls, by the backend whose failure caused them.",
+            ["backend"], registry=registry)
+        self.retry_budget_exhausted = Counter(
+            "distlab_switch_retry_budget_exhausted_total",
+            "Retries not made because the retry budget was spent.", registry=registry)
+        self.no_backend = Counter(
+            "distlab_switch_no_backend_total",
+            "Calls refused with UNAVAILABLE because no backend could take them.",
+            registry=registry)
+
+    def watch(self, backend: Backend) -> None:
+        name = backend.name
+        self.outstanding.labels(backend=name).set_function(lambda: backend.outstanding)
+        self.healthy.labels(backend=name).set_function(
+            lambda: 1 if backend.health == HEALTHY else 0)
+        self.ejected.labels(backend=name).set_function(
+            lambda: 1 if backend.state == EJECTED else 0)
+
+    def forget(self, backend: Backend) -> None:
+        for gauge in (self.outstanding, self.healthy, self.ejected):
+            try:
+                gauge.remove(backend.name)
+            except KeyError:
+                pass  # never watched: it left before it was attached
