@@ -3,8 +3,10 @@
 `ServerInterceptor` wraps every handler of a node's server: it counts and
 times the call, applies inbound fault rules, and turns an unexpected
 exception into INTERNAL with a one-line message (never a stack trace to the
-caller). `ClientInterceptor` does the same for one outgoing channel to one
-peer, adds a default deadline and says who is calling (`x-distlab-node`).
+caller). `ServerCallMeter` is the part of that which does no waiting, shared
+with the asyncio server's interceptor (nodes.common.aio). `ClientInterceptor`
+does the same for one outgoing channel to one peer, adds a default deadline
+and says who is calling (`x-distlab-node`).
 """
 
 from __future__ import annotations
@@ -35,11 +37,50 @@ def _method_name(method: str | bytes) -> str:
     return method.decode() if isinstance(method, bytes) else method
 
 
-class ServerInterceptor(grpc.ServerInterceptor):
+class ServerCallMeter:
+    """What every server interceptor does around a call, waiting aside.
+
+    It times and counts the call, decides which inbound fault rule acts on it,
+    and reports a handler's bug. The blocking `ServerInterceptor` and the
+    asyncio one (nodes.common.aio) share it, so both record the same metrics
+    and apply the same rules.
+    """
+
     def __init__(self, metrics: NodeMetrics, rules: FaultRules, log: EventLog) -> None:
         self._metrics = metrics
         self._rules = rules
         self._log = log
+
+    def begin(self) -> float:
+        self._metrics.server_in_flight.inc()
+        return time.perf_counter()
+
+    def fault(self, method: str, context: Any) -> Decision | None:
+        """The inbound fault rule acting on this call, if any; counted as injected."""
+        decision = self._rules.decide(method, caller_of(context), "inbound")
+        if decision is not None:
+            self._metrics.fault_injected.labels(method=method, action=decision.action).inc()
+        return decision
+
+    def bug(self, method: str, exc: BaseException) -> str:
+        """Log a handler's unexpected exception; return what its caller is told instead."""
+        self._log.error("rpc_internal_error", method=method, error=repr(exc))
+        return f"internal error: {type(exc).__name__}"
+
+    def record(self, method: str, started: float, code: grpc.StatusCode) -> None:
+        self._metrics.server_in_flight.dec()
+        self._metrics.server_handled.labels(method=method, code=code.name).inc()
+        self._metrics.server_latency.labels(method=method).observe(time.perf_counter() - started)
+
+
+def drop_seconds(remaining: float | None) -> float:
+    """How long a dropped call is held: past the caller's deadline, so it sees that deadline."""
+    return DROP_WAIT_CAP_SECONDS if remaining is None else remaining + 1
+
+
+class ServerInterceptor(grpc.ServerInterceptor):
+    def __init__(self, metrics: NodeMetrics, rules: FaultRules, log: EventLog) -> None:
+        self.meter = ServerCallMeter(metrics, rules, log)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -47,14 +88,15 @@ class ServerInterceptor(grpc.ServerInterceptor):
             return None
         method = handler_call_details.method
         if handler.unary_unary:
-            return handler._replace(unary_unary=self._wrap(handler.unary_unary, method, False))
+            return handler._replace(unary_unary=self.wrap(handler.unary_unary, method, False))
         if handler.unary_stream:
-            return handler._replace(unary_stream=self._wrap(handler.unary_stream, method, True))
+            return handler._replace(unary_stream=self.wrap(handler.unary_stream, method, True))
         if handler.stream_unary:
-            return handler._replace(stream_unary=self._wrap(handler.stream_unary, method, False))
-        return handler._replace(stream_stream=self._wrap(handler.stream_stream, method, True))
+            return handler._replace(stream_unary=self.wrap(handler.stream_unary, method, False))
+        return handler._replace(stream_stream=self.wrap(handler.stream_stream, method, True))
 
-    def _wrap(self, behavior: Callable, method: str, streams_out: bool) -> Callable:
+    def wrap(self, behavior: Callable, method: str, streams_out: bool) -> Callable:
+        """`behavior` (a plain function or generator handler) metered and fault-injected."""
         def unary_result(request: Any, context: grpc.ServicerContext) -> Any:
             started = self._begin(method, context)
             try:
@@ -75,46 +117,36 @@ class ServerInterceptor(grpc.ServerInterceptor):
         return streamed_result if streams_out else unary_result
 
     def _begin(self, method: str, context: grpc.ServicerContext) -> float:
-        started = time.perf_counter()
-        self._metrics.server_in_flight.inc()
-        decision = self._rules.decide(method, caller_of(context), "inbound")
+        started = self.meter.begin()
+        decision = self.meter.fault(method, context)
         if decision is not None:
             try:
-                self._inject(method, context, decision)
+                self._inject(context, decision)
             except Exception:
-                self._record(method, context, started,
-                             context.code() or grpc.StatusCode.UNKNOWN)
+                self.meter.record(method, started, context.code() or grpc.StatusCode.UNKNOWN)
                 raise
         return started
 
-    def _inject(self, method: str, context: grpc.ServicerContext, decision: Decision) -> None:
-        self._metrics.fault_injected.labels(method=method, action=decision.action).inc()
+    def _inject(self, context: grpc.ServicerContext, decision: Decision) -> None:
         if decision.action == "delay":
             _wait_while_active(context, decision.delay_seconds)
             return
         if decision.action == "error":
             context.abort(decision.status_code, f"injected by fault rule {decision.rule_id}")
-        remaining = context.time_remaining()
-        _wait_while_active(context, DROP_WAIT_CAP_SECONDS if remaining is None else remaining + 1)
+        _wait_while_active(context, drop_seconds(context.time_remaining()))
         context.abort(grpc.StatusCode.UNAVAILABLE, f"dropped by fault rule {decision.rule_id}")
 
     def _fail(self, method: str, context: grpc.ServicerContext, started: float,
               exc: Exception) -> None:
         if context.code() is None:  # not a deliberate context.abort: a bug in a handler
-            self._log.error("rpc_internal_error", method=method, error=repr(exc))
-            self._record(method, context, started, grpc.StatusCode.INTERNAL)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
-        self._record(method, context, started, context.code())
+            message = self.meter.bug(method, exc)
+            self.meter.record(method, started, grpc.StatusCode.INTERNAL)
+            context.abort(grpc.StatusCode.INTERNAL, message)
+        self.meter.record(method, started, context.code())
         raise exc
 
     def _end(self, method: str, context: grpc.ServicerContext, started: float) -> None:
-        self._record(method, context, started, context.code() or grpc.StatusCode.OK)
-
-    def _record(self, method: str, context: grpc.ServicerContext, started: float,
-                code: grpc.StatusCode) -> None:
-        self._metrics.server_in_flight.dec()
-        self._metrics.server_handled.labels(method=method, code=code.name).inc()
-        self._metrics.server_latency.labels(method=method).observe(time.perf_counter() - started)
+        self.meter.record(method, started, context.code() or grpc.StatusCode.OK)
 
 
 def _wait_while_active(context: grpc.ServicerContext, seconds: float) -> None:

@@ -5,6 +5,13 @@
 interceptors, health, reflection and Control, the peer heartbeat, and on
 SIGTERM stops accepting, lets in-flight RPCs finish within GRACE_SECONDS and
 exits 0. `NodeServer` is the same thing without signals, for tests.
+
+A role may ask for another kind of server with a `server_mode` attribute
+(`ServerMode`): its own thread count, SO_REUSEPORT so several processes share
+the port, or asyncio mode, where a grpc.aio server runs on an event loop
+thread of the node's own (see nodes.common.aio). In asyncio mode the role's
+`register` runs on that loop's thread and `close` is called while the loop
+still runs, so a role can make and close grpc.aio objects there.
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from nodes.common.aio import AioServerInterceptor, EventLoopThread
 from nodes.common.channel import Channels
 from nodes.common.config import (
     COMMON_SETTINGS,
@@ -35,11 +44,33 @@ from nodes.common.interceptors import ServerInterceptor
 from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
 from nodes.common.peers import FailureDetector, Heartbeat
-from nodes.common.role import NodeContext, RoleSpec
+from nodes.common.role import NodeContext, RoleNode, RoleSpec
 from nodes.rpc import control_pb2, control_pb2_grpc
 
 VERSION = "0.1.0"
 CONTROL_SERVICE = control_pb2.DESCRIPTOR.services_by_name["Control"].full_name
+
+
+@dataclass(frozen=True)
+class ServerMode:
+    """How a role wants its gRPC server run (a role's `server_mode`; this default otherwise).
+
+    workers: threads running RPC handlers (None: the WORKERS setting). In
+      asyncio mode they run only the plain-function handlers (Control, health);
+      coroutine handlers run on the event loop.
+    asyncio: serve with grpc.aio on an event loop thread.
+    reuse_port: set SO_REUSEPORT, so processes serving the same port share it
+      (the kernel spreads connections among them).
+    """
+
+    workers: int | None = None
+    asyncio: bool = False
+    reuse_port: bool = False
+
+
+def server_mode_of(role: RoleNode) -> ServerMode:
+    # An optional attribute, so roles that want the default need not know ServerMode.
+    return getattr(role, "server_mode", None) or ServerMode()
 
 
 class NodeServer:
@@ -70,7 +101,9 @@ class NodeServer:
         self.health = health.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
-        self._server: grpc.Server | None = None
+        self._server: grpc.Server | grpc.aio.Server | None = None
+        self._pool: futures.ThreadPoolExecutor | None = None
+        self._loop: EventLoopThread | None = None
         self._metrics_server = None
 
     @property
@@ -78,14 +111,46 @@ class NodeServer:
         return self.context.name
 
     def start(self) -> None:
+        mode = server_mode_of(self.role)
         limit = self.config["MAX_MESSAGE_BYTES"]
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.config["WORKERS"],
-                                       thread_name_prefix="rpc"),
-            interceptors=[ServerInterceptor(self.metrics, self.rules, self.log)],
-            options=[("grpc.max_receive_message_length", limit),
-                     ("grpc.max_send_message_length", limit),
-                     ("grpc.so_reuseport", 0)])
+        options = [("grpc.max_receive_message_length", limit),
+                   ("grpc.max_send_message_length", limit),
+                   ("grpc.so_reuseport", int(mode.reuse_port))]
+        self._pool = pool = futures.ThreadPoolExecutor(
+            max_workers=mode.workers or self.config["WORKERS"], thread_name_prefix="rpc")
+        address = f"0.0.0.0:{self.config['GRPC_PORT']}"
+        if mode.asyncio:
+            self._loop = EventLoopThread(f"{self.name}-loop")
+            self._server, services, self.grpc_port = self._loop.run(
+                self._build_aio_server(pool, options, address))
+        else:
+            self._server = grpc.server(pool, options=options, interceptors=[
+                ServerInterceptor(self.metrics, self.rules, self.log)])
+            services = self._add_services(self._server)
+            self.grpc_port = self._server.add_insecure_port(address)
+        self._metrics_server, _ = start_http_server(self.config["METRICS_PORT"],
+                                                    registry=self.registry)
+        self.metrics_port = self._metrics_server.server_port
+        if self._loop is not None:
+            self._loop.run(self._server.start())
+        else:
+            self._server.start()
+        for service in ("", *services):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.heartbeat.start()
+        self.role.serving(self.grpc_port)
+        self.log.info("node_started", grpc_port=self.grpc_port, metrics_port=self.metrics_port,
+                      services=list(services), peers=list(self.config["PEERS"]))
+
+    async def _build_aio_server(self, pool: futures.ThreadPoolExecutor, options: list,
+                                address: str) -> tuple[grpc.aio.Server, tuple[str, ...], int]:
+        server = grpc.aio.server(migration_thread_pool=pool, options=options, interceptors=[
+            AioServerInterceptor(self.metrics, self.rules, self.log)])
+        services = self._add_services(server)
+        return server, services, server.add_insecure_port(address)
+
+    def _add_services(self, server: grpc.Server | grpc.aio.Server) -> tuple[str, ...]:
+        """Add the role's services, Control, health and reflection; return the names served."""
         self.role.register(server)
         control_pb2_grpc.add_ControlServicer_to_server(
             ControlService(self.context, self.role, VERSION, self.heartbeat.peers), server)
@@ -94,18 +159,7 @@ class NodeServer:
         if self.role.serves_own_reflection:
             reflection.enable_server_reflection(
                 (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        self.grpc_port = server.add_insecure_port(f"0.0.0.0:{self.config['GRPC_PORT']}")
-        self._metrics_server, _ = start_http_server(self.config["METRICS_PORT"],
-                                                    registry=self.registry)
-        self.metrics_port = self._metrics_server.server_port
-        server.start()
-        self._server = server
-        for service in ("", *services):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self.heartbeat.start()
-        self.role.serving(self.grpc_port)
-        self.log.info("node_started", grpc_port=self.grpc_port, metrics_port=self.metrics_port,
-                      services=list(services), peers=list(self.config["PEERS"]))
+        return services
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight RPCs finish within `grace`, then release everything."""
@@ -113,9 +167,17 @@ class NodeServer:
         self.log.info("node_stopping", grace_seconds=grace)
         self.health.enter_graceful_shutdown()
         self.heartbeat.stop()
-        if self._server is not None:
-            self._server.stop(grace).wait()
-        self.role.close()
+        if self._loop is not None:
+            if self._server is not None:
+                self._loop.run(self._server.stop(grace))
+            self.role.close()
+            self._loop.stop()
+        else:
+            if self._server is not None:
+                self._server.stop(grace).wait()
+            self.role.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)  # neither kind of grpc server shuts its pool down
         self.channels.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

@@ -1,0 +1,333 @@
+"""The app role: the Bank service's gRPC adapters over the bank core, in four architectures.
+
+`BankNode` is the role; `BlockingBank` and `AsyncBank` are its servicers,
+thin adapters that run the core's operations (nodes.app.bank) through a
+driver (nodes.app.drivers), count outcomes and turn `BankError` into a
+status. APP_ARCHITECTURE picks how calls are served, for the textbook
+question "which one is more resource efficient?":
+
+- iterative: one call at a time. The node has ONE RPC thread, shared by the
+  Bank, Control and health services: while a Work call runs, a health check
+  or a Control.Status waits its turn. That is what iterative means (and why a
+  long Work can make the machine look unhealthy).
+- threaded (default): APP_WORKERS threads; a call waiting for the data tier
+  or in Work's wait holds its thread.
+- async: a grpc.aio server; Bank calls are coroutines on one event loop using
+  AsyncDataClient, so waiting holds no thread, but Work's CPU part stops
+  every other call. Control and health keep their blocking servicers and run
+  in APP_WORKERS threads beside the loop (nodes.common.aio).
+- process: APP_PROCESSES processes share the port (nodes.app.processes), each
+  a threaded node: CPU work runs on several cores at once.
+
+The servicers touch nothing but the core, the data-tier client and the
+metrics; the only state of an app server is its Statement cursors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from nodes.app.bank import Bank, BankError, Limits, Operation
+from nodes.app.cursors import CursorTable
+from nodes.app.drivers import run, run_async
+from nodes.app.work import burn_cpu, check_work
+from nodes.common.config import ConfigError, Setting, non_negative, one_of, positive
+from nodes.common.role import NodeContext, RoleNode, RoleSpec
+from nodes.common.server import ServerMode
+from nodes.data.client import AsyncDataClient, DataClient, DataUnavailable
+from nodes.rpc import bank_pb2, bank_pb2_grpc
+
+SERVICE_NAME = bank_pb2.DESCRIPTOR.services_by_name["Bank"].full_name
+ARCHITECTURES = ("iterative", "threaded", "async", "process")
+TRANSFER_RESULTS = ("committed", "replayed", "rejected", "failed", "unknown")
+MAX_PROCESSES = 64
+STATUS_TIMEOUT_SECONDS = 2.0
+# Refusals of the request itself; every other error left the transfer undone for the
+# bank's own reasons (data tier down, contention), or its outcome unknown.
+REJECTIONS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+              grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
+
+
+def at_most(cap: int):
+    def check(value: int) -> str | None:
+        return None if 1 <= value <= cap else f"must be 1-{cap}"
+
+    return check
+
+
+SETTINGS = (
+    Setting("DATA_MASTER", str, "data-master:50051",
+            "host:port of the data tier's master (nodes.datamaster), which names the chain"),
+    Setting("APP_ARCHITECTURE", str, "threaded",
+            "how calls are served: iterative (one at a time, on the one thread Control and "
+            "health share too), threaded (APP_WORKERS threads), async (one asyncio event "
+            "loop; Control and health on APP_WORKERS threads), process (APP_PROCESSES "
+            "threaded processes on one port; a Control call reaches one of them)",
+            one_of(*ARCHITECTURES)),
+    Setting("APP_WORKERS", int, 16,
+            "threads of the threaded architecture (per process in process), and of async's "
+            "pool for Control and health; this role's WORKERS (iterative has 1)", positive),
+    Setting("APP_PROCESSES", int, 2, "worker processes of the process architecture",
+            at_most(MAX_PROCESSES)),
+    Setting("APP_DATA_ATTEMPTS", int, 4,
+            "tries of each data-tier call (the client's own retries) before it gives up",
+            positive),
+    Setting("APP_TXN_ATTEMPTS", int, 8,
+            "reads and Txns a write tries while other writers keep changing its accounts "
+            "(then ABORTED)", positive),
+    Setting("APP_UNKNOWN_RESENDS", int, 2,
+            "resends of a Txn whose answer was lost before the caller is told the outcome "
+            "is unknown", non_negative),
+    Setting("APP_MAX_BALANCE_CENTS", int, 10**15,
+            "largest balance (and amount) in cents; with APP_AUDIT_MAX_ACCOUNTS its product "
+            "must fit int64, so an audit's total does", positive),
+    Setting("APP_AUDIT_MAX_ACCOUNTS", int, 5000,
+            "most accounts an Audit reads (in one data-tier Read; at most the data tier's "
+            "read limit); more is FAILED_PRECONDITION", positive),
+    Setting("APP_CURSORS", int, 10_000,
+            "Statement cursors kept open; one more forgets the least recently used", positive),
+    Setting("APP_CURSOR_IDLE_SECONDS", float, 300.0,
+            "a Statement cursor unused this long is forgotten", positive),
+)
+
+
+def limits_from(config: dict[str, Any]) -> Limits:
+    limits = Limits(max_balance_cents=config["APP_MAX_BALANCE_CENTS"],
+                    max_audit_accounts=config["APP_AUDIT_MAX_ACCOUNTS"],
+                    txn_attempts=config["APP_TXN_ATTEMPTS"],
+                    unknown_resends=config["APP_UNKNOWN_RESENDS"])
+    if limits.complaint():
+        raise ConfigError(f"APP_MAX_BALANCE_CENTS={limits.max_balance_cents} x "
+                          f"APP_AUDIT_MAX_ACCOUNTS={limits.max_audit_accounts} exceeds int64: "
+                          f"an audit's total could overflow")
+    return limits
+
+
+def server_mode_for(architecture: str, workers: int) -> ServerMode:
+    if architecture == "iterative":
+        return ServerMode(workers=1)
+    return ServerMode(workers=workers, asyncio=architecture == "async",
+                      reuse_port=architecture == "process")
+
+
+class BankMetrics:
+    """The app role's metrics, on the node's registry."""
+
+    def __init__(self, registry: CollectorRegistry, architecture: str) -> None:
+        self.transfers = Counter(
+            "distlab_bank_transfers_total",
+            "Transfers by result: committed; replayed (a repeated idempotency key); rejected "
+            "(bad input, unknown account, overdraft, key reused); failed (not applied: data "
+            "tier down or contention); unknown (the data tier may have applied it).",
+            ["result"], registry=registry)
+        for result in TRANSFER_RESULTS:
+            self.transfers.labels(result=result)
+        self.conflicts = Counter(
+            "distlab_bank_txn_conflicts_total",
+            "Data-tier Txns whose compares failed (another writer came first), so the write "
+            "re-read and tried again.", ["operation"], registry=registry)
+        self.cursors_open = Gauge("distlab_bank_cursors_open",
+                                  "Stateful Statement cursors this app server holds.",
+                                  registry=registry)
+        self.work_seconds = Counter(
+            "distlab_app_work_seconds_total",
+            "Synthetic Work done, by kind: cpu (CPU time burned) or io (time waited).",
+            ["kind"], registry=registry)
+        self.architecture = Gauge("distlab_app_architecture_info",
+                                  "Always 1; the label says how this app server serves calls.",
+                                  ["architecture"], registry=registry)
+        self.architecture.labels(architecture=architecture).set(1)
+
+    def transfer_answered(self, reply: bank_pb2.TransferReply) -> None:
+        self.transfers.labels(result="replayed" if reply.replayed else "committed").inc()
+
+    def transfer_refused(self, error: BankError) -> None:
+        if error.outcome_unknown:
+            result = "unknown"
+        else:
+            result = "rejected" if error.code in REJECTIONS else "failed"
+        self.transfers.labels(result=result).inc()
+
+
+class BlockingBank(bank_pb2_grpc.BankServicer):
+    """The Bank service for a thread-pool server: each call holds its thread throughout."""
+
+    def __init__(self, bank: Bank, client: DataClient, metrics: BankMetrics, *,
+                 timeout: float) -> None:
+        self._bank = bank
+        self._client = client
+        self._metrics = metrics
+        self._timeout = timeout
+
+    def _run(self, operation: Operation[Any], context: grpc.ServicerContext,
+             transfer: bool = False) -> Any:
+        try:
+            reply = run(operation, self._client, timeout=self._timeout,
+                        time_remaining=context.time_remaining)
+        except BankError as error:
+            if transfer:
+                self._metrics.transfer_refused(error)
+            context.abort(error.code, error.message)
+        if transfer:
+            self._metrics.transfer_answered(reply)
+        return reply
+
+    def OpenAccount(self, request, context):
+        return self._run(self._bank.open_account(request), context)
+
+    def Deposit(self, request, context):
+        return self._run(self._bank.deposit(request), context)
+
+    def Transfer(self, request, context):
+        return self._run(self._bank.transfer(request), context, transfer=True)
+
+    def Balance(self, request, context):
+        return self._run(self._bank.balance(request), context)
+
+    def Audit(self, request, context):
+        return self._run(self._bank.audit(request), context)
+
+    def Statement(self, request, context):
+        return self._run(self._bank.statement(request), context)
+
+    def Work(self, request, context):
+        try:
+            cpu_seconds, io_seconds = check_work(request)
+        except BankError as error:
+            context.abort(error.code, error.message)
+        self._metrics.work_seconds.labels(kind="cpu").inc(burn_cpu(cpu_seconds))
+        time.sleep(io_seconds)
+        self._metrics.work_seconds.labels(kind="io").inc(io_seconds)
+        return bank_pb2.WorkReply(served_by=self._bank.served_by)
+
+
+class AsyncBank(bank_pb2_grpc.BankServicer):
+    """The Bank service as coroutines on a grpc.aio server's event loop."""
+
+    def __init__(self, bank: Bank, client: AsyncDataClient, metrics: BankMetrics, *,
+                 timeout: float) -> None:
+        self._bank = bank
+        self._client = client
+        self._metrics = metrics
+        self._timeout = timeout
+
+    async def _run(self, operation: Operation[Any], context: grpc.aio.ServicerContext,
+                   transfer: bool = False) -> Any:
+        try:
+            reply = await run_async(operation, self._client, timeout=self._timeout,
+                                    time_remaining=context.time_remaining)
+        except BankError as error:
+            if transfer:
+                self._metrics.transfer_refused(error)
+            await context.abort(error.code, error.message)
+        if transfer:
+            self._metrics.transfer_answered(reply)
+        return reply
+
+    async def OpenAccount(self, request, context):
+        return await self._run(self._bank.open_account(request), context)
+
+    async def Deposit(self, request, context):
+        return await self._run(self._bank.deposit(request), context)
+
+    async def Transfer(self, request, context):
+        return await self._run(self._bank.transfer(request), context, transfer=True)
+
+    async def Balance(self, request, context):
+        return await self._run(self._bank.balance(request), context)
+
+    async def Audit(self, request, context):
+        return await self._run(self._bank.audit(request), context)
+
+    async def Statement(self, request, context):
+        return await self._run(self._bank.statement(request), context)
+
+    async def Work(self, request, context):
+        try:
+            cpu_seconds, io_seconds = check_work(request)
+        except BankError as error:
+            await context.abort(error.code, error.message)
+        # On the loop's own thread, on purpose: CPU work stalls every call of this server.
+        self._metrics.work_seconds.labels(kind="cpu").inc(burn_cpu(cpu_seconds))
+        await asyncio.sleep(io_seconds)
+        self._metrics.work_seconds.labels(kind="io").inc(io_seconds)
+        return bank_pb2.WorkReply(served_by=self._bank.served_by)
+
+
+class BankNode(RoleNode):
+    service_names = (SERVICE_NAME,)
+
+    def __init__(self, ctx: NodeContext, *, process_index: int | None = None) -> None:
+        config = ctx.config
+        self._ctx = ctx
+        self.architecture = config["APP_ARCHITECTURE"]
+        self.server_mode = server_mode_for(self.architecture, config["APP_WORKERS"])
+        # Worker processes of one machine share its name; served_by tells them apart.
+        self.served_by = ctx.name if process_index is None else f"{ctx.name}/{process_index}"
+        self._cursors = CursorTable(capacity=config["APP_CURSORS"],
+                                    idle_seconds=config["APP_CURSOR_IDLE_SECONDS"])
+        self.metrics = BankMetrics(ctx.registry, self.architecture)
+        self.metrics.cursors_open.set_function(lambda: len(self._cursors))
+        self.bank = Bank(limits_from(config), self._cursors, served_by=self.served_by,
+                         on_conflict=lambda operation: self.metrics.conflicts.labels(
+                             operation=operation).inc())
+        self._master = config["DATA_MASTER"]
+        self._timeout = config["RPC_TIMEOUT_SECONDS"]
+        self._attempts = config["APP_DATA_ATTEMPTS"]
+        self._client: DataClient | AsyncDataClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def register(self, server: grpc.Server | grpc.aio.Server) -> None:
+        if self.server_mode.asyncio:
+            # Called on the server's event loop: the client's grpc.aio channels belong to it.
+            self._loop = asyncio.get_running_loop()
+            self._client = AsyncDataClient(
+                self._master, timeout=self._timeout, attempts=self._attempts,
+                max_message_bytes=self._ctx.config["MAX_MESSAGE_BYTES"], caller=self._ctx.name)
+            servicer = AsyncBank(self.bank, self._client, self.metrics, timeout=self._timeout)
+        else:
+            self._client = DataClient(self._master, self._ctx.channels, timeout=self._timeout,
+                                      attempts=self._attempts)
+            servicer = BlockingBank(self.bank, self._client, self.metrics,
+                                    timeout=self._timeout)
+        bank_pb2_grpc.add_BankServicer_to_server(servicer, server)
+
+    def status(self) -> dict[str, str]:
+        return {"architecture": self.architecture, "served_by": self.served_by,
+                "cursors": str(len(self._cursors)), "data_master": self._master,
+                "chain": self._chain()}
+
+    def _chain(self) -> str:
+        """The data tier's chain, head first, as this server's client last learned it."""
+        try:
+            if self._loop is None:
+                config = self._client.config()
+            else:
+                pending = asyncio.run_coroutine_threadsafe(self._client.config(), self._loop)
+                try:
+                    config = pending.result(STATUS_TIMEOUT_SECONDS)
+                finally:
+                    pending.cancel()  # no-op once done; stops a master call that hangs
+        except (DataUnavailable, TimeoutError) as exc:
+            return f"unknown ({exc or 'no answer'})"
+        return " -> ".join(member.name for member in config.chain) or "empty"
+
+    def close(self) -> None:
+        if self._loop is not None and self._client is not None:
+            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(
+                STATUS_TIMEOUT_SECONDS)
+
+
+SPEC = RoleSpec(
+    name="app",
+    summary="the tiers lab's app server: the Bank service (accounts, idempotent deposits and "
+            "transfers, audit, statements, synthetic Work) over the chain-replicated data "
+            "tier, keeping no balance itself; APP_ARCHITECTURE picks how it serves calls.",
+    settings=SETTINGS,
+    build=BankNode,
+)
