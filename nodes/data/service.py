@@ -1,0 +1,584 @@
+"""The data replica's gRPC adapter: the `Data` and `Replica` services and the membership thread.
+
+Called by gRPC (clients, the predecessor, the data-master) and by the node
+bootstrap (`serving`, `status`, `close`). It touches its own write-ahead log
+and membership marker under DATA_DIR/<name>/, and calls its successor and
+the data-master; every decision is the sans-I/O `ReplicaCore`'s.
+
+Write path. Updates are serialized at each replica by one lock held from
+"evaluate" (head) or "receive" (others) until the successor answered: one
+update is in flight in the chain at a time. That keeps strict seq order
+simply (fine for a lab, and the figure a benchmark of this tier measures).
+Each replica fsyncs the update to its log, applies it, forwards it, and
+answers only after its successor answered, so the head replies after every
+replica holds the update durably. A successor reporting a gap is sent the
+missing updates from the in-memory recent-updates log (rebuilt from the WAL
+at start), or, when that no longer covers it, the whole state (Install).
+A successor with a newer epoch refuses the Forward; the sender then asks the
+master for the configuration: a removed head learns it is out and the
+client is told the write was NOT applied (FAILED_PRECONDITION).
+
+What the head answers a Txn: OK; FAILED_PRECONDITION (not the head: not
+applied); ABORTED (an earlier update is still not through the chain: this
+one was not applied); UNAVAILABLE (applied at the head but not confirmed by
+the chain: it may still take effect). A failed compare is answered from the
+head's state without a chain round trip; a head removed without knowing it
+(partitioned away) can thus report a stale "compare failed", never a write.
+
+Reads are served at the tail under the same lock as applies, so a Read of
+many keys or a prefix sees one state, and its seq says which.
+
+Membership (see nodes/data/chain.py for the rules). At start the replica
+replays its log and registers with the data-master until it answers: a
+replica still listed whose disk says it has been a member without a break
+is re-used in place (prefix property plus gap catch-up make that safe);
+otherwise it syncs the full state from the tail (Sync), registers as ready,
+and the master appends it at the tail. Every DATA_MEMBERSHIP_CHECK_SECONDS it
+asks the master for the configuration and re-registers when it is no longer
+in the chain. A replica serves nothing before the master answered once.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram
+
+from nodes.common.config import ConfigError
+from nodes.common.metrics import LATENCY_BUCKETS
+from nodes.common.role import NodeContext, RoleNode
+from nodes.data.chain import POSITIONS, Adoption, ForwardKind, NotReady, ReplicaCore, StaleEpoch
+from nodes.data.store import (
+    InvalidRequest,
+    Limits,
+    TooLarge,
+    check_read,
+    check_txn,
+    chunk_entries,
+)
+from nodes.data.wal import ChainLog, read_file, write_atomically
+from nodes.rpc import chain_pb2, chain_pb2_grpc
+
+SERVICE_NAMES = (chain_pb2.DESCRIPTOR.services_by_name["Data"].full_name,
+                 chain_pb2.DESCRIPTOR.services_by_name["Replica"].full_name)
+MASTER_PEER = "data-master"
+# Room left in a message for everything but the entries (framing, seq, flags).
+MESSAGE_HEADROOM_BYTES = 4096
+# Time kept back from a caller's deadline so an answer still reaches it.
+REPLY_MARGIN_SECONDS = 0.05
+
+
+class ChainBroken(Exception):
+    """The rest of the chain could not be brought to hold an update (unreachable, timed out)."""
+
+
+class SuccessorRejected(ChainBroken):
+    """The successor refused: it has a newer configuration than this replica."""
+
+
+class Deposed(Exception):
+    """This replica found out it is no longer the head."""
+
+
+def advertised_address(configured: str, grpc_port: int) -> str:
+    """`configured` as host:port, the port filled in when absent; default this machine's IP."""
+    if configured:
+        host, _, port = configured.rpartition(":")
+        return configured if host and port.isdigit() else f"{configured}:{grpc_port}"
+    try:
+        host = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        host = "127.0.0.1"
+    return f"{host}:{grpc_port}"
+
+
+def _complete_snapshot(chunks: list[chain_pb2.SyncChunk]) -> str | None:
+    """Why `chunks` is not one whole snapshot, or None when it is."""
+    if not chunks or not chunks[-1].last:
+        return "the snapshot ended before its last chunk"
+    if any(chunk.seq != chunks[0].seq for chunk in chunks):
+        return "the snapshot's chunks disagree on its seq"
+    return None
+
+
+class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServicer):
+    service_names = SERVICE_NAMES
+
+    def __init__(self, ctx: NodeContext) -> None:
+        config = ctx.config
+        max_message = config["MAX_MESSAGE_BYTES"]
+        if config["DATA_MAX_VALUE_BYTES"] > max_message // 2:
+            raise ConfigError(f"DATA_MAX_VALUE_BYTES={config['DATA_MAX_VALUE_BYTES']} must be at "
+                              f"most half of MAX_MESSAGE_BYTES={max_message}")
+        self._log = ctx.log
+        self._channels = ctx.channels
+        self._limits = Limits(max_value_bytes=config["DATA_MAX_VALUE_BYTES"],
+                              max_txn_ops=config["DATA_MAX_TXN_OPS"],
+                              max_read_limit=config["DATA_MAX_READ_LIMIT"])
+        self._budget = max_message - MESSAGE_HEADROOM_BYTES
+        self._rpc_timeout = config["RPC_TIMEOUT_SECONDS"]
+        self._transfer_timeout = config["DATA_TRANSFER_TIMEOUT_SECONDS"]
+        self._check_interval = config["DATA_MEMBERSHIP_CHECK_SECONDS"]
+        self._compact_after = config["DATA_WAL_COMPACT_UPDATES"]
+        self._advertise = config["DATA_ADVERTISE_ADDRESS"]
+        self._master_address = config["DATA_MASTER"]
+        self._marker_path = ctx.data_dir / "membership.json"
+
+        self._core = ReplicaCore(ctx.name, recent_capacity=config["DATA_RECENT_UPDATES"],
+                                 member_epoch=self._read_marker())
+        self._define_metrics(ctx)
+        self._wal = ChainLog(ctx.data_dir / "chain.wal", on_fsync=self._fsync_seconds.observe)
+        replayed = self._wal.replay()
+        applied = self._core.restore(replayed.snapshot, replayed.snapshot_seq, replayed.updates)
+        ctx.log.info("chain_recovered", snapshot_seq=replayed.snapshot_seq, updates=applied,
+                     last_seq=self._core.last_seq, keys=len(self._core.store),
+                     member_epoch=self._core.member_epoch)
+
+        # _chain_lock: the write path, configuration changes, installs (held across calls
+        # to the successor). _state_lock: the state and the configuration as reads see them.
+        self._chain_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._me = chain_pb2.ChainMember(name=ctx.name)
+        self._needs_register = True
+        self._closed = False
+        self._last_problem = ""
+        self._stopped = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._membership_loop, name="chain-membership",
+                                        daemon=True)
+
+    def _define_metrics(self, ctx: NodeContext) -> None:
+        registry, core = ctx.registry, self._core
+        Gauge("distlab_chain_applied_seq", "Seq of the last update this replica applied.",
+              registry=registry).set_function(lambda: core.last_seq)
+        Gauge("distlab_chain_epoch", "Epoch of the chain configuration this replica follows.",
+              registry=registry).set_function(lambda: core.epoch)
+        position = Gauge("distlab_chain_position",
+                         "1 for this replica's position in the chain, 0 for the others.",
+                         ["position"], registry=registry)
+        for name in POSITIONS:
+            position.labels(position=name).set_function(
+                lambda name=name: 1.0 if core.position == name else 0.0)
+        Gauge("distlab_chain_keys", "Keys this replica holds.",
+              registry=registry).set_function(lambda: len(core.store))
+        self._forward_seconds = Histogram(
+            "distlab_chain_forward_seconds",
+            "At the head: time for the rest of the chain to hold an update.",
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self._txns = Counter("distlab_chain_txn_total", "Txns the head answered, by result.",
+                             ["result"], registry=registry)
+        for result in ("committed", "compare_failed", "error"):
+            self._txns.labels(result=result)
+        self._syncs = Counter("distlab_chain_syncs_total",
+                              "Full states this replica installed (joining, or too far behind "
+                              "for its predecessor's recent-updates log).", registry=registry)
+        self._fsync_seconds = Histogram("distlab_chain_wal_fsync_seconds",
+                                        "Time to fsync one write-ahead-log append.",
+                                        buckets=LATENCY_BUCKETS, registry=registry)
+
+    # -- node contract ---------------------------------------------------------------------
+
+    def register(self, server: grpc.Server) -> None:
+        chain_pb2_grpc.add_DataServicer_to_server(self, server)
+        chain_pb2_grpc.add_ReplicaServicer_to_server(self, server)
+
+    def serving(self, grpc_port: int) -> None:
+        self._me.address = advertised_address(self._advertise, grpc_port)
+        self._thread.start()
+
+    def status(self) -> dict[str, str]:
+        with self._state_lock:
+            return {"position": self._core.position, "epoch": str(self._core.epoch),
+                    "last_seq": str(self._core.last_seq), "keys": str(len(self._core.store)),
+                    "chain": ",".join(self._core.names())}
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self._rpc_timeout + 1)
+        with self._chain_lock:
+            self._closed = True
+            self._wal.close()
+
+    # -- Data ------------------------------------------------------------------------------
+
+    def Txn(self, request, context):
+        try:
+            check_txn(request, self._limits)
+        except InvalidRequest as exc:
+            self._refuse_txn(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        deadline = self._deadline(context)
+        # Updates are serialized here; a txn whose caller stopped waiting is not applied.
+        if not self._chain_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            self._refuse_txn(context, grpc.StatusCode.ABORTED,
+                             "not applied: the head was busy with earlier txns until the "
+                             "deadline; retry")
+        try:
+            reply = self._txn_at_head(request, deadline, context)
+        finally:
+            self._chain_lock.release()
+        self._txns.labels(result="committed" if reply.succeeded else "compare_failed").inc()
+        return reply
+
+    def _txn_at_head(self, request, deadline: float, context) -> chain_pb2.TxnReply:
+        """Evaluate, log, apply and pass on one txn; chain lock held."""
+        if not self._core.serves_txn():
+            self._refuse_txn(context, grpc.StatusCode.FAILED_PRECONDITION,
+                             f"not the head: {self._core.describe()}")
+        if self._core.has_pending():  # compares must see a state the whole chain holds
+            pending = self._core.last_seq
+            try:
+                self._commit(pending, deadline)
+            except Deposed as exc:
+                self._refuse_txn(context, grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"not the head: {exc}")
+            except (ChainBroken, grpc.RpcError) as exc:
+                self._refuse_txn(context, grpc.StatusCode.ABORTED,
+                                 f"not applied: update {pending} is not yet held by the rest "
+                                 f"of the chain ({exc}); retry")
+        outcome = self._core.store.evaluate(request)
+        if outcome.update is None:  # a failed compare, or nothing to change: no seq consumed
+            return chain_pb2.TxnReply(succeeded=outcome.holds,
+                                      seq=self._core.last_seq if outcome.holds else 0)
+        update = outcome.update
+        update.epoch = self._core.epoch
+        self._append_and_apply(update)
+        started = time.perf_counter()
+        try:
+            self._commit(update.seq, deadline)
+        except Deposed as exc:
+            self._refuse_txn(context, grpc.StatusCode.FAILED_PRECONDITION,
+                             f"not the head any more ({exc}): the update was not applied")
+        except (ChainBroken, grpc.RpcError) as exc:
+            self._refuse_txn(context, grpc.StatusCode.UNAVAILABLE,
+                             f"update {update.seq} is applied at the head but not confirmed by "
+                             f"the rest of the chain ({exc}); it may still take effect")
+        finally:
+            if self._core.successor() is not None:
+                self._forward_seconds.observe(time.perf_counter() - started)
+        return chain_pb2.TxnReply(succeeded=True, seq=update.seq)
+
+    def Read(self, request, context):
+        try:
+            limit = check_read(request, self._limits)
+        except InvalidRequest as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        with self._state_lock:
+            if not self._core.serves_read():
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"not the tail: {self._core.describe()}")
+            try:
+                return self._core.store.read(request, limit, self._budget)
+            except TooLarge as exc:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    def _refuse_txn(self, context, code: grpc.StatusCode, message: str) -> None:
+        self._txns.labels(result="error").inc()
+        context.abort(code, message)
+
+    # -- Replica ---------------------------------------------------------------------------
+
+    def Forward(self, request, context):
+        deadline = self._deadline(context)
+        with self._chain_lock:
+            try:
+                self._core.check_epoch(request.epoch)
+            except StaleEpoch as exc:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            self._catch_up_on_epoch(request.epoch, deadline)
+            kind = self._core.classify(request.seq)
+            if kind is ForwardKind.GAP or (request.probe and kind is ForwardKind.APPLY):
+                return chain_pb2.ForwardReply(last_seq=self._core.last_seq)  # send me more
+            if kind is ForwardKind.APPLY:
+                self._append_and_apply(request)
+            self._pass_on(request.seq, deadline, context)
+            return chain_pb2.ForwardReply(last_seq=self._core.last_seq)
+
+    def Install(self, request_iterator, context):
+        chunks = list(request_iterator)
+        complaint = _complete_snapshot(chunks)
+        if complaint:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, complaint)
+        deadline = self._deadline(context)
+        with self._chain_lock:
+            try:
+                self._core.check_epoch(chunks[0].epoch)
+            except StaleEpoch as exc:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            self._catch_up_on_epoch(chunks[0].epoch, deadline)
+            # Never step back: a predecessor holds a superset of what its successor holds.
+            if chunks[0].seq > self._core.last_seq:
+                self._install(chunks)
+            self._pass_on(self._core.last_seq, deadline, context)
+            return chain_pb2.ForwardReply(last_seq=self._core.last_seq)
+
+    def Sync(self, request, context):
+        with self._state_lock:
+            # Only the tail's state is all committed: a head or middle may hold an update
+            # that is lost (and its seq reused) if it dies before passing it on.
+            if not self._core.serves_read():
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"not the tail: {self._core.describe()}; sync from the tail")
+            if self._core.epoch < request.epoch:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"this replica is at epoch {self._core.epoch}, behind the asked "
+                              f"{request.epoch}; retry")
+            entries, seq = self._core.store.snapshot()
+        yield from chunk_entries(entries, seq, self._budget)
+
+    def Configure(self, request, context):
+        deadline = self._deadline(context)
+        with self._chain_lock:
+            try:
+                self._adopt(request, deadline, pushed=True)
+            except NotReady as exc:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            except (ChainBroken, grpc.RpcError) as exc:
+                context.abort(grpc.StatusCode.UNAVAILABLE,
+                              f"took epoch {request.epoch} but could not bring the successor "
+                              f"up to date: {exc}")
+            return chain_pb2.ConfigureReply(last_seq=self._core.last_seq,
+                                            epoch=self._core.epoch)
+
+    def _catch_up_on_epoch(self, epoch: int, deadline: float) -> None:
+        """A predecessor at a newer epoch means the master's push is on its way here: ask
+        for it now rather than pass updates to a successor that may have been removed.
+        Without an answer, carry on with the configuration at hand."""
+        if epoch <= self._core.epoch or not self._core.active:
+            return
+        try:
+            self._refresh(deadline)
+        except (ChainBroken, grpc.RpcError) as exc:
+            self._log.info("configuration_refresh_failed", epoch=epoch, problem=str(exc))
+
+    def _pass_on(self, seq: int, deadline: float, context) -> None:
+        """Make every replica after this one hold `seq` (Forward and Install handlers)."""
+        try:
+            self._propagate(seq, deadline)
+        except SuccessorRejected:
+            # The successor has a newer configuration than this replica: learn it first.
+            try:
+                adoption = self._refresh(deadline)
+            except (ChainBroken, grpc.RpcError) as exc:
+                context.abort(grpc.StatusCode.UNAVAILABLE,
+                              f"held here, not passed on: a newer configuration exists ({exc})")
+            if adoption is Adoption.LEFT:
+                context.abort(grpc.StatusCode.UNAVAILABLE,
+                              "held here, not passed on: this replica left the chain")
+        except ChainBroken as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"held here, not passed on: {exc}")
+
+    # -- the write path (chain lock held) --------------------------------------------------
+
+    def _append_and_apply(self, update: chain_pb2.Update) -> None:
+        if self._closed:
+            raise ChainBroken("this replica is shutting down")
+        self._wal.append(update)  # durable before anyone can learn of it
+        with self._state_lock:
+            self._core.record(update)
+        # Rewriting costs the whole state: wait until the log is at least as long, so the
+        # cost per update stays constant however large the state grows.
+        if self._wal.updates_since_snapshot >= max(self._compact_after, len(self._core.store)):
+            entries, seq = self._core.store.snapshot()
+            self._wal.replace(chunk_entries(entries, seq, self._budget))
+
+    def _install(self, chunks: list[chain_pb2.SyncChunk]) -> None:
+        if self._closed:
+            raise ChainBroken("this replica is shutting down")
+        self._wal.replace(chunks)
+        entries = [entry for chunk in chunks for entry in chunk.entries]
+        with self._state_lock:
+            self._core.install(entries, chunks[0].seq)
+        self._syncs.inc()
+        self._log.info("state_installed", seq=chunks[0].seq, keys=len(entries))
+
+    def _commit(self, seq: int, deadline: float) -> None:
+        """At the head: make the rest of the chain hold `seq`, or raise ChainBroken or Deposed."""
+        try:
+            self._propagate(seq, deadline)
+            return
+        except SuccessorRejected:
+            pass
+        # My direct successor refused my epoch, so it does not hold `seq`: whether it
+        # still counts depends on whether I am still the head.
+        self._refresh(deadline)  # when still a member, this passes everything on
+        if not self._core.serves_txn():
+            raise Deposed(self._core.describe())
+
+    def _propagate(self, upto: int, deadline: float) -> None:
+        """Bring the successor (and through it everyone after it) to hold `upto`."""
+        successor = self._core.successor()
+        if successor is None:
+            return
+        epoch = self._core.epoch
+        update = self._core.recent_update(upto)
+        if update is None:
+            update = chain_pb2.Update(seq=upto, probe=True)
+        update.epoch = epoch
+        held = self._forward(successor, update, deadline)
+        if held < upto:
+            self._log.info("successor_catch_up", successor=successor.name, holds=held,
+                           upto=upto)
+        for _ in range(upto - held + 2):  # each round moves `held` on, or installs
+            if held >= upto:
+                break
+            missing = self._core.recent_update(held + 1)
+            if missing is None:
+                held = self._install_into(successor)
+                continue
+            missing.epoch = epoch
+            held = self._forward(successor, missing, deadline)
+        if held < upto:
+            raise ChainBroken(f"{successor.name} holds {held}, not {upto}, after a catch-up")
+        self._core.confirmed(upto)
+
+    def _forward(self, member: chain_pb2.ChainMember, update: chain_pb2.Update,
+                 deadline: float) -> int:
+        # A successor cut off by a partition must not hold the chain for a whole push's
+        # deadline: one hop waits at most RPC_TIMEOUT_SECONDS.
+        timeout = min(deadline - time.monotonic(), self._rpc_timeout)
+        if timeout <= 0:
+            raise ChainBroken(f"no time left to forward update {update.seq} to {member.name}")
+        try:
+            return self._replica_stub(member).Forward(update, timeout=timeout).last_seq
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise SuccessorRejected(f"{member.name} refused: {exc.details()}") from None
+            raise ChainBroken(f"{member.name}: {exc.code().name}: {exc.details()}") from None
+
+    def _install_into(self, member: chain_pb2.ChainMember) -> int:
+        entries, seq = self._core.store.snapshot()
+        epoch = self._core.epoch
+
+        def stamped() -> Iterator[chain_pb2.SyncChunk]:
+            for chunk in chunk_entries(entries, seq, self._budget):
+                chunk.epoch = epoch
+                yield chunk
+
+        self._log.info("successor_install", successor=member.name, seq=seq, keys=len(entries))
+        try:
+            reply = self._replica_stub(member).Install(stamped(), timeout=self._transfer_timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise SuccessorRejected(f"{member.name} refused: {exc.details()}") from None
+            raise ChainBroken(f"install into {member.name}: {exc.code().name}: "
+                              f"{exc.details()}") from None
+        return reply.last_seq
+
+    # -- configuration (chain lock held) ---------------------------------------------------
+
+    def _adopt(self, config: chain_pb2.ChainConfig, deadline: float, *, pushed: bool = False,
+               granted: bool = False) -> Adoption:
+        before = (self._core.epoch, self._core.position, self._core.member_epoch)
+        with self._state_lock:
+            adoption = self._core.adopt(config, pushed=pushed, granted=granted)
+        if adoption is Adoption.STALE:
+            return adoption
+        if self._core.member_epoch != before[2]:
+            self._write_marker(self._core.member_epoch)
+        if (self._core.epoch, self._core.position) != before[:2]:
+            self._log.info("chain_configured", epoch=self._core.epoch,
+                           position=self._core.position, chain=self._core.names())
+        self._needs_register = adoption is Adoption.LEFT
+        if adoption is Adoption.LEFT:
+            self._wake.set()
+        if adoption is Adoption.MEMBER:
+            self._propagate(self._core.last_seq, deadline)
+        return adoption
+
+    def _refresh(self, deadline: float) -> Adoption:
+        timeout = max(0.05, min(self._rpc_timeout, deadline - time.monotonic()))
+        config = self._master().GetConfig(chain_pb2.GetConfigRequest(), timeout=timeout)
+        return self._adopt(config, deadline)
+
+    # -- membership thread -----------------------------------------------------------------
+
+    def _membership_loop(self) -> None:
+        while not self._stopped.is_set():
+            self._wake.clear()
+            try:
+                self._membership_step()
+                problem = ""
+            except grpc.RpcError as exc:
+                problem = f"{exc.code().name}: {exc.details()}"
+            except ChainBroken as exc:
+                problem = str(exc)
+            if problem != self._last_problem:
+                if problem:
+                    self._log.warning("membership_check_failed", problem=problem)
+                else:
+                    self._log.info("membership_check_recovered")
+                self._last_problem = problem
+            self._wake.wait(self._check_interval)
+
+    def _membership_step(self) -> None:
+        deadline = time.monotonic() + self._transfer_timeout
+        if not self._needs_register:
+            config = self._master().GetConfig(chain_pb2.GetConfigRequest(),
+                                              timeout=self._rpc_timeout)
+            with self._chain_lock:
+                if not self._closed:
+                    self._adopt(config, deadline)
+            return
+        with self._chain_lock:
+            request = chain_pb2.RegisterRequest(
+                member=self._me, last_seq=self._core.last_seq,
+                member_epoch=self._core.member_epoch, ready=self._core.ready)
+        reply = self._master().Register(request, timeout=self._rpc_timeout)
+        with self._chain_lock:
+            if self._closed:
+                return
+            adoption = self._adopt(reply.config, deadline, granted=reply.member)
+            syncing = adoption is Adoption.LEFT and reply.config.chain
+        self._log.info("registered", epoch=reply.config.epoch, member=reply.member,
+                       outcome=adoption.value, ready=request.ready)
+        if syncing:
+            self._sync_from_tail(reply.config)
+            self._wake.set()  # register again at once, now ready to join
+
+    def _sync_from_tail(self, config: chain_pb2.ChainConfig) -> None:
+        tail = config.chain[-1]
+        stream = self._replica_stub(tail).Sync(chain_pb2.SyncRequest(epoch=config.epoch),
+                                               timeout=self._transfer_timeout)
+        chunks = list(stream)
+        complaint = _complete_snapshot(chunks)
+        if complaint:
+            raise ChainBroken(f"sync from {tail.name}: {complaint}")
+        with self._chain_lock:
+            if self._closed or self._core.active or not self._needs_register:
+                return  # the configuration moved on meanwhile: the next round decides
+            self._install(chunks)
+            self._core.ready = True
+        self._log.info("synced_from_tail", tail=tail.name, seq=chunks[0].seq)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _master(self) -> chain_pb2_grpc.MasterStub:
+        return chain_pb2_grpc.MasterStub(self._channels.get(self._master_address, MASTER_PEER))
+
+    def _replica_stub(self, member: chain_pb2.ChainMember) -> chain_pb2_grpc.ReplicaStub:
+        return chain_pb2_grpc.ReplicaStub(self._channels.get(member.address, member.name))
+
+    def _deadline(self, context) -> float:
+        remaining = context.time_remaining()
+        budget = self._rpc_timeout if remaining is None else min(remaining,
+                                                                  self._transfer_timeout)
+        return time.monotonic() + max(0.0, budget - REPLY_MARGIN_SECONDS)
+
+    def _read_marker(self) -> int:
+        raw = read_file(self._marker_path)
+        if raw is None:
+            return 0
+        try:
+            return int(json.loads(raw)["member_epoch"])
+        except (ValueError, KeyError, TypeError):
+            return 0  # unreadable: claim no membership, so the master makes it sync again
+
+    def _write_marker(self, member_epoch: int) -> None:
+        write_atomically(self._marker_path, json.dumps({"member_epoch": member_epoch}).encode())

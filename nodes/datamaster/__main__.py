@@ -1,0 +1,31 @@
+"""python -m nodes.datamaster — the data tier's chain configuration master (see --help)."""
+
+import sys
+
+from nodes.common.config import Setting, positive
+from nodes.common.role import RoleSpec
+from nodes.common.server import main
+from nodes.datamaster.service import DataMasterNode
+
+SPEC = RoleSpec(
+    name="datamaster",
+    summary="the data tier's master: keeps the chain configuration (epoch and members, head "
+            "first) on disk, lets replicas register and join at the tail, health-checks members "
+            "and takes out the ones that fail, and pushes every change to the chain.",
+    settings=(
+        Setting("CHAIN_CHECK_INTERVAL_SECONDS", float, 0.5,
+                "how often every chain member is health-checked (and unacknowledged "
+                "configurations pushed again)", positive),
+        Setting("CHAIN_CHECK_TIMEOUT_SECONDS", float, 0.5,
+                "deadline of one health check of a member", positive),
+        Setting("CHAIN_CHECK_FALL", int, 3,
+                "failed checks in a row before a member is taken out of the chain", positive),
+        Setting("CHAIN_CONFIGURE_TIMEOUT_SECONDS", float, 10.0,
+                "deadline of one configuration push (it includes the member bringing its new "
+                "successor up to date)", positive),
+    ),
+    build=DataMasterNode,
+)
+
+if __name__ == "__main__":
+    sys.exit(main(SPEC))
