@@ -28,8 +28,10 @@ from distlab.checkers.bank import BankOutcome, check_bank
 from distlab.history import FAIL, INFO, OK, History, Op
 from nodes.rpc import bank_pb2, bank_pb2_grpc
 
-# A write that failed with one of these certainly did not happen.
+# A write that failed with one of these certainly did not happen (the bank answers ABORTED
+# only when its optimistic retries ran out and none of its Txns can have been applied).
 DEFINITE_CODES = frozenset({
+    grpc.StatusCode.ABORTED,
     grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED,

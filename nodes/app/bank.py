@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import secrets
 from collections.abc import Callable, Generator
@@ -67,9 +68,22 @@ DEFAULT_PAGE_LINES = 20
 MAX_PAGE_LINES = 100
 INT64_MAX = 2**63 - 1
 
+# After a conflict, wait a random time up to 2 ms, 4 ms, ... (capped) before re-reading, so
+# writers contending for the same accounts spread out instead of colliding again at once.
+CONFLICT_BACKOFF_SECONDS = 0.002
+CONFLICT_BACKOFF_CAP_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Asks the driver to wait this long before resuming the operation (conflict backoff)."""
+
+    seconds: float
+
+
 T = TypeVar("T")
-DataRequest = chain_pb2.ReadRequest | chain_pb2.TxnRequest
-DataReply = chain_pb2.ReadReply | chain_pb2.TxnReply
+DataRequest = chain_pb2.ReadRequest | chain_pb2.TxnRequest | Pause
+DataReply = chain_pb2.ReadReply | chain_pb2.TxnReply | None
 Operation = Generator[DataRequest, DataReply, T]
 
 
@@ -212,7 +226,8 @@ class Bank:
 
     def __init__(self, limits: Limits, cursors: CursorTable, *, served_by: str,
                  new_nonce: Callable[[], str] = lambda: secrets.token_hex(8),
-                 on_conflict: Callable[[str], None] = lambda operation: None) -> None:
+                 on_conflict: Callable[[str], None] = lambda operation: None,
+                 jitter: Callable[[], float] = random.random) -> None:
         complaint = limits.complaint()
         if complaint:
             raise ValueError(complaint)
@@ -221,6 +236,7 @@ class Bank:
         self.served_by = served_by
         self._new_nonce = new_nonce
         self._on_conflict = on_conflict
+        self._jitter = jitter
 
     # -- checks shared by the operations -----------------------------------------------------
 
@@ -264,7 +280,7 @@ class Bank:
         Txn of this call may have been applied unseen.
         """
         uncertain = False
-        for _ in range(self.limits.txn_attempts):
+        for attempt in range(self.limits.txn_attempts):
             found = yield from self._read_keys(keys, uncertain=uncertain, operation=operation)
             decision = decide(found, uncertain)
             if isinstance(decision, _Done):
@@ -286,6 +302,8 @@ class Bank:
             if result.succeeded:
                 return decision.reply
             self._on_conflict(operation)
+            ceiling = min(CONFLICT_BACKOFF_CAP_SECONDS, CONFLICT_BACKOFF_SECONDS * 2 ** attempt)
+            yield Pause(self._jitter() * ceiling)
         if uncertain:  # a Txn of this call may still be on its way to the head
             raise _unknown(operation, f"gave up after {self.limits.txn_attempts} attempts")
         raise BankError(grpc.StatusCode.ABORTED,

@@ -13,12 +13,14 @@ left of the caller's deadline.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
 
-from nodes.app.bank import BankError, DataReply, DataRequest, DataTierDown, Operation
+from nodes.app.bank import BankError, DataReply, DataRequest, DataTierDown, Operation, Pause
 from nodes.data.client import AsyncDataClient, DataClient, DataUnavailable
 from nodes.rpc import chain_pb2
 
@@ -30,6 +32,10 @@ def run(operation: Operation[T], client: DataClient, *, timeout: float,
         time_remaining: Callable[[], float | None] = lambda: None) -> T:
     request, result = _resume(operation)
     while request is not None:
+        if isinstance(request, Pause):
+            time.sleep(request.seconds)
+            request, result = _resume(operation)
+            continue
         try:
             reply = _send(client, request, _deadline(timeout, time_remaining))
         except DataUnavailable as exc:
@@ -45,6 +51,10 @@ async def run_async(operation: Operation[T], client: AsyncDataClient, *, timeout
                     time_remaining: Callable[[], float | None] = lambda: None) -> T:
     request, result = _resume(operation)
     while request is not None:
+        if isinstance(request, Pause):
+            await asyncio.sleep(request.seconds)
+            request, result = _resume(operation)
+            continue
         call_timeout = _deadline(timeout, time_remaining)
         try:
             if isinstance(request, chain_pb2.TxnRequest):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodes.app.bank import DataTierDown, Operation
+from nodes.app.bank import DataTierDown, Operation, Pause
 from nodes.rpc import chain_pb2
 
 READ_LIMIT = 10_000
@@ -30,6 +30,7 @@ class MemoryData:
     before_txn: Callable[[MemoryData], None] | None = None
     txns: int = 0
     reads: int = 0
+    pauses: list[float] = field(default_factory=list)
 
     def txn(self, request: chain_pb2.TxnRequest) -> chain_pb2.TxnReply:
         self.txns += 1
@@ -77,6 +78,9 @@ class MemoryData:
             seq=self.seq, truncated=truncated)
 
     def answer(self, request: Any) -> Any:
+        if isinstance(request, Pause):
+            self.pauses.append(request.seconds)  # conflict backoff: no real wait in unit tests
+            return None
         if isinstance(request, chain_pb2.TxnRequest):
             return self.txn(request)
         return self.read(request)

@@ -282,6 +282,11 @@ def test_endless_contention_gives_up_with_aborted_and_changes_nothing(teller):
     error = refusal(teller.transfer, "alice", "bob", 1, "t1")
     assert error.code == Code.ABORTED and "8 attempts" in error.message
     assert teller.conflicts == ["transfer"] * 8
+    # Each conflict backs off a random time under a ceiling that doubles, capped at 0.1 s.
+    ceilings = [min(0.1, 0.002 * 2 ** attempt) for attempt in range(8)]
+    assert len(teller.data.pauses) == 8
+    assert all(0 <= pause <= ceiling for pause, ceiling in zip(teller.data.pauses, ceilings,
+                                                               strict=True))
     teller.data.before_txn = None
     assert (teller.balance("alice"), teller.balance("bob")) == (1000, 500)
 
