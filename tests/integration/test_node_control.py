@@ -281,3 +281,10 @@ def test_concurrent_writers_all_get_distinct_versions(kv):
         thread.join()
     assert errors == []
     assert sorted(versions) == list(range(1, 41))
+
+
+def test_reconfigure_on_a_role_without_run_time_settings_is_refused(control):
+    with pytest.raises(grpc.RpcError) as raised:
+        control.Reconfigure(control_pb2.ReconfigureRequest(settings={"backends": "x"}), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no run-time settings" in raised.value.details()
