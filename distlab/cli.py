@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from distlab.chord.cli import chord, sim_chord
 from distlab.errors import DistlabError, UsageError
 from distlab.faults.network import SHAPES
 from distlab.runtime.base import MachineInfo
@@ -67,6 +68,15 @@ def cli() -> None:
 
 def main() -> None:
     cli()
+
+
+@cli.group()
+def sim() -> None:
+    """Simulate a lab's protocol in one process, running the nodes' own code."""
+
+
+cli.add_command(chord)
+sim.add_command(sim_chord)
 
 
 # -- labs ---------------------------------------------------------------------------------

@@ -113,16 +113,29 @@ class _ConfigCache:
 
     def __init__(self) -> None:
         self._config: chain_pb2.ChainConfig | None = None
+        self._suspect = False
         self._lock = threading.Lock()
 
     def get(self) -> chain_pb2.ChainConfig | None:
         with self._lock:
             return self._config
 
+    def suspect(self) -> None:
+        """A member failed a call: the next call asks the master first. Without this, a call
+        that fails indefinitely (a partitioned head times out) would leave the old head
+        cached and every later call would go to it again."""
+        with self._lock:
+            self._suspect = True
+
+    def suspected(self) -> bool:
+        with self._lock:
+            return self._suspect
+
     def offer(self, config: chain_pb2.ChainConfig) -> chain_pb2.ChainConfig:
         with self._lock:
             if self._config is None or config.epoch >= self._config.epoch:
                 self._config = config
+            self._suspect = False
             return self._config
 
 
@@ -158,7 +171,7 @@ class DataClient:
 
     def _call(self, what: str, request, timeout: float | None):
         policy = RetryPolicy(what, attempts=self._attempts, timeout=timeout or self._timeout)
-        stale = False
+        stale = self._cache.suspected()
         while True:
             attempt_timeout = policy.begin()
             config = self._cache.get()
@@ -181,6 +194,7 @@ class DataClient:
             try:
                 return method(request, timeout=max(0.001, policy.remaining()))
             except grpc.RpcError as exc:
+                self._cache.suspect()
                 pause = policy.failed(member.name, exc)
             stale = True
             time.sleep(pause)
@@ -234,7 +248,7 @@ class AsyncDataClient:
 
     async def _call(self, what: str, request, timeout: float | None):
         policy = RetryPolicy(what, attempts=self._attempts, timeout=timeout or self._timeout)
-        stale = False
+        stale = self._cache.suspected()
         while True:
             attempt_timeout = policy.begin()
             config = self._cache.get()
@@ -257,6 +271,7 @@ class AsyncDataClient:
                 return await method(request, timeout=max(0.001, policy.remaining()),
                                     metadata=self._metadata)
             except grpc.RpcError as exc:
+                self._cache.suspect()
                 pause = policy.failed(member.name, exc)
             stale = True
             await asyncio.sleep(pause)

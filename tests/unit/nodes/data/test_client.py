@@ -3,7 +3,13 @@
 import grpc
 import pytest
 
-from nodes.data.client import DataUnavailable, RetryPolicy, certainly_not_applied, pick
+from nodes.data.client import (
+    DataUnavailable,
+    RetryPolicy,
+    _ConfigCache,
+    certainly_not_applied,
+    pick,
+)
 from nodes.rpc import chain_pb2
 
 REFUSED = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.2:50051: "
@@ -101,3 +107,15 @@ def test_txns_go_to_the_head_and_reads_to_the_tail():
     assert pick(config, "txn").name == "data-1"
     assert pick(config, "read").name == "data-3"
     assert pick(chain_pb2.ChainConfig(), "txn") is None
+
+
+def test_a_failed_call_makes_the_next_call_ask_the_master_first():
+    # A partitioned head times out (indefinite): if the cache stayed trusted, every later
+    # txn would go to that same head again and never learn the new chain.
+    cache = _ConfigCache()
+    cache.offer(chain_pb2.ChainConfig(epoch=3))
+    assert not cache.suspected()
+    cache.suspect()
+    assert cache.suspected()
+    cache.offer(chain_pb2.ChainConfig(epoch=4))
+    assert not cache.suspected() and cache.get().epoch == 4
