@@ -1,0 +1,89 @@
+"""The Chord lab's commands: `distlab chord ring` and `distlab sim chord`.
+
+distlab/cli.py registers `chord` (a group) on the main command and
+`sim_chord` under its `sim` group. Errors are `DistlabError`s, which the main
+command prints as one line and a hint; bad options are click usage errors
+(exit 2). `ring` reads the machines through the Testbed and writes one PNG;
+`sim chord` runs in this process and writes its report directory.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from distlab.chord import sim
+from distlab.chord.ringmap import DEFAULT_PNG, check_ring, draw_ring, fetch_states, ring_rows
+from distlab.errors import DistlabError
+from distlab.testbed import Testbed
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+@click.group()
+def chord() -> None:
+    """The Chord lab: look at the running ring (start it with `distlab up chord`)."""
+
+
+@chord.command()
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_PNG,
+              show_default=True, help="where to draw the ring")
+def ring(png: Path) -> None:
+    """Every chord machine's state by id, whether they form one ordered ring, and a PNG."""
+    states, silent = fetch_states(Testbed().machines())
+    if not states:
+        detail = f": {'; '.join(silent)}" if silent else ""
+        raise DistlabError(f"no chord machine answered{detail}",
+                           hint="distlab up chord --scale chord=16")
+    check = check_ring(states)
+    table = Table(title=f"Chord ring: {len(check.ordered)} members, 2^{states[0].bits} ids")
+    for column in ("id", "machine", "address", "predecessor", "successor list",
+                   "keys (+replicas)"):
+        table.add_column(column)
+    for row in ring_rows(check):
+        table.add_row(*row)
+    console.print(table)
+    for line in silent:
+        console.print(f"[yellow]{line}[/]", markup=True)
+    drawn = draw_ring(states, png)
+    if check.ok:
+        console.print(f"[green]one consistent ring[/] of {len(check.ordered)} peers; "
+                      f"drawn in {drawn}")
+        return
+    for problem in check.problems:
+        console.print(f"[red]problem:[/] {problem}")
+    console.print(f"drawn in {drawn}")
+    raise DistlabError(f"not one consistent ring: {len(check.problems)} problem(s)",
+                       hint="stabilization mends a ring within a few CHORD_STABILIZE_SECONDS: "
+                            "run it again")
+
+
+@click.command(name="chord")
+@click.option("--nodes", type=click.IntRange(8, 1 << 16), default=1024, show_default=True,
+              help="ring size: path lengths for N = 8, 16, ... up to it; failures and load "
+                   "balance at it")
+@click.option("--lookups", type=click.IntRange(1, 1_000_000), default=2000, show_default=True,
+              help="random lookups per table row")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=sim.DEFAULT_OUT, show_default=True, help="report directory")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON, not tables")
+def sim_chord(nodes: int, lookups: int, seed: int, out: Path, as_json: bool) -> None:
+    """Simulate Chord in one process with the peers' own code: path length vs N, lookups
+    after failures, keys per node with virtual nodes (SIGCOMM 2001, ToN 2003)."""
+    report = sim.run(nodes, lookups=lookups, seed=seed)
+    try:
+        written = sim.write_report(report, out)
+    except OSError as exc:
+        raise DistlabError(f"cannot write the report to {out}: {exc}",
+                           hint="choose another directory with --out") from None
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+        return
+    click.echo(sim.format_tables(report), nl=False)
+    click.echo(f"\nwrote {', '.join(str(p) for p in written)}")

@@ -1,0 +1,87 @@
+"""The entries a Chord peer holds: values with versions, deletions kept as tombstones. Sans-I/O.
+
+A key lives at its owner and, as replicas, on the owner's next successors.
+Copies travel between peers in any order (a put's replication, the handoff
+when a node joins or leaves, re-replication after a failure), so `merge`
+keeps whichever copy has the higher version and every order ends in the same
+state. A delete is a tombstone with its own version, so an older copy arriving
+later cannot bring the key back. The owner picks versions (`next_version`):
+its clock in nanoseconds, and always above the version it holds.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from nodes.chord.ring import RingError, between_right, key_id
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    ident: int
+    value: bytes
+    version: int
+    deleted: bool = False
+
+
+class KeyStore:
+    """Entries by key; thread-safe, since RPC threads and maintenance share one store."""
+
+    def __init__(self, *, bits: int, max_value_bytes: int) -> None:
+        self.bits = bits
+        self.max_value_bytes = max_value_bytes
+        self._entries: dict[str, Entry] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(1 for e in self._entries.values() if not e.deleted)
+
+    def make_entry(self, key: str, value: bytes, *, deleted: bool, now_ns: int) -> Entry:
+        """A new write of `key` by its owner, with a version above every earlier one."""
+        ident = key_id(key, self.bits)
+        if len(value) > self.max_value_bytes:
+            raise RingError(f"value is {len(value)} bytes; the limit is {self.max_value_bytes}")
+        with self._lock:
+            held = self._entries.get(key)
+        version = max(now_ns, held.version + 1 if held else 0)
+        return Entry(key, ident, b"" if deleted else value, version, deleted)
+
+    def merge(self, entry: Entry) -> bool:
+        """Keep `entry` if it is newer than the copy held. True if it was kept."""
+        with self._lock:
+            held = self._entries.get(entry.key)
+            if held is not None and held.version >= entry.version:
+                return False
+            self._entries[entry.key] = entry
+            return True
+
+    def get(self, key: str) -> Entry | None:
+        """The copy held of `key`, a tombstone included; None if there is none."""
+        with self._lock:
+            return self._entries.get(key)
+
+    def entries(self) -> list[Entry]:
+        with self._lock:
+            return list(self._entries.values())
+
+    def entries_in(self, start: int, end: int) -> list[Entry]:
+        """Entries whose id lies in (start, end]: what a node owning that range must hold."""
+        with self._lock:
+            return [e for e in self._entries.values() if between_right(start, e.ident, end)]
+
+    def count(self, start: int | None, end: int) -> tuple[int, int]:
+        """Live keys in (start, end] and outside it: (owned, replicas). Without a known
+        start (no predecessor yet) every key counts as owned."""
+        owned = replicas = 0
+        with self._lock:
+            for entry in self._entries.values():
+                if entry.deleted:
+                    continue
+                if start is None or between_right(start, entry.ident, end):
+                    owned += 1
+                else:
+                    replicas += 1
+        return owned, replicas
