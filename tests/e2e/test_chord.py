@@ -1,0 +1,131 @@
+"""The chord lab, for real: a ring of 12 containers that stabilizes by itself, keeps every
+key through a crash of a quarter of its peers, moves keys to newcomers, and hands them over
+on a graceful leave. Every wait polls for a state a user would check, with a bound.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from distlab.chord.ringmap import check_ring, fetch_states
+from distlab.dashboards import check_queries, load_dashboards
+from distlab.testbed import PROMETHEUS_URL
+from nodes.rpc import chord_pb2, chord_pb2_grpc
+from tests.e2e.conftest import lab_fixture
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+PEERS = 12
+KEYS = [f"key-{n}" for n in range(40)]
+
+testbed = lab_fixture("chord", scale=[f"chord={PEERS}"])
+
+
+def eventually(check, *, timeout: float, interval: float = 1.0, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} did not hold within {timeout:.0f} s (last: {last!r})")
+
+
+def one_ring(testbed, size: int):
+    """The ring check when every running peer answers and they form one ring of `size`."""
+    states, silent = fetch_states(testbed.machines())
+    check = check_ring(states)
+    return check if check.ok and not silent and len(check.ordered) == size else None
+
+
+def running_peers(testbed) -> list[str]:
+    return sorted((m.name for m in testbed.machines()
+                   if m.info.role == "chord" and m.info.state == "running"),
+                  key=lambda name: int(name.rsplit("-", 1)[1]))
+
+
+def stub_of(testbed, name: str) -> chord_pb2_grpc.ChordStub:
+    return chord_pb2_grpc.ChordStub(testbed.machine(name).refresh().channel())
+
+
+def readable_everywhere(testbed, values: dict[str, bytes], peers: list[str]) -> bool:
+    for name in peers:
+        stub = stub_of(testbed, name)
+        for key, value in values.items():
+            try:
+                if stub.Get(chord_pb2.GetRequest(key=key), timeout=5).value != value:
+                    return False
+            except grpc.RpcError:
+                return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def stored(testbed):
+    eventually(lambda: one_ring(testbed, PEERS), timeout=180, what=f"one ring of {PEERS}")
+    stub = stub_of(testbed, "chord-1")
+    values = {key: f"value of {key}".encode() for key in KEYS}
+    for key, value in values.items():
+        stub.Put(chord_pb2.PutRequest(key=key, value=value), timeout=10)
+    return values
+
+
+def test_the_ring_stabilizes_and_every_peer_agrees_on_every_owner(testbed, stored):
+    owners = {}
+    for name in running_peers(testbed):
+        stub = stub_of(testbed, name)
+        for key in KEYS[:10]:
+            owner = stub.Lookup(chord_pb2.LookupRequest(key=key), timeout=10).owner.id
+            assert owners.setdefault(key, owner) == owner, (name, key)
+    assert readable_everywhere(testbed, stored, running_peers(testbed))
+
+
+def test_bad_input_is_a_clear_error(testbed, stored):
+    stub = stub_of(testbed, "chord-1")
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Lookup(chord_pb2.LookupRequest(key=""), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and raised.value.details()
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Lookup(chord_pb2.LookupRequest(id="not-hex"), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_every_chord_dashboard_query_returns_series(testbed, stored):
+    queries = [q for d in load_dashboards(REPO / "grafana" / "dashboards", lab="chord")
+               for q in d.panels]
+    deadline = time.monotonic() + 90
+    while True:
+        problems = check_queries(PROMETHEUS_URL, queries)
+        if not problems or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert not problems, "\n".join(map(str, problems))
+
+
+def test_a_graceful_leave_hands_its_keys_over(testbed, stored):
+    testbed.nemesis.stop("chord-12")
+    eventually(lambda: one_ring(testbed, PEERS - 1), timeout=120, what="one ring without chord-12")
+    assert readable_everywhere(testbed, stored, running_peers(testbed)[:3])
+
+
+def test_killing_a_quarter_of_the_peers_loses_no_key(testbed, stored):
+    victims = running_peers(testbed)[-3:]
+    for name in victims:
+        testbed.nemesis.kill(name)
+    survivors = running_peers(testbed)
+    eventually(lambda: one_ring(testbed, len(survivors)), timeout=180,
+               what=f"one ring of the {len(survivors)} survivors")
+    eventually(lambda: readable_everywhere(testbed, stored, survivors[:3]), timeout=120,
+               what="every key readable after the crash")
+
+
+def test_peers_that_come_back_take_their_keys_and_nothing_is_lost(testbed, stored):
+    testbed.nemesis.heal()  # starts every stopped and killed peer again
+    eventually(lambda: one_ring(testbed, PEERS), timeout=180, what=f"one ring of {PEERS} again")
+    eventually(lambda: readable_everywhere(testbed, stored, running_peers(testbed)), timeout=120,
+               what="every key readable from every peer after the rejoin")
