@@ -50,6 +50,7 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from nodes.common.config import ConfigError
+from nodes.common.durable import read_file, write_atomically
 from nodes.common.metrics import LATENCY_BUCKETS
 from nodes.common.role import NodeContext, RoleNode
 from nodes.data.chain import POSITIONS, Adoption, ForwardKind, NotReady, ReplicaCore, StaleEpoch
@@ -61,7 +62,7 @@ from nodes.data.store import (
     check_txn,
     chunk_entries,
 )
-from nodes.data.wal import ChainLog, read_file, write_atomically
+from nodes.data.wal import ChainLog
 from nodes.rpc import chain_pb2, chain_pb2_grpc
 
 SERVICE_NAMES = (chain_pb2.DESCRIPTOR.services_by_name["Data"].full_name,

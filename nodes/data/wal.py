@@ -5,20 +5,19 @@ a CRC32, `append` returns only after fsync (so nothing is acknowledged before
 it is on disk), `replay` cuts a torn tail off, and `replace` swaps in a new
 log atomically (write, fsync, rename, fsync the directory). A log is a
 snapshot (SNAPSHOT records, written only by `replace`, at the start) followed
-by updates in seq order. `write_atomically`/`read_file` keep the membership
-marker (and the master's configuration) the same way.
+by updates in seq order. The durable-file mechanics (also used for the
+membership marker and the master's configuration) are nodes.common.durable's.
 """
 
 from __future__ import annotations
 
-import os
 import struct
-import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodes.common.durable import LogFile
 from nodes.rpc import chain_pb2
 
 UPDATE, SNAPSHOT = 1, 2
@@ -67,74 +66,29 @@ def decode_log(data: bytes) -> tuple[Replayed, int]:
     return replayed, offset
 
 
-def fsync_directory(path: Path) -> None:
-    directory = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Make `path` hold exactly `data`, durably: a crash leaves the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
-    fsync_directory(path.parent)
-
-
-def read_file(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
 class ChainLog:
     def __init__(self, path: Path, *, on_fsync: Callable[[float], None] = lambda _: None) -> None:
         self.path = path
-        self._on_fsync = on_fsync
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "ab")  # noqa: SIM115 - held open for the node's lifetime
+        self._log = LogFile(path, on_fsync=on_fsync)
         self.updates_since_snapshot = 0
 
     def replay(self) -> Replayed:
         data = self.path.read_bytes()
         replayed, intact = decode_log(data)
         if intact < len(data):
-            self._file.truncate(intact)
-            self._sync()
+            self._log.truncate(intact)
         self.updates_since_snapshot = len(replayed.updates)
         return replayed
 
     def append(self, update: chain_pb2.Update) -> None:
-        self._file.write(_frame(UPDATE, update.SerializeToString()))
-        self._sync()
+        self._log.write(_frame(UPDATE, update.SerializeToString()))
+        self._log.sync()
         self.updates_since_snapshot += 1
 
     def replace(self, chunks: Iterable[chain_pb2.SyncChunk]) -> None:
         """Atomically make the log hold exactly this snapshot (install and compaction)."""
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        with open(temporary, "wb") as out:
-            for chunk in chunks:
-                out.write(_frame(SNAPSHOT, chunk.SerializeToString()))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, self.path)
-        fsync_directory(self.path.parent)
-        self._file.close()
-        self._file = open(self.path, "ab")  # noqa: SIM115
+        self._log.replace(_frame(SNAPSHOT, chunk.SerializeToString()) for chunk in chunks)
         self.updates_since_snapshot = 0
 
     def close(self) -> None:
-        self._file.close()
-
-    def _sync(self) -> None:
-        started = time.perf_counter()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._on_fsync(time.perf_counter() - started)
+        self._log.close()

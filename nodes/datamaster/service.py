@@ -26,9 +26,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Gauge
 
 from nodes.common.config import ConfigError
+from nodes.common.durable import read_file, write_atomically
 from nodes.common.peers import FailureDetector
 from nodes.common.role import NodeContext, RoleNode
-from nodes.data.wal import read_file, write_atomically
 from nodes.datamaster.core import REASONS, ChainMaster, Change
 from nodes.rpc import chain_pb2, chain_pb2_grpc
 

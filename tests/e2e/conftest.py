@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
-from distlab.testbed import Testbed
+from distlab.dashboards import check_queries, load_dashboards
+from distlab.testbed import PROMETHEUS_URL, Testbed
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _engine_answers() -> bool:
@@ -53,3 +58,31 @@ def healed(testbed):
     problems = testbed.nemesis.heal()
     testbed.wait_healthy(testbed.lab, timeout=120)
     assert not problems, problems
+
+
+def eventually(check, *, timeout: float, interval: float = 0.5, what: str = "condition"):
+    """Poll `check` until it returns something truthy (returned); fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} did not hold within {timeout:.0f} s (last: {last!r})")
+
+
+def assert_dashboards_answer(lab: str, *, timeout: float = 90) -> None:
+    """Every panel query of `lab`'s dashboards (and the overview) returns series.
+
+    Rates need a couple of scrapes over their window before they have data: poll."""
+    queries = [q for d in load_dashboards(REPO / "grafana" / "dashboards", lab=lab)
+               for q in d.panels]
+    assert queries
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = check_queries(PROMETHEUS_URL, queries)
+        if not problems or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert not problems, "\n".join(map(str, problems))

@@ -5,17 +5,14 @@ on a graceful leave. Every wait polls for a state a user would check, with a bou
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 
 from distlab.chord.ringmap import check_ring, fetch_states
-from distlab.dashboards import check_queries, load_dashboards
-from distlab.testbed import PROMETHEUS_URL
 from nodes.rpc import chord_pb2, chord_pb2_grpc
-from tests.e2e.conftest import lab_fixture
+from tests.e2e.conftest import assert_dashboards_answer, eventually, lab_fixture
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -23,17 +20,6 @@ PEERS = 12
 KEYS = [f"key-{n}" for n in range(40)]
 
 testbed = lab_fixture("chord", scale=[f"chord={PEERS}"])
-
-
-def eventually(check, *, timeout: float, interval: float = 1.0, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} did not hold within {timeout:.0f} s (last: {last!r})")
 
 
 def one_ring(testbed, size: int):
@@ -96,15 +82,7 @@ def test_bad_input_is_a_clear_error(testbed, stored):
 
 
 def test_every_chord_dashboard_query_returns_series(testbed, stored):
-    queries = [q for d in load_dashboards(REPO / "grafana" / "dashboards", lab="chord")
-               for q in d.panels]
-    deadline = time.monotonic() + 90
-    while True:
-        problems = check_queries(PROMETHEUS_URL, queries)
-        if not problems or time.monotonic() > deadline:
-            break
-        time.sleep(3)
-    assert not problems, "\n".join(map(str, problems))
+    assert_dashboards_answer("chord")
 
 
 def test_a_graceful_leave_hands_its_keys_over(testbed, stored):

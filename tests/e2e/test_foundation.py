@@ -9,17 +9,14 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import docker
 import pytest
 
-from distlab.dashboards import check_queries, load_dashboards
 from distlab.errors import FaultError
-from distlab.testbed import PROMETHEUS_URL
 from nodes.rpc import control_pb2, kv_pb2, kv_pb2_grpc
-from tests.e2e.conftest import lab_fixture
+from tests.e2e.conftest import assert_dashboards_answer, eventually, lab_fixture
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -34,17 +31,6 @@ def probe(testbed, source: str, target: str, timeout: float = 1.0) -> control_pb
     with channel:
         return control.Probe(control_pb2.ProbeRequest(
             target=testbed.machine(target).address, timeout_seconds=timeout), timeout=timeout + 5)
-
-
-def eventually(check, *, timeout: float, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} did not hold within {timeout:.0f} s (last: {last!r})")
 
 
 def up_value(testbed, machine: str) -> float | None:
@@ -70,17 +56,7 @@ def test_kv_serves_through_the_published_port(healed):
 
 
 def test_every_dashboard_query_returns_series(healed):
-    queries = [q for d in load_dashboards(REPO / "grafana" / "dashboards", lab="kv")
-               for q in d.panels]
-    assert queries
-    # Recording rules need a couple of evaluations over a 30 s window before they have data.
-    deadline = time.monotonic() + 90
-    while True:
-        problems = check_queries(PROMETHEUS_URL, queries)
-        if not problems or time.monotonic() > deadline:
-            break
-        time.sleep(3)
-    assert not problems, "\n".join(map(str, problems))
+    assert_dashboards_answer("kv")
 
 
 def test_killed_machine_is_down_in_status_and_prometheus_then_heals(healed):

@@ -20,12 +20,10 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from distlab.checkers import Verdict
-from distlab.dashboards import check_queries, load_dashboards
 from distlab.history import FAIL, OK
-from distlab.testbed import PROMETHEUS_URL
 from distlab.workloads.bank import BankConfig, BankWorkload
 from nodes.rpc import bank_pb2, bank_pb2_grpc, control_pb2
-from tests.e2e.conftest import lab_fixture
+from tests.e2e.conftest import assert_dashboards_answer, eventually, lab_fixture
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -33,17 +31,6 @@ APPS = ("app-1", "app-2", "app-3")
 DATA = ("data-1", "data-2", "data-3")
 
 testbed = lab_fixture("tiers")
-
-
-def eventually(check: Callable, *, timeout: float, interval: float = 0.5, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} did not hold within {timeout:.0f} s (last: {last!r})")
 
 
 def state_of(testbed, name: str) -> dict[str, str]:
@@ -278,12 +265,4 @@ def test_reflection_through_the_switch_lists_the_bank(healed):
 
 def test_every_tiers_dashboard_query_returns_series(healed):
     run_bank(healed, seconds=5)
-    queries = [q for d in load_dashboards(REPO / "grafana" / "dashboards", lab="tiers")
-               for q in d.panels]
-    deadline = time.monotonic() + 90
-    while True:
-        problems = check_queries(PROMETHEUS_URL, queries)
-        if not problems or time.monotonic() > deadline:
-            break
-        time.sleep(3)
-    assert not problems, "\n".join(map(str, problems))
+    assert_dashboards_answer("tiers")

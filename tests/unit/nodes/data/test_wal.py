@@ -1,6 +1,7 @@
 """nodes/data/wal.py: what was appended (or replaced) is what a restart replays."""
 
-from nodes.data.wal import ChainLog, decode_log, read_file, write_atomically
+from nodes.common.durable import read_file, write_atomically
+from nodes.data.wal import ChainLog, decode_log
 from nodes.rpc import chain_pb2
 
 UPDATES = [chain_pb2.Update(seq=n, puts=[chain_pb2.KeyValue(key=f"k{n}", value=b"v")])

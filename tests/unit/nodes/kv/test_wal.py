@@ -67,7 +67,7 @@ def test_replace_is_atomic_a_leftover_temporary_does_not_matter(tmp_path):
     wal.append(RECORDS[0])
     wal.close()
     # A crash while writing the temporary file leaves the old log intact.
-    path.with_suffix(".tmp").write_bytes(b"half-written garbage")
+    path.with_name(path.name + ".tmp").write_bytes(b"half-written garbage")
     wal = WriteAheadLog(path)
     assert wal.replay() == RECORDS[:1]
     wal.replace([RECORDS[1]])
