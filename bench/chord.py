@@ -61,9 +61,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.chord", description=__doc__.split(
         "\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--no-containers", dest="containers", action="store_false",
+                        help="only the simulator (no Docker needed)")
     args = parser.parse_args(argv)
     report: dict[str, Any] = {"benchmark": "chord", "machine": machine_facts()}
     simulate(report)
+    if args.containers:
+        from bench import chord_lab
+
+        report["containers"] = chord_lab.run()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     result = report["simulator"]
@@ -76,6 +82,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{worst['failed_fraction']:.2%} lookups failed, path x"
           f"{worst['path_ratio_to_no_failures']}, {worst['timeouts']['mean']} timeouts per "
           f"lookup, in {result['seconds']['failures']} s")
+    for size, row in report.get("containers", {}).get("lookups", {}).items():
+        print(f"containers {size}: {row['hops_mean']} hops (x{row['ratio_mean_to_half_log2_n']} "
+              f"of ½·log2 N), p99 {row['hops_p99']}, lookup p50 {row['latency_p50_ms']} ms")
+    if "containers" in report:
+        print(f"churn: {report['containers']['churn']}")
     print(f"written to {args.out}")
 
 

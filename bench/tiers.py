@@ -5,6 +5,7 @@
   forwarding cost alone) and on `Balance` (a read that goes on to the chain tail);
 - a peer side by side: HAProxy (Debian's package, h2c to the backends) in front
   of the same app tier, same client, same run: switch/HAProxy ratios;
+- the bank workload through the switch (8 clients, 10 s): operations/s and its verdict;
 - failover: kill -9 of an app server → the last client error; kill -9 of the
   chain head → the first acknowledged write invoked after it;
 - local, without containers (bench.tiers_local): the four app server
@@ -27,6 +28,7 @@ import grpc
 from bench import rpc_overhead
 from bench.load import LoadResult, ratio, run_load
 from distlab.testbed import Testbed
+from distlab.workloads.bank import BankConfig, BankWorkload
 from nodes.rpc import bank_pb2, bank_pb2_grpc, control_pb2
 
 OUT = Path("reports/bench/tiers.json")
@@ -172,6 +174,18 @@ def open_bench_account(testbed: Testbed) -> None:
             time.sleep(0.5)
 
 
+def bank(testbed: Testbed) -> dict[str, Any]:
+    """The bank workload through the switch for a bounded run: rate and its verdict."""
+    workload = BankWorkload(testbed.client("switch"), BankConfig(seconds=10, max_ops=50_000,
+                                                                 processes=8, seed=7))
+    workload.setup()
+    workload.run()
+    verdict = workload.check()
+    ops = sum(sum(row.values()) for row in workload.history.counts().values())
+    return {"verdict": verdict.outcome, "operations_per_s": round(ops / 10, 1),
+            "clients": 8, **verdict.figures}
+
+
 def run() -> dict[str, Any]:
     from bench import tiers_local
 
@@ -184,6 +198,7 @@ def run() -> dict[str, Any]:
         time.sleep(3)  # HAProxy resolves the app replicas through Docker's DNS
         open_bench_account(testbed)
         report["entry_points"] = compare_entry_points(testbed)
+        report["bank_workload"] = bank(testbed)
         report["failover"] = failover(testbed)
     finally:
         testbed.clean()
@@ -200,7 +215,11 @@ def main() -> None:
         print(f"{call}: switch/direct throughput x{r['switch_vs_direct_throughput']}, "
               f"p99 x{r['switch_vs_direct_p99']}; switch/HAProxy throughput "
               f"x{r['switch_vs_haproxy_throughput']}, p99 x{r['switch_vs_haproxy_p99']}")
+    print(f"bank workload: {report['bank_workload']['operations_per_s']} ops/s, "
+          f"{report['bank_workload']['verdict']}")
     print(f"failover: {report['failover']}")
+    print(f"architectures: {report['architectures']}")
+    print(f"chain length: {report['chain_length']}")
     print(f"written to {OUT}")
 
 

@@ -107,3 +107,19 @@ def test_peers_that_come_back_take_their_keys_and_nothing_is_lost(testbed, store
     eventually(lambda: one_ring(testbed, PEERS), timeout=180, what=f"one ring of {PEERS} again")
     eventually(lambda: readable_everywhere(testbed, stored, running_peers(testbed)), timeout=120,
                what="every key readable from every peer after the rejoin")
+
+
+def test_a_new_peer_takes_over_the_keys_it_now_owns(testbed, stored):
+    testbed.up("chord", [f"chord={PEERS + 1}"], timeout=120)
+    newcomer = f"chord-{PEERS + 1}"
+    eventually(lambda: one_ring(testbed, PEERS + 1), timeout=180,
+               what=f"one ring of {PEERS + 1} with {newcomer}")
+    stub = stub_of(testbed, newcomer)
+    address = stub.State(chord_pb2.StateRequest(), timeout=5).self.address
+    owned = [key for key in KEYS
+             if stub.Lookup(chord_pb2.LookupRequest(key=key), timeout=10).owner.address == address]
+    if owned:  # 40 keys over 13 peers: a newcomer usually owns some, and then holds them
+        eventually(lambda: stub.State(chord_pb2.StateRequest(), timeout=5).keys >= len(owned),
+                   timeout=120, what=f"{newcomer} holding the {len(owned)} keys it owns")
+    eventually(lambda: readable_everywhere(testbed, stored, [newcomer]), timeout=60,
+               what=f"every key readable through {newcomer}")
