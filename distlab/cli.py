@@ -159,7 +159,7 @@ def status(as_json: bool) -> None:
     """A table of every machine: role, state, health, address, and what it says of itself."""
     testbed = Testbed()
     if as_json:
-        rows = [dict(vars(m.info), detail=_detail(m)) for m in testbed.machines()]
+        rows = [dict(vars(m.info), detail=_render(_status(m))) for m in testbed.machines()]
         click.echo(json.dumps(rows, indent=1))
         return
     _print_status(testbed)
@@ -175,27 +175,27 @@ def _print_status(testbed: Testbed) -> None:
     table = Table()
     for column in ("machine", "lab", "role", "state", "health", "address", "faults", "detail"):
         table.add_column(column)
-    details = {machine.name: _detail(machine) for machine in machines}
-    balancer_view = _balancer_view(details)
+    statuses = {machine.name: _status(machine) for machine in machines}
+    balancer_view = _balancer_view(statuses)
     for machine in machines:
         info = machine.info
         faults = ", ".join(r.kind for r in active if info.name in r.machines)
-        detail = " ".join(part for part in (balancer_view.get(info.name, ""), details[info.name])
-                          if part)
+        detail = " ".join(part for part in (balancer_view.get(info.name, ""),
+                                            _render(statuses[info.name])) if part)
         table.add_row(info.name, info.lab, info.role, info.state, _health_cell(info),
                       ", ".join(info.addresses) or "-", faults or "-", detail)
     console.print(table)
 
 
-def _balancer_view(details: dict[str, str]) -> dict[str, str]:
-    """{backend machine: "switch: ejected"}: what a switch says of each of its backends,
-    shown on the backend's own row ("backend.app-2=ejected" in the switch's status)."""
+def _balancer_view(statuses: dict[str, control_pb2.StatusReply | str]) -> dict[str, str]:
+    """{backend machine: "switch: ejected"}: what a switch says of each of its backends
+    ("backend.app-2" = "ejected" in its state), shown on the backend's own row."""
     view = {}
-    for detail in details.values():
-        for part in detail.split():
-            key, _, value = part.partition("=")
-            if key.startswith("backend.") and value:
-                view[key.removeprefix("backend.")] = f"switch: {value.split(',')[0]}"
+    for status in statuses.values():
+        if isinstance(status, control_pb2.StatusReply):
+            for key, value in status.state.items():
+                if key.startswith("backend.") and value:
+                    view[key.removeprefix("backend.")] = f"switch: {value.split(',')[0]}"
     return view
 
 
@@ -204,8 +204,9 @@ def _health_cell(info: MachineInfo) -> str:
     return f"[{colour}]{info.health}[/]" if colour else info.health
 
 
-def _detail(machine) -> str:
-    """What the node says of itself through Control.Status (empty if it cannot answer)."""
+def _status(machine) -> control_pb2.StatusReply | str:
+    """What the node says of itself through Control.Status, or why it cannot ("" when it
+    has no gRPC endpoint: stopped, or not a node)."""
     if machine.info.lab == "common" or machine.info.grpc_endpoint is None:
         return ""
     try:
@@ -213,14 +214,19 @@ def _detail(machine) -> str:
     except DistlabError:
         return ""
     try:
-        reply = control.Status(control_pb2.StatusRequest(), timeout=1.0)
+        return control.Status(control_pb2.StatusRequest(), timeout=1.0)
     except grpc.RpcError as exc:
         return f"no answer ({exc.code().name})"
     finally:
         channel.close()
-    parts = [f"{k}={v}" for k, v in sorted(reply.state.items())]
-    if reply.peers:
-        parts.append(f"peers up {sum(p.up for p in reply.peers)}/{len(reply.peers)}")
+
+
+def _render(status: control_pb2.StatusReply | str) -> str:
+    if isinstance(status, str):
+        return status
+    parts = [f"{k}={v}" for k, v in sorted(status.state.items())]
+    if status.peers:
+        parts.append(f"peers up {sum(p.up for p in status.peers)}/{len(status.peers)}")
     return " ".join(parts)
 
 
@@ -404,7 +410,8 @@ def bank(seconds: float, ops: int, processes: int, accounts: int, seed: int,
     from distlab.workloads.bank import BankConfig, BankWorkload
 
     if seconds <= 0 or ops <= 0 or processes <= 0 or accounts < 2:
-        raise UsageError("--seconds, --ops and --processes must be > 0 and --accounts >= 2")
+        raise UsageError("--seconds, --ops and --processes must be > 0 and --accounts >= 2",
+                         hint="distlab bank --help")
     testbed = Testbed()
     workload = BankWorkload(testbed.client("switch"), BankConfig(
         accounts=accounts, processes=processes, max_ops=ops, seconds=seconds, seed=seed))

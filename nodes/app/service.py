@@ -37,8 +37,7 @@ from nodes.app.cursors import CursorTable
 from nodes.app.drivers import run, run_async
 from nodes.app.work import burn_cpu, check_work
 from nodes.common.config import ConfigError, Setting, non_negative, one_of, positive
-from nodes.common.role import NodeContext, RoleNode, RoleSpec
-from nodes.common.server import ServerMode
+from nodes.common.role import NodeContext, RoleNode, RoleSpec, ServerMode
 from nodes.data.client import AsyncDataClient, DataClient, DataUnavailable
 from nodes.rpc import bank_pb2, bank_pb2_grpc
 

@@ -49,8 +49,28 @@ class NodeContext:
         return Path(self.config["DATA_DIR"]) / self.name
 
 
+@dataclass(frozen=True)
+class ServerMode:
+    """How a role wants its gRPC server run.
+
+    workers: threads running RPC handlers (None: the WORKERS setting). In
+      asyncio mode they run only the plain-function handlers (Control, health);
+      coroutine handlers run on the event loop.
+    asyncio: serve with grpc.aio on an event loop thread.
+    reuse_port: set SO_REUSEPORT, so processes serving the same port share it
+      (the kernel spreads connections among them).
+    """
+
+    workers: int | None = None
+    asyncio: bool = False
+    reuse_port: bool = False
+
+
 class RoleNode:
     """The hooks the node contract calls; a role overrides what it has."""
+
+    #: How the node serves this role: the default is a thread pool of WORKERS threads.
+    server_mode: ServerMode = ServerMode()
 
     #: Full names of the services `register` adds, for health and reflection.
     service_names: tuple[str, ...] = ()

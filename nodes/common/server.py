@@ -6,8 +6,8 @@ interceptors, health, reflection and Control, the peer heartbeat, and on
 SIGTERM stops accepting, lets in-flight RPCs finish within GRACE_SECONDS and
 exits 0. `NodeServer` is the same thing without signals, for tests.
 
-A role may ask for another kind of server with a `server_mode` attribute
-(`ServerMode`): its own thread count, SO_REUSEPORT so several processes share
+A role may ask for another kind of server with its `server_mode`
+(`ServerMode`, nodes.common.role): its own thread count, SO_REUSEPORT so several processes share
 the port, or asyncio mode, where a grpc.aio server runs on an event loop
 thread of the node's own (see nodes.common.aio). In asyncio mode the role's
 `register` runs on that loop's thread and `close` is called while the loop
@@ -22,7 +22,6 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent import futures
-from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -44,33 +43,11 @@ from nodes.common.interceptors import ServerInterceptor
 from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
 from nodes.common.peers import FailureDetector, Heartbeat
-from nodes.common.role import NodeContext, RoleNode, RoleSpec
+from nodes.common.role import NodeContext, RoleSpec
 from nodes.rpc import control_pb2, control_pb2_grpc
 
 VERSION = "0.1.0"
 CONTROL_SERVICE = control_pb2.DESCRIPTOR.services_by_name["Control"].full_name
-
-
-@dataclass(frozen=True)
-class ServerMode:
-    """How a role wants its gRPC server run (a role's `server_mode`; this default otherwise).
-
-    workers: threads running RPC handlers (None: the WORKERS setting). In
-      asyncio mode they run only the plain-function handlers (Control, health);
-      coroutine handlers run on the event loop.
-    asyncio: serve with grpc.aio on an event loop thread.
-    reuse_port: set SO_REUSEPORT, so processes serving the same port share it
-      (the kernel spreads connections among them).
-    """
-
-    workers: int | None = None
-    asyncio: bool = False
-    reuse_port: bool = False
-
-
-def server_mode_of(role: RoleNode) -> ServerMode:
-    # An optional attribute, so roles that want the default need not know ServerMode.
-    return getattr(role, "server_mode", None) or ServerMode()
 
 
 class NodeServer:
@@ -111,7 +88,7 @@ class NodeServer:
         return self.context.name
 
     def start(self) -> None:
-        mode = server_mode_of(self.role)
+        mode = self.role.server_mode
         limit = self.config["MAX_MESSAGE_BYTES"]
         options = [("grpc.max_receive_message_length", limit),
                    ("grpc.max_send_message_length", limit),

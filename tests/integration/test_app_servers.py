@@ -19,8 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodes.app.__main__ import SPEC
-from nodes.common.role import RoleNode, RoleSpec
-from nodes.common.server import ServerMode
+from nodes.common.role import RoleNode, RoleSpec, ServerMode
 from nodes.rpc import bank_pb2, bank_pb2_grpc, control_pb2
 
 NOWHERE = "127.0.0.1:1"
