@@ -47,6 +47,14 @@ class History:
         """Seconds since the history began: the clock of `invoke` and `complete`."""
         return time.monotonic() - self._started
 
+    def restart_clock(self) -> None:
+        """Make now time zero (a run's setup is not part of its timeline); only while empty."""
+        with self._lock:
+            if self._ops:
+                raise ValueError("the history already holds operations timed on its clock")
+            self._started = time.monotonic()
+            self.started_wall = time.time()
+
     def add(self, op: Op) -> None:
         with self._lock:
             self._ops.append(op)

@@ -24,6 +24,9 @@ class MachineInfo:
     health: str  # healthy, unhealthy, starting, or "-" when the machine has no health check
     addresses: tuple[str, ...]  # on the lab networks
     grpc_endpoint: str | None  # host:port published on 127.0.0.1, when running
+    # The host's own address on each of those networks (the bridge gateway): where a
+    # host-side server is reachable from the lab's containers and from nowhere else.
+    gateways: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,7 @@ class ComposeRuntime(Runtime):
         health = (state.get("Health") or {}).get("Status", "-")
         networks = attrs["NetworkSettings"].get("Networks") or {}
         addresses = tuple(n["IPAddress"] for n in networks.values() if n.get("IPAddress"))
+        gateways = tuple(n["Gateway"] for n in networks.values() if n.get("Gateway"))
         published = (attrs["NetworkSettings"].get("Ports") or {}).get(GRPC_PORT) or []
         endpoint = next((f"127.0.0.1:{p['HostPort']}" for p in published
                          if p.get("HostIp") in ("127.0.0.1", "")), None)
@@ -168,7 +169,7 @@ class ComposeRuntime(Runtime):
             role=labels.get(ROLE_LABEL, ""),
             service=labels.get("com.docker.compose.service", short),
             state=status, health=health, addresses=addresses,
-            grpc_endpoint=endpoint if status == "running" else None)
+            grpc_endpoint=endpoint if status == "running" else None, gateways=gateways)
 
 
 def _machine_order(info: MachineInfo) -> tuple:

@@ -26,6 +26,7 @@ import grpc
 from distlab.checkers import Verdict
 from distlab.checkers.bank import BankOutcome, check_bank
 from distlab.history import FAIL, INFO, OK, History, Op
+from distlab.workloads.pacing import Pacer
 from nodes.rpc import bank_pb2, bank_pb2_grpc
 
 # A write that failed with one of these certainly did not happen (the bank answers ABORTED
@@ -51,6 +52,7 @@ class BankConfig:
     seconds: float = 20.0
     timeout: float = 2.0
     seed: int = 0
+    rate: float = 0.0  # operations per second over all processes; 0: as fast as answers come
     # Shares of each operation; the rest of the mix is up to the caller.
     mix: dict[str, float] = field(default_factory=lambda: {
         "transfer": 0.7, "balance": 0.2, "audit": 0.1})
@@ -58,8 +60,10 @@ class BankConfig:
 
 class BankWorkload:
     def __init__(self, channel: grpc.Channel, config: BankConfig | None = None, *,
-                 history: History | None = None, run_id: str | None = None) -> None:
+                 history: History | None = None, run_id: str | None = None,
+                 first_process: int = 0) -> None:
         self.config = config or BankConfig()
+        self.first_process = first_process  # process numbers in a history several workloads share
         self.stub = bank_pb2_grpc.BankStub(channel)
         self.history = history or History()
         self.run_id = run_id or uuid.uuid4().hex[:8]
@@ -85,7 +89,7 @@ class BankWorkload:
         ends = time.monotonic() + self.config.seconds
         threads = [threading.Thread(target=self._process, args=(p, stop, ends),
                                     name=f"bank-{p}", daemon=True)
-                   for p in range(self.config.processes)]
+                   for p in range(self.first_process, self.first_process + self.config.processes)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -129,7 +133,11 @@ class BankWorkload:
         metadata = ((SESSION_KEY, f"{self.run_id}-p{process}"),)
         ops, weights = zip(*self.config.mix.items(), strict=True)
         serial = 0
+        pacer = Pacer(self.config.rate / self.config.processes)
         while not stop.is_set() and time.monotonic() < ends and self._take_slot():
+            pacer.wait(stop)
+            if stop.is_set():
+                break
             name = rng.choices(ops, weights)[0]
             if name == "transfer":
                 source, target = rng.sample(self.accounts, 2)

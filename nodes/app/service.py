@@ -19,6 +19,10 @@ question "which one is more resource efficient?":
 - process: APP_PROCESSES processes share the port (nodes.app.processes), each
   a threaded node: CPU work runs on several cores at once.
 
+The node also serves `distlab.kv.KV` (`BlockingKV`, `AsyncKV`) over the
+registers core (nodes.app.registers): keys under "kv/" in the data tier, for
+the register workload's linearizability checks.
+
 The servicers touch nothing but the core, the data-tier client and the
 metrics; the only state of an app server is its Statement cursors.
 """
@@ -35,13 +39,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from nodes.app.bank import Bank, BankError, Limits, Operation
 from nodes.app.cursors import CursorTable
 from nodes.app.drivers import run, run_async
+from nodes.app.registers import Registers
 from nodes.app.work import burn_cpu, check_work
 from nodes.common.config import ConfigError, Setting, non_negative, one_of, positive
 from nodes.common.role import NodeContext, RoleNode, RoleSpec, ServerMode
 from nodes.data.client import AsyncDataClient, DataClient, DataUnavailable
-from nodes.rpc import bank_pb2, bank_pb2_grpc
+from nodes.rpc import bank_pb2, bank_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 SERVICE_NAME = bank_pb2.DESCRIPTOR.services_by_name["Bank"].full_name
+KV_SERVICE_NAME = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name
 ARCHITECTURES = ("iterative", "threaded", "async", "process")
 TRANSFER_RESULTS = ("committed", "replayed", "rejected", "failed", "unknown")
 MAX_PROCESSES = 64
@@ -258,8 +264,65 @@ class AsyncBank(bank_pb2_grpc.BankServicer):
         return bank_pb2.WorkReply(served_by=self._bank.served_by)
 
 
+class BlockingKV(kv_pb2_grpc.KVServicer):
+    """The KV service for a thread-pool server: each call holds its thread throughout."""
+
+    def __init__(self, registers: Registers, client: DataClient, *, timeout: float) -> None:
+        self._registers = registers
+        self._client = client
+        self._timeout = timeout
+
+    def _run(self, operation: Operation[Any], context: grpc.ServicerContext) -> Any:
+        try:
+            return run(operation, self._client, timeout=self._timeout,
+                       time_remaining=context.time_remaining)
+        except BankError as error:
+            context.abort(error.code, error.message)
+
+    def Put(self, request, context):
+        return self._run(self._registers.put(request), context)
+
+    def Get(self, request, context):
+        return self._run(self._registers.get(request), context)
+
+    def Delete(self, request, context):
+        return self._run(self._registers.delete(request), context)
+
+    def List(self, request, context):
+        return self._run(self._registers.list(request), context)
+
+
+class AsyncKV(kv_pb2_grpc.KVServicer):
+    """The KV service as coroutines on a grpc.aio server's event loop."""
+
+    def __init__(self, registers: Registers, client: AsyncDataClient, *,
+                 timeout: float) -> None:
+        self._registers = registers
+        self._client = client
+        self._timeout = timeout
+
+    async def _run(self, operation: Operation[Any], context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await run_async(operation, self._client, timeout=self._timeout,
+                                   time_remaining=context.time_remaining)
+        except BankError as error:
+            await context.abort(error.code, error.message)
+
+    async def Put(self, request, context):
+        return await self._run(self._registers.put(request), context)
+
+    async def Get(self, request, context):
+        return await self._run(self._registers.get(request), context)
+
+    async def Delete(self, request, context):
+        return await self._run(self._registers.delete(request), context)
+
+    async def List(self, request, context):
+        return await self._run(self._registers.list(request), context)
+
+
 class BankNode(RoleNode):
-    service_names = (SERVICE_NAME,)
+    service_names = (SERVICE_NAME, KV_SERVICE_NAME)
 
     def __init__(self, ctx: NodeContext, *, process_index: int | None = None) -> None:
         config = ctx.config
@@ -275,6 +338,9 @@ class BankNode(RoleNode):
         self.bank = Bank(limits_from(config), self._cursors, served_by=self.served_by,
                          on_conflict=lambda operation: self.metrics.conflicts.labels(
                              operation=operation).inc())
+        self.registers = Registers(txn_attempts=config["APP_TXN_ATTEMPTS"],
+                                   on_conflict=lambda operation: self.metrics.conflicts.labels(
+                                       operation=f"kv_{operation}").inc())
         self._master = config["DATA_MASTER"]
         self._timeout = config["RPC_TIMEOUT_SECONDS"]
         self._attempts = config["APP_DATA_ATTEMPTS"]
@@ -289,12 +355,15 @@ class BankNode(RoleNode):
                 self._master, timeout=self._timeout, attempts=self._attempts,
                 max_message_bytes=self._ctx.config["MAX_MESSAGE_BYTES"], caller=self._ctx.name)
             servicer = AsyncBank(self.bank, self._client, self.metrics, timeout=self._timeout)
+            kv_servicer = AsyncKV(self.registers, self._client, timeout=self._timeout)
         else:
             self._client = DataClient(self._master, self._ctx.channels, timeout=self._timeout,
                                       attempts=self._attempts)
             servicer = BlockingBank(self.bank, self._client, self.metrics,
                                     timeout=self._timeout)
+            kv_servicer = BlockingKV(self.registers, self._client, timeout=self._timeout)
         bank_pb2_grpc.add_BankServicer_to_server(servicer, server)
+        kv_pb2_grpc.add_KVServicer_to_server(kv_servicer, server)
 
     def status(self) -> dict[str, str]:
         return {"architecture": self.architecture, "served_by": self.served_by,
@@ -325,8 +394,9 @@ class BankNode(RoleNode):
 SPEC = RoleSpec(
     name="app",
     summary="the tiers lab's app server: the Bank service (accounts, idempotent deposits and "
-            "transfers, audit, statements, synthetic Work) over the chain-replicated data "
-            "tier, keeping no balance itself; APP_ARCHITECTURE picks how it serves calls.",
+            "transfers, audit, statements, synthetic Work) and KV registers over the "
+            "chain-replicated data tier, keeping no balance itself; APP_ARCHITECTURE picks "
+            "how it serves calls.",
     settings=SETTINGS,
     build=BankNode,
 )

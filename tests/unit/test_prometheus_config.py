@@ -51,12 +51,15 @@ def test_config_matches_the_lab_contract() -> None:
     }
     assert "alerting" not in config
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"nodes", "prometheus"}
+    assert set(jobs) == {"nodes", "prometheus", "scenario"}
     assert jobs["prometheus"]["static_configs"] == [{"targets": ["localhost:9090"]}]
     (file_sd,) = jobs["nodes"]["file_sd_configs"]
     assert file_sd["files"] == ["/distlab/targets/*.json"]
     assert file_sd["refresh_interval"] == "5s"
     assert "static_configs" not in jobs["nodes"]
+    # The scenario runner's fault gauge: its own files, so it is never counted as a machine.
+    (runner_sd,) = jobs["scenario"]["file_sd_configs"]
+    assert runner_sd["files"] == ["/distlab/targets/*.yml"]
 
 
 def test_rule_directory_holds_only_rule_files() -> None:

@@ -26,6 +26,7 @@ from distlab.dashboards import (
     load_dashboards,
     render_expr,
 )
+from distlab.scenarios.exporter import FaultExporter
 from tests.support.promtool import UNAVAILABLE, promtool_argv, run_promtool
 
 REPO = Path(__file__).resolve().parents[3]
@@ -97,6 +98,66 @@ def test_repo_dashboard_queries_parse_as_promql() -> None:
     rule_file = REPO / ".distlab" / "dashboard-queries.yml"
     rule_file.parent.mkdir(exist_ok=True)
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+    done = run_promtool("check", "rules", str(rule_file))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --------------------------------------------------------------------------- scenario faults
+
+SCENARIO_FAULTS = "max by (fault, kind, machines) (distlab_scenario_fault_active) > 0"
+# Words of PromQL that look like metric names but are not.
+_PROMQL_WORDS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right",
+                           "bool", "and", "or", "unless", "offset"})
+
+
+def _scenario_fault_annotations(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    return [a for a in raw["annotations"]["list"] if a.get("expr") == SCENARIO_FAULTS]
+
+
+@pytest.mark.parametrize("uid", ["distlab-overview", "distlab-tiers"])
+def test_dashboards_annotate_the_faults_a_scenario_injects(uid: str) -> None:
+    (dashboard,) = [d for d in load_dashboards(DASHBOARDS) if d.uid == uid]
+    raw = json.loads(dashboard.path.read_text())
+    (annotation,) = _scenario_fault_annotations(raw)
+    assert annotation["datasource"] == DS
+    assert annotation["enable"] is True and annotation["hide"] is False
+    assert annotation["titleFormat"] == "{{kind}} {{machines}}"
+
+
+def test_scenario_fault_annotation_reads_what_the_exporter_exports() -> None:
+    """The names in the annotation's query are the exporter's metric and labels, and
+    its title and text only use labels the aggregation keeps."""
+    exporter = FaultExporter("s")
+    exporter.fault_started("f1", "kill", ["kv-1"])
+    exported = {s.name: set(s.labels) for f in exporter.registry.collect() for s in f.samples}
+    grouped = {label.strip() for group in re.findall(r"\bby\s*\(([^)]*)\)", SCENARIO_FAULTS)
+               for label in group.split(",")}
+    selectors = re.sub(r"\bby\s*\([^)]*\)", "", SCENARIO_FAULTS)
+    metrics = {name for name in re.findall(r"\b([a-zA-Z_:][\w:]*)\b(?!\s*\()", selectors)
+               if name not in _PROMQL_WORDS}
+    assert metrics == {"distlab_scenario_fault_active"}
+    assert metrics <= exported.keys()
+    assert grouped == {"fault", "kind", "machines"}
+    assert grouped <= exported["distlab_scenario_fault_active"]
+    for dashboard in load_dashboards(DASHBOARDS):
+        for annotation in _scenario_fault_annotations(json.loads(dashboard.path.read_text())):
+            templates = annotation["titleFormat"] + annotation.get("textFormat", "")
+            assert set(re.findall(r"{{\s*(\w+)\s*}}", templates)) <= grouped, dashboard.path
+            tags = {t.strip() for t in annotation.get("tagKeys", "").split(",") if t.strip()}
+            assert tags <= grouped, dashboard.path
+
+
+@pytest.mark.skipif(promtool_argv() is None, reason=UNAVAILABLE)
+def test_repo_dashboard_annotations_parse_as_promql() -> None:
+    exprs = sorted({a["expr"] for d in load_dashboards(DASHBOARDS)
+                    for a in json.loads(d.path.read_text())["annotations"]["list"]
+                    if "expr" in a})
+    assert SCENARIO_FAULTS in exprs
+    rules = [{"record": f"dashboard:annotation_{i}", "expr": render_expr(e)}
+             for i, e in enumerate(exprs)]
+    rule_file = REPO / ".distlab" / "dashboard-annotations.yml"
+    rule_file.parent.mkdir(exist_ok=True)
+    rule_file.write_text(yaml.safe_dump({"groups": [{"name": "annotations", "rules": rules}]}))
     done = run_promtool("check", "rules", str(rule_file))
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -1,0 +1,1 @@
+"""Scenarios: the YAML format, its runner, the fault schedule, the fault gauge."""
