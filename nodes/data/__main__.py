@@ -2,10 +2,10 @@
 
 import sys
 
-from nodes.common.config import Setting, positive
+from nodes.common.config import Setting, one_of, positive
 from nodes.common.role import RoleSpec
 from nodes.common.server import main
-from nodes.data.service import DataNode
+from nodes.data.service import ACK_AT_TAIL, ACK_MODES, DataNode
 
 SPEC = RoleSpec(
     name="data",
@@ -39,6 +39,11 @@ SPEC = RoleSpec(
         Setting("DATA_TRANSFER_TIMEOUT_SECONDS", float, 30.0,
                 "deadline of a full-state transfer (Sync to a joiner, Install into a successor)",
                 positive),
+        Setting("DATA_ACK_AT", str, ACK_AT_TAIL,
+                "where a Txn is acknowledged: tail (correct: once every replica holds it) or "
+                "head (DELIBERATELY BROKEN, for checking checkers: see docs/scenarios.md; "
+                "stale reads and lost writes follow); Reconfigure ack_at changes it at run time",
+                one_of(*ACK_MODES)),
     ),
     build=DataNode,
 )

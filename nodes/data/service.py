@@ -36,6 +36,13 @@ otherwise it syncs the full state from the tail (Sync), registers as ready,
 and the master appends it at the tail. Every DATA_MEMBERSHIP_CHECK_SECONDS it
 asks the master for the configuration and re-registers when it is no longer
 in the chain. A replica serves nothing before the master answered once.
+
+A deliberately broken mode (DATA_ACK_AT=head, or Reconfigure ack_at=head), there
+only so scenario tests can show that their checkers catch a real bug: the head
+answers a Txn once it logged and applied the update itself, and a background
+committer passes it on afterwards. A read at the tail right after such an answer
+can miss the write, and a head that dies before passing it on loses it. The
+default, "tail", is the correct path above, untouched by this mode.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
@@ -52,7 +59,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from nodes.common.config import ConfigError
 from nodes.common.durable import read_file, write_atomically
 from nodes.common.metrics import LATENCY_BUCKETS
-from nodes.common.role import NodeContext, RoleNode
+from nodes.common.role import NodeContext, RoleError, RoleNode
 from nodes.data.chain import POSITIONS, Adoption, ForwardKind, NotReady, ReplicaCore, StaleEpoch
 from nodes.data.store import (
     InvalidRequest,
@@ -72,6 +79,11 @@ MASTER_PEER = "data-master"
 MESSAGE_HEADROOM_BYTES = 4096
 # Time kept back from a caller's deadline so an answer still reaches it.
 REPLY_MARGIN_SECONDS = 0.05
+# Where a Txn is acknowledged: "tail" is chain replication; "head" is the classic mistake,
+# kept on purpose so checkers can be shown to catch it (never for real use).
+ACK_AT_TAIL, ACK_AT_HEAD = "tail", "head"
+ACK_MODES = (ACK_AT_TAIL, ACK_AT_HEAD)
+RECONFIGURABLE = ("ack_at",)
 
 
 class ChainBroken(Exception):
@@ -96,6 +108,22 @@ def advertised_address(configured: str, grpc_port: int) -> str:
     except OSError:
         host = "127.0.0.1"
     return f"{host}:{grpc_port}"
+
+
+def ack_mode_from(settings: Mapping[str, str]) -> str | None:
+    """The ack_at a Reconfigure asks for (None: it asks for no change), or RoleError."""
+    unknown = sorted(set(settings) - set(RECONFIGURABLE))
+    if unknown:
+        raise RoleError(f"unknown setting {', '.join(map(repr, unknown))}: the data replica "
+                        f"takes only {', '.join(RECONFIGURABLE)}")
+    if "ack_at" not in settings:
+        return None
+    wanted = settings["ack_at"]
+    if wanted not in ACK_MODES:
+        raise RoleError(f"ack_at {wanted!r} is not one of {ACK_AT_TAIL} (correct: answer once "
+                        f"the tail holds the update) or {ACK_AT_HEAD} (deliberately broken: "
+                        f"answer from the head at once)")
+    return wanted
 
 
 def _complete_snapshot(chunks: list[chain_pb2.SyncChunk]) -> str | None:
@@ -152,6 +180,15 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._membership_loop, name="chain-membership",
                                         daemon=True)
+        # The broken mode's committer: started the first time the mode is switched on, so
+        # the correct mode runs exactly as it would without it.
+        self._ack_at = ACK_AT_TAIL
+        self._commit_wanted = threading.Event()
+        self._committer_lock = threading.Lock()
+        self._committer = threading.Thread(target=self._committer_loop,
+                                           name="early-ack-committer", daemon=True)
+        if config["DATA_ACK_AT"] == ACK_AT_HEAD:
+            self._switch_ack_at(ACK_AT_HEAD, source="DATA_ACK_AT")
 
     def _define_metrics(self, ctx: NodeContext) -> None:
         registry, core = ctx.registry, self._core
@@ -181,6 +218,11 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         self._fsync_seconds = Histogram("distlab_chain_wal_fsync_seconds",
                                         "Time to fsync one write-ahead-log append.",
                                         buckets=LATENCY_BUCKETS, registry=registry)
+        self._early_acks = Counter(
+            "distlab_data_early_acks_total",
+            "Txns the head acknowledged before the rest of the chain held them (ack_at=head: "
+            "the deliberately broken mode; anything above 0 means it is or was on).",
+            registry=registry)
 
     # -- node contract ---------------------------------------------------------------------
 
@@ -194,15 +236,28 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
 
     def status(self) -> dict[str, str]:
         with self._state_lock:
-            return {"position": self._core.position, "epoch": str(self._core.epoch),
-                    "last_seq": str(self._core.last_seq), "keys": str(len(self._core.store)),
-                    "chain": ",".join(self._core.names())}
+            state = {"position": self._core.position, "epoch": str(self._core.epoch),
+                     "last_seq": str(self._core.last_seq), "keys": str(len(self._core.store)),
+                     "chain": ",".join(self._core.names())}
+        if self._ack_at != ACK_AT_TAIL:  # the correct mode's status stays as it always was
+            state["ack_at"] = self._ack_at
+        return state
+
+    def reconfigure(self, settings: dict[str, str]) -> dict[str, str]:
+        wanted = ack_mode_from(settings)
+        if wanted is not None and wanted != self._ack_at:
+            self._switch_ack_at(wanted, source="reconfigure")
+        return {"ack_at": self._ack_at}
 
     def close(self) -> None:
         self._stopped.set()
         self._wake.set()
+        self._commit_wanted.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self._rpc_timeout + 1)
+        with self._committer_lock:  # no committer starts after this
+            if self._committer.is_alive():
+                self._committer.join(timeout=self._rpc_timeout + 1)
         with self._chain_lock:
             self._closed = True
             self._wal.close()
@@ -250,6 +305,12 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         update = outcome.update
         update.epoch = self._core.epoch
         self._append_and_apply(update)
+        if self._ack_at == ACK_AT_HEAD and self._core.successor() is not None:
+            # The deliberate bug: the rest of the chain (and the tail, where reads are
+            # served) does not hold this update yet. The committer passes it on.
+            self._early_acks.inc()
+            self._commit_wanted.set()
+            return chain_pb2.TxnReply(succeeded=True, seq=update.seq)
         started = time.perf_counter()
         try:
             self._commit(update.seq, deadline)
@@ -497,6 +558,53 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         timeout = max(0.05, min(self._rpc_timeout, deadline - time.monotonic()))
         config = self._master().GetConfig(chain_pb2.GetConfigRequest(), timeout=timeout)
         return self._adopt(config, deadline)
+
+    # -- the deliberately broken mode (ack_at=head) -----------------------------------------
+
+    def _switch_ack_at(self, mode: str, *, source: str) -> None:
+        self._ack_at = mode
+        if mode == ACK_AT_HEAD:
+            self._log.warning("broken_mode_on", ack_at=mode, source=source,
+                              effect="txns are acknowledged at the head before the chain holds "
+                                     "them: stale reads and lost writes are possible")
+            with self._committer_lock:
+                if self._committer.ident is None and not self._stopped.is_set():
+                    self._committer.start()
+        else:
+            self._log.info("broken_mode_off", ack_at=mode, source=source)
+        # Updates already acknowledged early are passed on now, not only at the next Txn.
+        self._commit_wanted.set()
+
+    def _committer_loop(self) -> None:
+        while True:
+            self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            if self._stopped.is_set():
+                return
+            try:
+                self._commit_early_acked()
+            except Exception as exc:  # noqa: BLE001 - the committer must outlive any one failure
+                self._log.error("early_ack_commit_crashed", problem=repr(exc))
+
+    def _commit_early_acked(self) -> None:
+        """Pass every update the head holds on to the rest of the chain. A failure leaves
+        them pending: the membership check and the next Txn pass them on again."""
+        with self._chain_lock:
+            if self._closed or not self._core.serves_txn() or not self._core.has_pending():
+                return
+            pending = self._core.last_seq
+            started = time.perf_counter()
+            try:
+                self._commit(pending, time.monotonic() + self._transfer_timeout)
+            except Deposed as exc:
+                # The next head never got them: early acknowledgements up to here are lost.
+                self._log.warning("early_acked_updates_lost", upto=pending, problem=str(exc))
+                return
+            except (ChainBroken, grpc.RpcError) as exc:
+                self._log.warning("early_acked_updates_not_passed_on", upto=pending,
+                                  problem=str(exc))
+                return
+            self._forward_seconds.observe(time.perf_counter() - started)
 
     # -- membership thread -----------------------------------------------------------------
 
