@@ -7,7 +7,7 @@ the file it is given and nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -22,6 +22,11 @@ class Lab:
     name: str
     description: str
     services: tuple[str, ...]
+    # Per service of the lab: its machine count when not scaled (compose `deploy.replicas`,
+    # else 1) and its role (label `distlab.role`, else the service name). Left out of the
+    # hash so a Lab stays hashable.
+    replicas: dict[str, int] = field(default_factory=dict, hash=False)
+    roles: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,19 @@ def load_catalogue(compose_file: Path) -> Catalogue:
     labs = {}
     for name, description in meta.get("labs", {}).items():
         members = tuple(s for s, spec in services.items() if name in (spec.get("profiles") or ()))
-        labs[name] = Lab(name, description, members)
+        labs[name] = Lab(name, description, members,
+                         replicas={s: _replicas(services[s]) for s in members},
+                         roles={s: _role(s, services[s]) for s in members})
     common = tuple(s for s, spec in services.items() if not spec.get("profiles"))
     return Catalogue(meta.get("default-lab", next(iter(labs), "")), labs, common)
+
+
+def _replicas(spec: dict) -> int:
+    return int((spec.get("deploy") or {}).get("replicas", 1))
+
+
+def _role(service: str, spec: dict) -> str:
+    labels = spec.get("labels") or {}
+    if isinstance(labels, list):  # Compose also takes labels as ["key=value", ...]
+        labels = dict(label.partition("=")[::2] for label in labels)
+    return str(labels.get("distlab.role") or service)

@@ -84,3 +84,26 @@ def test_a_lab_is_the_services_whose_profiles_name_it(tmp_path):
     assert catalogue.labs["kv"].services == ("kv", "client")
     assert catalogue.labs["chord"].services == ("chord", "client")
     assert catalogue.common_services == ("prometheus",)
+
+
+def test_each_service_has_its_default_count_and_role_from_compose(catalogue):
+    tiers = catalogue.labs["tiers"]
+    assert tiers.replicas == {"switch": 1, "app": 3, "data": 3, "data-master": 1}
+    assert tiers.roles == {"switch": "switch", "app": "app", "data": "data",
+                           "data-master": "data-master"}
+    assert catalogue.labs["chord"].replicas == {"chord": 8}
+    assert hash(tiers) == hash(catalogue.labs["tiers"])  # still usable as a dict key
+
+
+def test_a_role_comes_from_the_label_in_either_compose_form_else_the_service(tmp_path):
+    compose = tmp_path / "compose.yaml"
+    compose.write_text(
+        "x-distlab:\n"
+        "  labs: {kv: key-value}\n"
+        "services:\n"
+        "  kv: {profiles: [kv], labels: {distlab.role: store}, deploy: {replicas: 5}}\n"
+        "  client: {profiles: [kv], labels: [distlab.lab=kv, distlab.role=loadgen]}\n"
+        "  sidecar: {profiles: [kv]}\n")
+    kv = load_catalogue(compose).labs["kv"]
+    assert kv.roles == {"kv": "store", "client": "loadgen", "sidecar": "sidecar"}
+    assert kv.replicas == {"kv": 5, "client": 1, "sidecar": 1}
