@@ -80,3 +80,105 @@ def test_history_round_trips_through_jsonl(tmp_path):
     assert [op.args for op in again] == [op.args for op in history]
     assert again.counts() == {"transfer": {"ok": 1, "fail": 0, "info": 0},
                               "audit": {"ok": 1, "fail": 0, "info": 0}}
+
+
+# -- hand-made histories of known anomalies, with concurrent clients -------------------------
+
+THREE = ["a", "b", "c"]
+OPENED = {"a": 100, "b": 100, "c": 100}
+
+
+def move(process, invoke, complete, source, target, amount, seen=None, kind=OK):
+    """A transfer; `seen` is the (from, to) balances an acknowledged one answered with."""
+    args = {"from": source, "to": target, "amount": amount, "key": f"p{process}-{invoke}"}
+    result = None if seen is None else {"from": seen[0], "to": seen[1]}
+    return Op(process, "transfer", args, invoke, complete, kind, result=result)
+
+
+def look(process, invoke, complete, balances):
+    return Op(process, "audit", {}, invoke, complete, OK, result=balances)
+
+
+def balance(process, invoke, complete, account, cents):
+    return Op(process, "balance", {"account": account}, invoke, complete, OK, result=cents)
+
+
+def settled(final, applied, unresolved=()):
+    return BankOutcome(THREE, OPENED, final, [op.args for op in applied],
+                       [op.args for op in unresolved])
+
+
+def test_a_busy_consistent_run_with_concurrent_clients_is_valid():
+    t1 = move(0, 1.0, 1.2, "a", "b", 30, seen=(70, 130))
+    t2 = move(1, 1.1, 1.3, "b", "c", 50, seen=(80, 150))       # concurrent with t1
+    t3 = move(2, 1.15, 3.0, "c", "a", 10, kind=INFO)           # timed out; replay: applied
+    t4 = move(0, 2.0, 2.1, "a", "c", 999, kind=FAIL)           # refused: not enough money
+    history = History.of_ops([
+        t1, t2, t3, t4,
+        look(3, 1.05, 1.06, {"a": 100, "b": 100, "c": 100}),   # before anything applied
+        look(3, 1.25, 1.28, {"a": 70, "b": 80, "c": 150}),     # t1 and t2, not yet t3
+        balance(1, 2.5, 2.6, "a", 80),                         # t3 applied by now
+        look(3, 4.0, 4.1, {"a": 80, "b": 80, "c": 140}),
+    ])
+    verdict = check_bank(history, settled({"a": 80, "b": 80, "c": 140}, [t1, t2, t3]))
+    assert verdict.valid is True, verdict
+    assert verdict.figures["audits_checked"] == 3
+    assert verdict.figures["transfers_acknowledged"] == 2
+
+
+def test_write_skew_two_transfers_that_each_saw_enough_money_overdraw_the_account():
+    # Both read a = 100, both debited 80 and were acknowledged as if alone; a later
+    # balance read and audit show the account overdrawn although money was conserved.
+    first = move(0, 1.0, 1.2, "a", "b", 80, seen=(20, 180))
+    second = move(1, 1.05, 1.25, "a", "c", 80, seen=(20, 180))
+    history = History.of_ops([first, second, balance(2, 2.0, 2.1, "a", -60),
+                              look(3, 3.0, 3.1, {"a": -60, "b": 180, "c": 180})])
+    verdict = check_bank(history, settled({"a": -60, "b": 180, "c": 180}, [first, second]))
+    assert verdict.valid is False
+    assert verdict.figures["negative_reads"] == 2
+    assert verdict.figures["torn_audits"] == 0          # the total is right: only skew
+    assert any(line.startswith("balance at t=2.000s saw a negative balance: -60")
+               for line in verdict.problems)
+    assert any(line.startswith("audit at t=3.000s saw a negative balance")
+               for line in verdict.problems)
+
+
+def test_a_lost_acknowledged_transfer_is_caught_although_every_audit_adds_up():
+    kept = move(0, 1.0, 1.1, "a", "b", 10, seen=(90, 110))
+    lost = move(1, 2.0, 2.1, "b", "c", 25, seen=(85, 125))   # acknowledged, then rolled back
+    later = move(0, 3.0, 3.1, "c", "a", 5, seen=(95, 95))
+    history = History.of_ops([kept, lost, later,
+                              look(2, 2.5, 2.6, {"a": 90, "b": 85, "c": 125}),
+                              look(2, 4.0, 4.1, {"a": 95, "b": 110, "c": 95})])
+    verdict = check_bank(history, settled({"a": 95, "b": 110, "c": 95}, [kept, lost, later]))
+    assert verdict.valid is False
+    assert verdict.figures["torn_audits"] == 0
+    assert verdict.problems == [
+        "final balance of b is 110, expected 85 from 3 applied transfers",
+        "final balance of c is 95, expected 120 from 3 applied transfers"]
+
+
+def test_a_lost_transfer_proved_applied_by_its_replay_is_caught():
+    unsure = move(0, 1.0, 3.0, "a", "b", 40, kind=INFO)   # the replay said: applied
+    verdict = check_bank(History.of_ops([unsure]),
+                         settled({"a": 100, "b": 100, "c": 100}, [unsure]))
+    assert verdict.valid is False
+    assert "final balance of a is 100, expected 60" in verdict.problems[0]
+
+
+def test_a_torn_audit_that_saw_half_of_a_concurrent_transfer_is_caught():
+    transfer_ = move(0, 1.0, 1.3, "a", "c", 30, seen=(70, 130))
+    torn = look(1, 1.1, 1.2, {"a": 70, "b": 100, "c": 100})   # the debit, not the credit
+    history = History.of_ops([transfer_, torn, look(1, 2.0, 2.1, {"a": 70, "b": 100, "c": 130})])
+    verdict = check_bank(history, settled({"a": 70, "b": 100, "c": 130}, [transfer_]))
+    assert verdict.valid is False
+    assert verdict.figures["torn_audits"] == 1
+    assert verdict.problems == ["audit at t=1.100s summed to 270, not 300: "
+                                "{'a': 70, 'b': 100, 'c': 100}"]
+
+
+def test_an_audit_missing_an_account_is_torn_even_when_its_sum_is_right():
+    history = History.of_ops([look(1, 1.0, 1.1, {"a": 150, "b": 150})])
+    verdict = check_bank(history, settled(dict(OPENED), []))
+    assert verdict.valid is False
+    assert verdict.figures["torn_audits"] == 1
