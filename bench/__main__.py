@@ -1,7 +1,8 @@
 """`make bench`: run every benchmark; each writes reports/bench/<name>.json."""
 
-from bench import chord, foundation, tiers
+from bench import chord, foundation, scenarios, tiers
 
 foundation.main()
 tiers.main()
+scenarios.main()
 chord.main()

@@ -22,6 +22,7 @@ from distlab.errors import DistlabError, UsageError
 from distlab.faults.network import SHAPES
 from distlab.runtime.base import MachineInfo
 from distlab.runtime.compose import read_images_env
+from distlab.scenarios.cli import run
 from distlab.testbed import GRAFANA_URL, PROMETHEUS_URL, Testbed
 from nodes.rpc import control_pb2
 
@@ -76,6 +77,7 @@ def sim() -> None:
 
 
 cli.add_command(chord)
+cli.add_command(run)
 sim.add_command(sim_chord)
 
 

@@ -111,10 +111,18 @@ class Testbed:
     def sync_targets(self) -> None:
         """Rewrite Prometheus' target list from the machines that exist now."""
         infos = self.runtime.machines()
+        self.write_targets(TARGETS_PATH, targets_document(infos), infos)
+
+    def write_targets(self, path: str, document: bytes,
+                      infos: list[MachineInfo] | None = None) -> bool:
+        """Put a file_sd target file into the Prometheus machine; False when none runs."""
+        infos = self.runtime.machines() if infos is None else infos
         prometheus = next((m for m in infos if m.role == "prometheus" and m.state == "running"),
                           None)
-        if prometheus is not None:
-            self.runtime.put_file(prometheus.container, TARGETS_PATH, targets_document(infos))
+        if prometheus is None:
+            return False
+        self.runtime.put_file(prometheus.container, path, document)
+        return True
 
 
 def _ready(info: MachineInfo) -> bool:

@@ -80,6 +80,12 @@ else
   say "" "dashboards are still checked against the live Prometheus by the tests"
 fi
 
+# HAProxy is only the switch's peer in `make bench`, which asks for it.
+if [ "${DISTLAB_BENCH_IMAGES:-0}" = 1 ]; then
+  say haproxy "building distlab/haproxy:debian FROM $base (make bench compares the switch with it)"
+  build_logged haproxy --build-arg "BASE=$base" -t distlab/haproxy:debian images/haproxy
+fi
+
 cat > .distlab/images.env <<ENV
 # Written by scripts/images.sh ($(date -u +%FT%TZ)); read by distlab when it runs Compose.
 DISTLAB_BASE_IMAGE=$base

@@ -256,19 +256,35 @@ class Nemesis:
         known = self._by_name()
         records = self.journal.load()
         for record in reversed(records):
-            if not record.active:
-                continue
-            for step in reversed(record.undo):
-                problem = self._undo_step(step, known)
-                if problem:
-                    problems.append(f"{record.id}: {problem}")
-            if record.kind in MARKED_KINDS:
-                for name in record.machines:
-                    if name in known:
-                        _mark(known[name], record.id, record.kind, False)
-            record.ended = self._clock()
+            if record.active:
+                problems += self._undo(record, known)
         self.journal.save(records)
         problems += self._sweep()
+        return problems
+
+    def end(self, fault_id: str) -> list[str]:
+        """Undo one recorded fault (a scenario's fault window closing); return what failed."""
+        records = self.journal.load()
+        record = next((r for r in records if r.id == fault_id), None)
+        if record is None:
+            raise UsageError(f"no fault {fault_id!r} in the journal",
+                             hint="distlab chaos list shows the faults")
+        problems = self._undo(record, self._by_name()) if record.active else []
+        self.journal.save(records)
+        return problems
+
+    def _undo(self, record: FaultRecord, known: dict[str, Machine]) -> list[str]:
+        """Run a record's undo steps, newest first, and mark it ended."""
+        problems = []
+        for step in reversed(record.undo):
+            problem = self._undo_step(step, known)
+            if problem:
+                problems.append(f"{record.id}: {problem}")
+        if record.kind in MARKED_KINDS:
+            for name in record.machines:
+                if name in known:
+                    _mark(known[name], record.id, record.kind, False)
+        record.ended = self._clock()
         return problems
 
     def _sweep(self) -> list[str]:

@@ -65,7 +65,7 @@ class BankWorkload:
         self.config = config or BankConfig()
         self.first_process = first_process  # process numbers in a history several workloads share
         self.stub = bank_pb2_grpc.BankStub(channel)
-        self.history = history or History()
+        self.history = history if history is not None else History()  # an empty one is falsy
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.accounts = [f"acct-{self.run_id}-{i}" for i in range(self.config.accounts)]
         self.initial = {name: self.config.initial_cents for name in self.accounts}
