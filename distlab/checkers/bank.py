@@ -43,8 +43,7 @@ def check_bank(history: History, outcome: BankOutcome) -> Verdict:
     audits = history.of("audit", OK)
     torn = [op for op in audits if sum(op.result.values()) != total
             or set(op.result) != set(outcome.accounts)]
-    problems += [f"audit at t={op.invoke:.3f}s summed to {sum(op.result.values())}, "
-                 f"not {total}: {op.result}" for op in torn[:EVIDENCE_LIMIT]]
+    problems += [_torn(op, total, outcome.accounts) for op in torn[:EVIDENCE_LIMIT]]
     negative = [f"{op.op} at t={op.invoke:.3f}s saw a negative balance: {op.result}"
                 for op in audits + history.of("balance", OK)
                 if min(op.result.values() if isinstance(op.result, dict) else [op.result]) < 0]
@@ -70,6 +69,15 @@ def check_bank(history: History, outcome: BankOutcome) -> Verdict:
                   f"{len(outcome.unresolved)} indefinite transfers could not be resolved")
         return Verdict("bank", None, [reason], figures)
     return Verdict("bank", True, [], figures)
+
+
+def _torn(audit, total: int, accounts: list[str]) -> str:
+    missing = sorted(set(accounts) - set(audit.result))
+    if missing:
+        return (f"audit at t={audit.invoke:.3f}s did not show accounts {', '.join(missing)}: "
+                f"{audit.result}")
+    return (f"audit at t={audit.invoke:.3f}s summed to {sum(audit.result.values())}, "
+            f"not {total}: {audit.result}")
 
 
 def _final_mismatch(outcome: BankOutcome) -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ import grpc
 from distlab.checkers import Verdict
 from distlab.checkers.bank import BankOutcome, check_bank
 from distlab.history import FAIL, INFO, OK, History, Op
+from distlab.workloads.clients import ClientConfig, ClientWorkload, describe
 from distlab.workloads.pacing import Pacer
 from nodes.rpc import bank_pb2, bank_pb2_grpc
 
@@ -43,35 +43,27 @@ SESSION_KEY = "x-session-id"
 
 
 @dataclass
-class BankConfig:
+class BankConfig(ClientConfig):
     accounts: int = 8
     initial_cents: int = 100_000
     max_amount_cents: int = 5_000
-    processes: int = 4
-    max_ops: int = 2_000
-    seconds: float = 20.0
-    timeout: float = 2.0
-    seed: int = 0
-    rate: float = 0.0  # operations per second over all processes; 0: as fast as answers come
     # Shares of each operation; the rest of the mix is up to the caller.
     mix: dict[str, float] = field(default_factory=lambda: {
         "transfer": 0.7, "balance": 0.2, "audit": 0.1})
 
 
-class BankWorkload:
+class BankWorkload(ClientWorkload):
+    name = "bank"
+
     def __init__(self, channel: grpc.Channel, config: BankConfig | None = None, *,
                  history: History | None = None, run_id: str | None = None,
                  first_process: int = 0) -> None:
-        self.config = config or BankConfig()
-        self.first_process = first_process  # process numbers in a history several workloads share
+        super().__init__(config or BankConfig(), history=history, run_id=run_id,
+                         first_process=first_process)
         self.stub = bank_pb2_grpc.BankStub(channel)
-        self.history = history if history is not None else History()  # an empty one is falsy
-        self.run_id = run_id or uuid.uuid4().hex[:8]
         self.accounts = [f"acct-{self.run_id}-{i}" for i in range(self.config.accounts)]
         self.initial = {name: self.config.initial_cents for name in self.accounts}
         self.outcome: BankOutcome | None = None
-        self._issued = 0
-        self._issued_lock = threading.Lock()
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -82,19 +74,6 @@ class BankWorkload:
                                                   initial_cents=self.config.initial_cents)
             _until_definite(lambda r=request: self.stub.OpenAccount(r, timeout=self.config.timeout),
                             deadline_seconds, accept={grpc.StatusCode.ALREADY_EXISTS})
-
-    def run(self, stop: threading.Event | None = None) -> History:
-        """Run every client process until max_ops, `seconds`, or `stop`; return the history."""
-        stop = stop or threading.Event()
-        ends = time.monotonic() + self.config.seconds
-        threads = [threading.Thread(target=self._process, args=(p, stop, ends),
-                                    name=f"bank-{p}", daemon=True)
-                   for p in range(self.first_process, self.first_process + self.config.processes)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(self.config.seconds + self.config.timeout * 3 + 5)
-        return self.history
 
     def settle(self, *, deadline_seconds: float = 60.0) -> BankOutcome:
         """Resolve every indefinite transfer by replaying its key, then audit once more.
@@ -151,13 +130,6 @@ class BankWorkload:
             else:
                 self._read(process, "audit", {}, metadata)
 
-    def _take_slot(self) -> bool:
-        with self._issued_lock:
-            if self._issued >= self.config.max_ops:
-                return False
-            self._issued += 1
-            return True
-
     def _transfer(self, process: int, args: dict) -> None:
         invoke = self.history.now()
         try:
@@ -165,7 +137,7 @@ class BankWorkload:
         except grpc.RpcError as exc:
             kind = FAIL if exc.code() in DEFINITE_CODES else INFO
             self.history.add(Op(process, "transfer", args, invoke, self.history.now(), kind,
-                                error=_describe(exc)))
+                                error=describe(exc)))
             return
         self.history.add(Op(process, "transfer", args, invoke, self.history.now(), OK,
                             result={"from": reply.from_balance_cents,
@@ -185,7 +157,7 @@ class BankWorkload:
         except grpc.RpcError as exc:
             # A read changes nothing: whatever went wrong, it certainly did not happen.
             self.history.add(Op(process, name, args, invoke, self.history.now(), FAIL,
-                                error=_describe(exc)))
+                                error=describe(exc)))
             return
         self.history.add(Op(process, name, args, invoke, self.history.now(), OK, result=result))
 
@@ -205,10 +177,6 @@ class BankWorkload:
 def _transfer_request(args: dict) -> bank_pb2.TransferRequest:
     return bank_pb2.TransferRequest(from_account=args["from"], to_account=args["to"],
                                     amount_cents=args["amount"], idempotency_key=args["key"])
-
-
-def _describe(exc: grpc.RpcError) -> str:
-    return f"{exc.code().name}: {exc.details()}"
 
 
 def _until_definite(call: Callable, deadline_seconds: float, *,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from distlab.checkers import Verdict
 from distlab.errors import UsageError
 from distlab.history import FAIL, INFO, OK, History, Op
 from distlab.workloads.bank import DEFINITE_CODES, SESSION_KEY
+from distlab.workloads.clients import ClientConfig, ClientWorkload, describe
 from distlab.workloads.pacing import Pacer
 from nodes.rpc import kv_pb2, kv_pb2_grpc
 
@@ -38,20 +38,13 @@ READ, WRITE = "read", "write"
 # How the app tier's KV service begins the message of a write it certainly did not apply
 # (nodes.app.registers); any other UNAVAILABLE may hide an applied write.
 NOT_APPLIED = "not applied"
-JOIN_MARGIN_SECONDS = 5.0
 SETUP_PAUSE_SECONDS = 0.2
 
 
 @dataclass
-class RegisterConfig:
+class RegisterConfig(ClientConfig):
     keys: int = 3
-    processes: int = 4
-    max_ops: int = 2000
-    seconds: float = 20.0
-    timeout: float = 2.0
-    seed: int = 0
     read_share: float = 0.5
-    rate: float = 0.0  # total ops/s over all processes; 0 = closed loop
 
     def __post_init__(self) -> None:
         rules = (("keys must be >= 1", self.keys, self.keys >= 1),
@@ -92,18 +85,16 @@ def write_outcome(code: grpc.StatusCode, details: str | None) -> str:
     return INFO
 
 
-class RegisterWorkload:
+class RegisterWorkload(ClientWorkload):
+    name = "register"
+
     def __init__(self, channel: grpc.Channel, config: RegisterConfig | None = None, *,
                  history: History | None = None, run_id: str | None = None,
                  first_process: int = 0) -> None:
-        self.config = config or RegisterConfig()
-        self.first_process = first_process  # process numbers in a history several workloads share
+        super().__init__(config or RegisterConfig(), history=history, run_id=run_id,
+                         first_process=first_process)
         self.stub = kv_pb2_grpc.KVStub(channel)
-        self.history = history if history is not None else History()
-        self.run_id = run_id or uuid.uuid4().hex[:8]
         self.keys = [f"reg-{self.run_id}-{i}" for i in range(self.config.keys)]
-        self._issued = 0
-        self._issued_lock = threading.Lock()
 
     # -- phases ---------------------------------------------------------------------------
 
@@ -121,24 +112,6 @@ class RegisterWorkload:
                 if exc.code() in DEFINITE_CODES or time.monotonic() > ends:
                     raise
                 time.sleep(SETUP_PAUSE_SECONDS)
-
-    def run(self, stop: threading.Event | None = None) -> History:
-        """Run every client process until max_ops, `seconds`, or `stop`; return the history."""
-        stop = stop or threading.Event()
-        ends = time.monotonic() + self.config.seconds
-        numbers = range(self.first_process, self.first_process + self.config.processes)
-        threads = [threading.Thread(target=self._process, args=(process, stop, ends),
-                                    name=f"register-{process}", daemon=True)
-                   for process in numbers]
-        for thread in threads:
-            thread.start()
-        # An operation started just before `ends` may take one timeout; the pacer's wait is
-        # cut short by `stop` but not by `ends`, so allow one more period too.
-        period = self.config.processes / self.config.rate if self.config.rate else 0.0
-        joined_by = ends + self.config.timeout + period + JOIN_MARGIN_SECONDS
-        for thread in threads:
-            thread.join(max(0.0, joined_by - time.monotonic()))
-        return self.history
 
     def check(self, **options: Any) -> Verdict:
         """The linearizability verdict of every key's history; `options` go to the checker
@@ -163,13 +136,6 @@ class RegisterWorkload:
             else:
                 self._write(process, args, metadata)
 
-    def _take_slot(self) -> bool:
-        with self._issued_lock:
-            if self._issued >= self.config.max_ops:
-                return False
-            self._issued += 1
-            return True
-
     def _write(self, process: int, args: dict[str, str], metadata) -> None:
         invoke = self.history.now()
         try:
@@ -177,7 +143,7 @@ class RegisterWorkload:
                           timeout=self.config.timeout, metadata=metadata)
         except grpc.RpcError as exc:
             self.history.add(Op(process, WRITE, args, invoke, self.history.now(),
-                                write_outcome(exc.code(), exc.details()), error=_describe(exc)))
+                                write_outcome(exc.code(), exc.details()), error=describe(exc)))
             return
         self.history.add(Op(process, WRITE, args, invoke, self.history.now(), OK))
 
@@ -193,10 +159,6 @@ class RegisterWorkload:
             else:
                 # A read changes nothing: whatever went wrong, it certainly did not happen.
                 self.history.add(Op(process, READ, args, invoke, self.history.now(), FAIL,
-                                    error=_describe(exc)))
+                                    error=describe(exc)))
                 return
         self.history.add(Op(process, READ, args, invoke, self.history.now(), OK, result=result))
-
-
-def _describe(exc: grpc.RpcError) -> str:
-    return f"{exc.code().name}: {exc.details()}"

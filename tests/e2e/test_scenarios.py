@@ -67,6 +67,20 @@ def test_every_library_scenario_is_valid_with_a_full_report(testbed, tmp_path, s
     assert int(suite.get("tests")) == len(outcome["checks"])
     assert suite.get("failures") == "0" and suite.get("errors") == "0"
     assert testbed.nemesis.active() == [], "a fault outlived its scenario"
+    assert_faults_reached_prometheus(testbed, outcome["scenario"],
+                                     {fault["kind"] for fault in outcome["faults"]})
+
+
+def assert_faults_reached_prometheus(testbed, scenario: str, kinds: set[str]) -> None:
+    """The runner's fault gauge was scraped: Grafana can annotate these faults."""
+    def seen():
+        try:
+            return testbed.prometheus.query(
+                f'max_over_time(distlab_scenario_fault_active{{scenario="{scenario}"}}[1h])')
+        except Exception:  # noqa: BLE001 - Prometheus busy: poll again
+            return []
+    found = eventually(seen, timeout=30, what=f"the fault gauge of {scenario} in Prometheus")
+    assert {r["metric"]["kind"] for r in found if float(r["value"][1]) == 1} & kinds, found
 
 
 def data_settings(testbed) -> dict[str, str]:
@@ -87,10 +101,15 @@ def test_the_broken_mode_is_caught_with_a_small_stale_read(testbed, tmp_path):
     outcome = json.loads((the_report(tmp_path) / "result.json").read_text())
     (check,) = outcome["checks"]
     assert check["outcome"] == "invalid"
-    witness = [line for line in check["problems"][1:] if line.strip()]
-    header = check["problems"][0]
+    header, *rest = check["problems"]
     assert "smallest failing sub-history" in header
-    assert 2 <= len([w for w in witness if " write " in w or " read " in w]) <= 6, header
+    witness = []  # the first key's ops: indented lines up to the next key's header
+    for line in rest:
+        if not line.startswith(" "):
+            break
+        witness.append(line)
+    assert 2 <= len(witness) <= 6, check["problems"]
+    assert any(" read " in line for line in witness), witness
     # The broken setting does not outlive the run.
     assert set(data_settings(testbed).values()) == {"tail"}
 
@@ -119,7 +138,7 @@ def test_ctrl_c_during_a_partition_heals_and_cleans_up(testbed, tmp_path):
     try:
         for line in process.stdout:
             seen.append(line)
-            if "partition" in line and "t=" in line:
+            if "-partition)" in line:  # "t=   5.0s  partition data-1 (f3-partition)"
                 break
         time.sleep(1.0)
         assert testbed.nemesis.active(), "no partition to interrupt"
@@ -140,15 +159,3 @@ def test_ctrl_c_during_a_partition_heals_and_cleans_up(testbed, tmp_path):
     for machine in head_side:
         rules = machine.exec(["iptables", "-S"]).stdout
         assert "DROP" not in rules, f"{machine.name} still drops: {rules}"
-
-
-def test_faults_reach_prometheus_as_the_fault_gauge(testbed):
-    """The kill-app run above exported its fault window; Prometheus kept it."""
-    def seen():
-        try:
-            return testbed.prometheus.query(
-                'max_over_time(distlab_scenario_fault_active{scenario="tiers-kill-app"}[1h])')
-        except Exception:  # noqa: BLE001 - Prometheus still starting
-            return []
-    found = eventually(seen, timeout=30, what="the scenario fault gauge in Prometheus")
-    assert any(float(r["value"][1]) == 1 and r["metric"]["kind"] == "kill" for r in found)

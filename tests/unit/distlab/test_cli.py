@@ -103,3 +103,40 @@ def test_labs_lists_the_default_lab_without_an_engine(distlab):
     assert "tiers (default)" in run.stdout
     assert "services: switch, app, data, data-master" in run.stdout
     assert "services: kv" in run.stdout
+
+
+# -- distlab run: exit 2 whenever there is no verdict to give -------------------------------
+
+def test_run_of_a_missing_file_is_exit_2_and_says_where_scenarios_are(distlab, tmp_path):
+    result = distlab("run", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "no scenario file" in result.stdout
+
+
+def test_run_of_a_wrong_scenario_lists_every_problem_with_its_line(distlab, tmp_path):
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("lab: tiers\nduration: 10s\nworkloads:\n  - type: bank\n    procesess: 2\n"
+                     "faults:\n  - at: 2s\n    kind: kill\n    target: app-9\n")
+    result = distlab("run", str(wrong))
+    assert result.returncode == 2
+    assert f"{wrong}:5" in result.stdout and "did you mean 'processes'" in result.stdout
+    assert f"{wrong}:9" in result.stdout and "app-9" in result.stdout
+
+
+def test_a_python_scenario_without_run_is_refused(distlab, tmp_path):
+    script = tmp_path / "half.py"
+    script.write_text("SCENARIO = 'lab: tiers'\n")
+    result = distlab("run", str(script))
+    assert result.returncode == 2
+    assert "run(ctx)" in result.stdout
+
+
+def test_a_run_that_cannot_start_is_exit_2_with_an_error_report(distlab, tmp_path):
+    reports = tmp_path / "reports"
+    result = distlab("run", str(ROOT / "scenarios" / "tiers-kill-app.yaml"), "--short",
+                     "--reports", str(reports))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "the run failed" in result.stdout
+    (report,) = reports.iterdir()
+    assert '"verdict": "error"' in (report / "result.json").read_text()
+    assert "<error" in (report / "junit.xml").read_text()

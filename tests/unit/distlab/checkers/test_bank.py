@@ -182,3 +182,4 @@ def test_an_audit_missing_an_account_is_torn_even_when_its_sum_is_right():
     verdict = check_bank(history, settled(dict(OPENED), []))
     assert verdict.valid is False
     assert verdict.figures["torn_audits"] == 1
+    assert "did not show accounts c" in verdict.problems[0]
