@@ -157,5 +157,5 @@ def test_ctrl_c_during_a_partition_heals_and_cleans_up(testbed, tmp_path):
     # Every machine reaches every other again: the head's iptables rules are gone.
     head_side = [m for m in testbed.machines() if m.info.role == "data"]
     for machine in head_side:
-        rules = machine.exec(["iptables", "-S"]).stdout
+        rules = machine.exec(["iptables", "-S"]).output
         assert "DROP" not in rules, f"{machine.name} still drops: {rules}"
