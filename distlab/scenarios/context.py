@@ -21,7 +21,6 @@ import grpc
 from distlab.checkers import Verdict
 from distlab.checkers.expectations import check_availability, check_latency
 from distlab.errors import DistlabError, UsageError
-from distlab.faults.nemesis import FaultRecord
 from distlab.history import History
 from distlab.report import FaultWindow
 from distlab.scenarios.schedule import pick_rng
@@ -67,7 +66,6 @@ class ScenarioContext:
         self.verdicts: list[Verdict] = []
         self.windows: list[FaultWindow] = []
         self._observer = observer or FaultObserver()
-        self._records: dict[str, FaultRecord] = {}
         self._stop = threading.Event()
         self._workloads: list[RunningWorkload] = []
         self._run_id = uuid.uuid4().hex[:8]
@@ -220,7 +218,6 @@ class ScenarioContext:
         # A partition involves every machine; the one it cuts off is what a reader wants named.
         victims = (target,) if target is not None else tuple(record.machines)
         window = FaultWindow(record.id, kind, victims, started, ended)
-        self._records[record.id] = record
         self.windows.append(window)
         self._observer.fault_started(record.id, kind, victims)
         if ended is not None:

@@ -16,6 +16,7 @@ import importlib.util
 import platform
 import signal
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,7 +112,11 @@ class Runner:
             error = INTERRUPTED
             self.say(error)
         except DistlabError as exc:
-            error = str(exc) + (f" ({exc.hint})" if getattr(exc, "hint", "") else "")
+            error = str(exc) + (f" ({exc.hint})" if exc.hint else "")
+            self.say(f"the run failed: {error}")
+        except Exception as exc:  # noqa: BLE001 - a Python scenario's own bug: still heal, clean
+            error = f"{type(exc).__name__}: {exc}"
+            self.say(traceback.format_exc().rstrip())
             self.say(f"the run failed: {error}")
         with _ctrl_c_ignored():
             return self._finish(started_wall, error)
@@ -160,7 +165,7 @@ class Runner:
             raise DistlabError(f"healing left problems: {'; '.join(problems)}")
         self.testbed.wait_healthy(self.testbed.catalogue.lab(scenario.lab),
                                   timeout=HEALTHY_AFTER_HEAL_SECONDS)
-        self.say(f"healed; checking {len(list(ctx.history))} operations")
+        self.say(f"healed; checking {len(ctx.history)} operations")
         ctx.settle_and_check(scenario.checks, scenario.expectations)
 
     def _play_timeline(self, events: list[Event]) -> None:
