@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from distlab.checkers.expectations import in_fault_window
-
-from distlab.history import OK
+from distlab.checkers.expectations import answered, in_fault_window
+from distlab.history import OK, History, Op
 from distlab.scenarios.runner import Runner, RunOptions, load
 from distlab.testbed import Testbed
 
@@ -36,18 +35,17 @@ def _p99(latencies: list[float]) -> float | None:
 
 
 def figures(result) -> dict[str, Any]:
-    ops = [json.loads(line) for line in
-           (result.directory / "history.jsonl").read_text().splitlines() if line]
+    ops = list(History.read(result.directory / "history.jsonl"))
     windows = [(f.start, f.end) for f in result.summary.faults if f.kind != "migration"]
-    split: dict[str, list[dict]] = {"faults": [], "calm": []}
+    split: dict[str, list[Op]] = {"faults": [], "calm": []}
     for op in ops:
-        split["faults" if in_fault_window(op["invoke"], windows) else "calm"].append(op)
+        split["faults" if in_fault_window(op.invoke, windows) else "calm"].append(op)
     out: dict[str, Any] = {"operations": len(ops),
                            "operations_per_s": round(len(ops) / result.summary.duration, 1)}
     for name, selected in split.items():
-        ok = [o for o in selected if o["type"] == OK]
-        out[f"availability_{name}"] = round(len(ok) / len(selected), 4) if selected else None
-        p99 = _p99([o["complete"] - o["invoke"] for o in ok])
+        out[f"availability_{name}"] = (round(sum(map(answered, selected)) / len(selected), 4)
+                                       if selected else None)
+        p99 = _p99([op.latency for op in selected if op.type == OK])
         out[f"p99_ms_{name}"] = round(p99 * 1000, 1) if p99 is not None else None
     if out["availability_faults"] and out["availability_calm"]:
         out["availability_faults_vs_calm"] = round(

@@ -10,6 +10,12 @@ An op belongs to a fault window when it was INVOKED inside one, or within
 `grace` seconds after one ended (a cluster needs a moment to recover);
 "calm" ops are all the others. Windows are (start, end) in history seconds,
 end None while the fault is still on (until the end of the run).
+
+Availability counts what the system ANSWERED: an ok op, or a failed one it
+refused for a reason of the request's own (insufficient funds, an unknown
+account: `REFUSALS`). Unavailable are the indefinite ops and the failures
+that say the system could not serve (UNAVAILABLE, DEADLINE_EXCEEDED,
+ABORTED after contention, ...).
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ Window = tuple[float, float | None]
 WINDOWS = ("faults", "calm", "all")
 PHRASES = {"faults": "during faults", "calm": "when calm", "all": "overall"}
 EXAMPLE_LIMIT = 5
+# Status codes of a definite answer about the request itself: the service was there to say it.
+REFUSALS = frozenset({"FAILED_PRECONDITION", "NOT_FOUND", "INVALID_ARGUMENT",
+                      "ALREADY_EXISTS", "OUT_OF_RANGE"})
+
+
+def answered(op: Op) -> bool:
+    """The system served this op: it succeeded, or was refused on the request's merits."""
+    return op.type == OK or (op.type == FAIL and op.error.split(":", 1)[0] in REFUSALS)
 
 
 def in_fault_window(t: float, windows: Iterable[Window], grace: float = 0.0) -> bool:
@@ -34,7 +48,7 @@ def in_fault_window(t: float, windows: Iterable[Window], grace: float = 0.0) -> 
 def check_availability(history: History, windows: Sequence[Window], *, at_least: float,
                        window: str = "all", ops: list[str] | None = None, grace: float = 0.0,
                        name: str | None = None) -> Verdict:
-    """ok / (ok + fail + info) of the selected ops must be at least `at_least` (0..1)."""
+    """Answered / all of the selected ops must be at least `at_least` (0..1); see `answered`."""
     if not 0 <= at_least <= 1:
         raise ValueError(f"at_least is a fraction within 0..1 (0.99 for 99%), not {at_least!r}")
     selected = _select(history, windows, window, ops, grace)
@@ -45,13 +59,16 @@ def check_availability(history: History, windows: Sequence[Window], *, at_least:
     if not selected:
         return Verdict(name, None, [f"no operation{_filter_phrase(ops)} was invoked "
                                     f"{PHRASES[window]}: nothing to measure"], figures)
-    availability = counts[OK] / len(selected)
+    served = sum(answered(op) for op in selected)
+    figures["refused"] = served - counts[OK]
+    availability = served / len(selected)
     figures["availability"] = availability
     if availability >= at_least:
         return Verdict(name, True, [], figures)
-    failed = [op for op in selected if op.type != OK]
+    failed = [op for op in selected if not answered(op)]
     problems = [f"availability {PHRASES[window]} was {_percent(availability)} "
-                f"({counts[OK]} of {len(selected)} ok; {counts[FAIL]} failed, "
+                f"({served} of {len(selected)} answered: {counts[OK]} ok, "
+                f"{figures['refused']} refused; {counts[FAIL] - figures['refused']} failed, "
                 f"{counts[INFO]} indefinite), below {_percent(at_least)}"]
     problems += [f"  e.g. {_describe(op)}" for op in failed[:EXAMPLE_LIMIT]]
     return Verdict(name, False, problems, figures)

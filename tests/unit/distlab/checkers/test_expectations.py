@@ -41,8 +41,8 @@ def test_availability_below_the_bar_says_the_numbers_and_shows_failed_ops():
             for n in range(22)]
     verdict = check_availability(History.of_ops(ops), WINDOWS, at_least=0.99, window="faults")
     assert verdict.valid is False
-    assert verdict.problems[0] == ("availability during faults was 91.2% (228 of 250 ok; "
-                                   "11 failed, 11 indefinite), below 99%")
+    assert verdict.problems[0] == ("availability during faults was 91.2% (228 of 250 answered: "
+                                   "228 ok, 0 refused; 11 failed, 11 indefinite), below 99%")
     examples = verdict.problems[1:]
     assert len(examples) == 5
     assert examples[0] == "  e.g. p0 write at t=15.000s took 10 ms: info (DEADLINE_EXCEEDED)"
@@ -54,7 +54,7 @@ def test_calm_excludes_the_grace_period_after_a_fault():
     strict = check_availability(history, WINDOWS, at_least=1.0, window="calm")
     forgiving = check_availability(history, WINDOWS, at_least=1.0, window="calm", grace=5.0)
     assert strict.valid is False
-    assert "4 of 6 ok" in strict.problems[0]
+    assert "4 of 6 answered" in strict.problems[0]
     assert forgiving.valid is True, forgiving
     assert forgiving.figures["selected"] == 4
 
@@ -119,3 +119,16 @@ def test_latency_during_faults_is_judged_on_the_ops_invoked_then():
 def test_bad_arguments_are_refused_with_a_clear_message(call, message):
     with pytest.raises(ValueError, match=message):
         call(History.of_ops([op(1)]))
+
+
+def test_a_refusal_on_the_request_s_merits_is_an_answer_not_unavailability():
+    refused = op(3, FAIL, name="transfer", error="FAILED_PRECONDITION: insufficient funds")
+    unavailable = op(4, FAIL, name="transfer", error="UNAVAILABLE: no backend")
+    aborted = op(5, FAIL, name="transfer", error="ABORTED: contention; retry")
+    history = History.of_ops([op(1), refused, unavailable, aborted])
+    verdict = check_availability(history, [], at_least=0.5)
+    assert verdict.valid is True and verdict.figures["availability"] == 0.5
+    assert verdict.figures["refused"] == 1
+    strict = check_availability(history, [], at_least=0.75)
+    assert strict.valid is False
+    assert "2 of 4 answered: 1 ok, 1 refused; 2 failed" in strict.problems[0]
