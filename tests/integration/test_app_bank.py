@@ -10,12 +10,9 @@ import threading
 import grpc
 import pytest
 
-from nodes.app.__main__ import SPEC
 from nodes.rpc import bank_pb2, bank_pb2_grpc, control_pb2
-from tests.integration.chain_support import DataTier, free_port
-from tests.integration.conftest import address_of
+from tests.integration.app_support import AppTier
 
-ARCHITECTURES = ("iterative", "threaded", "async", "process")
 TXN = "/distlab.chain.Data/Txn"
 Rule = control_pb2.FaultRule
 # The chain_support replicas' defaults are small; the bank's Transfer needs 8 ops and a
@@ -23,32 +20,9 @@ Rule = control_pb2.FaultRule
 REPLICA_LIMITS = {"DATA_MAX_TXN_OPS": "16", "DATA_MAX_READ_LIMIT": "1000"}
 
 
-def start_tier(lab, names: tuple[str, ...]) -> DataTier:
-    tier = DataTier(lab, master_port=free_port())
-    tier.start_master()
-    for index, name in enumerate(names):
-        tier.start_replica(name, **REPLICA_LIMITS)
-        tier.wait_for_chain(list(names[:index + 1]))
-    return tier
-
-
-def start_app(lab, tier: DataTier, name: str, architecture: str = "threaded", **env):
-    return lab.start(name, spec=SPEC, DATA_MASTER=address_of(tier.master),
-                     APP_ARCHITECTURE=architecture, APP_AUDIT_MAX_ACCOUNTS=1000, **env)
-
-
-@pytest.fixture(scope="module")
-def tier(shared_lab):
-    tier = start_tier(shared_lab, ("data-1", "data-2"))
-    yield tier
-    tier.close()
-
-
-@pytest.fixture(scope="module")
-def apps(shared_lab, tier):
-    """One app server per architecture, all over the one data tier."""
-    return {architecture: start_app(shared_lab, tier, f"app-{architecture}", architecture)
-            for architecture in ARCHITECTURES}
+APP_TIER = AppTier(REPLICA_LIMITS, APP_AUDIT_MAX_ACCOUNTS=1000)
+start_tier, start_app = APP_TIER.start_tier, APP_TIER.start_app
+tier, apps = APP_TIER.fixtures()
 
 
 def bank(lab, node) -> bank_pb2_grpc.BankStub:

@@ -15,12 +15,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from distlab.history import FAIL, INFO, OK
 from distlab.workloads.register import READ, WRITE, RegisterConfig, RegisterWorkload
-from nodes.app.__main__ import SPEC
 from nodes.rpc import chain_pb2, control_pb2, kv_pb2, kv_pb2_grpc
-from tests.integration.chain_support import DataTier, free_port
-from tests.integration.conftest import address_of
+from tests.integration.app_support import ARCHITECTURES, AppTier
+from tests.integration.chain_support import DataTier
 
-ARCHITECTURES = ("iterative", "threaded", "async", "process")
 KV_SERVICE = "distlab.kv.KV"
 TXN = "/distlab.chain.Data/Txn"
 Code = grpc.StatusCode
@@ -31,32 +29,9 @@ REPLICA_LIMITS = {"DATA_MAX_VALUE_BYTES": str(64 * 1024), "MAX_MESSAGE_BYTES": s
                   "DATA_MAX_READ_LIMIT": "1000"}
 
 
-def start_tier(lab, names: tuple[str, ...]) -> DataTier:
-    tier = DataTier(lab, master_port=free_port())
-    tier.start_master()
-    for index, name in enumerate(names):
-        tier.start_replica(name, **REPLICA_LIMITS)
-        tier.wait_for_chain(list(names[:index + 1]))
-    return tier
-
-
-def start_app(lab, tier: DataTier, name: str, architecture: str = "threaded", **env):
-    return lab.start(name, spec=SPEC, DATA_MASTER=address_of(tier.master),
-                     APP_ARCHITECTURE=architecture, **env)
-
-
-@pytest.fixture(scope="module")
-def tier(shared_lab):
-    tier = start_tier(shared_lab, ("data-1", "data-2"))
-    yield tier
-    tier.close()
-
-
-@pytest.fixture(scope="module")
-def apps(shared_lab, tier):
-    """One app server per architecture, all over the one data tier."""
-    return {architecture: start_app(shared_lab, tier, f"app-{architecture}", architecture)
-            for architecture in ARCHITECTURES}
+APP_TIER = AppTier(REPLICA_LIMITS)
+start_tier, start_app = APP_TIER.start_tier, APP_TIER.start_app
+tier, apps = APP_TIER.fixtures()
 
 
 def kv(lab, node) -> kv_pb2_grpc.KVStub:
