@@ -306,14 +306,29 @@ def _no_operations(ax: Any) -> None:
             fontsize=12, color="gray")
 
 
-def latency_figure(ops: list[Op], faults: list[FaultWindow], end: float) -> Figure:
-    """Each op a point at (invoke time, latency), coloured by ok / fail / info."""
+def _timeline(title: str, xlabel: str, ylabel: str, end: float) -> tuple[Figure, Any]:
+    """A figure over the run's time axis, 0 to `end` seconds."""
     figure = _new_figure()
     ax = figure.add_subplot()
-    ax.set_title("latency per operation", loc="left")
-    ax.set_xlabel("invoke time (s)")
-    ax.set_ylabel("latency (ms)")
+    ax.set_title(title, loc="left")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_xlim(0, end)
+    return figure, ax
+
+
+def _finish_timeline(ax: Any, ops: list[Op], faults: list[FaultWindow], end: float) -> None:
+    """The legend (or "no operations") and the fault windows, shaded and labelled."""
+    if ops:
+        _legend_above(ax)
+    else:
+        _no_operations(ax)
+    _shade_faults(ax, faults, end)
+
+
+def latency_figure(ops: list[Op], faults: list[FaultWindow], end: float) -> Figure:
+    """Each op a point at (invoke time, latency), coloured by ok / fail / info."""
+    figure, ax = _timeline("latency per operation", "invoke time (s)", "latency (ms)", end)
     if ops:
         for kind in (OK, FAIL, INFO):
             chosen = [op for op in ops if op.type == kind]
@@ -327,21 +342,13 @@ def latency_figure(ops: list[Op], faults: list[FaultWindow], end: float) -> Figu
             ax.set_yscale("log")
         else:
             ax.set_ylim(bottom=0)
-        _legend_above(ax)
-    else:
-        _no_operations(ax)
-    _shade_faults(ax, faults, end)
+    _finish_timeline(ax, ops, faults, end)
     return figure
 
 
 def throughput_figure(ops: list[Op], faults: list[FaultWindow], end: float) -> Figure:
     """Ops per second by completion time, 1 s bins, one line per type."""
-    figure = _new_figure()
-    ax = figure.add_subplot()
-    ax.set_title("throughput", loc="left")
-    ax.set_xlabel("completion time (s)")
-    ax.set_ylabel("operations / s")
-    ax.set_xlim(0, end)
+    figure, ax = _timeline("throughput", "completion time (s)", "operations / s", end)
     if ops:
         bins = max(1, math.ceil(end))
         for kind in (OK, FAIL, INFO):
@@ -353,10 +360,7 @@ def throughput_figure(ops: list[Op], faults: list[FaultWindow], end: float) -> F
                     color=TYPE_COLOURS[kind], linewidth=1.2,
                     label=f"{kind} ({sum(per_second)})")
         ax.set_ylim(bottom=0)
-        _legend_above(ax)
-    else:
-        _no_operations(ax)
-    _shade_faults(ax, faults, end)
+    _finish_timeline(ax, ops, faults, end)
     return figure
 
 
