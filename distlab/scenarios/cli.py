@@ -16,7 +16,6 @@ from rich.console import Console
 
 from distlab.errors import DistlabError
 from distlab.scenarios.runner import Runner, RunOptions, load
-from distlab.scenarios.spec import ScenarioError
 from distlab.testbed import Testbed
 
 RUN_FAILED = 2
@@ -40,12 +39,10 @@ def run(scenario: Path, seed: int | None, keep: bool, short: bool, reports_root:
     testbed = Testbed()
     try:
         spec, script = load(scenario, testbed)
-    except ScenarioError as exc:
-        for line in str(exc).splitlines():
-            console.print(line, markup=False, soft_wrap=True)
-        sys.exit(RUN_FAILED)
-    except DistlabError as exc:
+    except DistlabError as exc:  # ScenarioError too: one line per problem of the file
         console.print(f"distlab: error: {exc}", markup=False, soft_wrap=True)
+        if exc.hint:
+            console.print(f"hint: {exc.hint}", markup=False, soft_wrap=True)
         sys.exit(RUN_FAILED)
     options = RunOptions(seed=seed, keep=keep, short=short, reports_root=reports_root)
     chosen_seed = spec.seed if seed is None else seed

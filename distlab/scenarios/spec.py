@@ -36,6 +36,8 @@ WORKLOAD_TYPES = ("bank", "register")
 # The operation names each workload records in the history (expectations may select them).
 WORKLOAD_OPS = {"bank": ("transfer", "balance", "audit"), "register": ("read", "write")}
 CHECK_NEEDS = {"bank": "bank", "linearizable": "register"}  # check -> workload type it reads
+# The labs whose entry point serves each workload's service (distlab.scenarios.context).
+WORKLOAD_LABS = {"bank": ("tiers",), "register": ("tiers", "kv")}
 EXPECTATION_KINDS = ("availability", "latency")
 WINDOWS = ("faults", "calm", "all")
 CHAIN_POSITIONS = ("head", "middle", "tail")
@@ -394,6 +396,7 @@ class _Parser:
                 self.problem(node, "short_duration", f"{short_duration:g}s is longer than "
                              f"duration ({self.duration:g}s)")
         workloads = self.required(top, root, "", "workloads", self.workloads) or ()
+        self.check_workload_labs(top, workloads, lab_name)
         faults = self.items(top, "faults", self.fault)
         nemesis = self.nemesis(*top["nemesis"]) if "nemesis" in top else None
         migrations = self.items(top, "migrations", self.migration)
@@ -409,6 +412,18 @@ class _Parser:
                         workloads=workloads, faults=faults, nemesis=nemesis,
                         migrations=migrations, checks=checks, expectations=expectations,
                         source=source)
+
+    def check_workload_labs(self, top: Entries, workloads: tuple[Workload, ...],
+                            lab: str) -> None:
+        if lab not in self.catalogue.labs or "workloads" not in top:  # an unknown lab is said
+            return
+        items = top["workloads"][1].value
+        for index, workload in enumerate(workloads):
+            labs = WORKLOAD_LABS.get(workload.type, ())
+            if lab not in labs and index < len(items):
+                self.problem(items[index], f"workloads[{index}].type",
+                             f"a {workload.type} workload runs against the "
+                             f"{' or '.join(labs)} lab, not {lab}")
 
     def lab_field(self, top: Entries, root: Node) -> str:
         node = top["lab"][1] if "lab" in top else None
