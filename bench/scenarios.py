@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from distlab.checkers.expectations import answered, in_fault_window
+from distlab.checkers.expectations import answered, in_fault_window, nearest_rank
 from distlab.history import OK, History, Op
 from distlab.scenarios.runner import Runner, RunOptions, load
 from distlab.testbed import Testbed
@@ -25,13 +25,6 @@ from distlab.testbed import Testbed
 OUT = Path("reports/bench/scenarios.json")
 REPORTS = Path("reports/bench/scenarios")
 EXPECTED_EXIT = {"tiers-broken-ack-at-head": 1}
-
-
-def _p99(latencies: list[float]) -> float | None:
-    if not latencies:
-        return None
-    ordered = sorted(latencies)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 def figures(result) -> dict[str, Any]:
@@ -45,8 +38,9 @@ def figures(result) -> dict[str, Any]:
     for name, selected in split.items():
         out[f"availability_{name}"] = (round(sum(map(answered, selected)) / len(selected), 4)
                                        if selected else None)
-        p99 = _p99([op.latency for op in selected if op.type == OK])
-        out[f"p99_ms_{name}"] = round(p99 * 1000, 1) if p99 is not None else None
+        latencies = sorted(op.latency for op in selected if op.type == OK)
+        out[f"p99_ms_{name}"] = (round(nearest_rank(latencies, 99) * 1000, 1)
+                                 if latencies else None)
     if out["availability_faults"] and out["availability_calm"]:
         out["availability_faults_vs_calm"] = round(
             out["availability_faults"] / out["availability_calm"], 3)

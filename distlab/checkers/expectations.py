@@ -93,7 +93,7 @@ def check_latency(history: History, windows: Sequence[Window], *, at_most: float
         return Verdict(name, None, [f"no ok operation{_filter_phrase(ops)} was invoked "
                                     f"{PHRASES[window]}: no latency to measure"], figures)
     latencies = sorted(op.latency for op in selected)
-    measured = latencies[max(1, math.ceil(percentile / 100 * len(latencies))) - 1]
+    measured = nearest_rank(latencies, percentile)
     figures.update(latency=measured, median=latencies[(len(latencies) - 1) // 2],
                    max=latencies[-1])
     if measured <= at_most:
@@ -133,6 +133,11 @@ def _filter_phrase(ops: list[str] | None) -> str:
 
 def _op_names(selected: Iterable[Op], ops: list[str] | None) -> list[str]:
     return list(ops) if ops is not None else sorted({op.op for op in selected})
+
+
+def nearest_rank(ordered: Sequence[float], percentile: float) -> float:
+    """The `percentile` of sorted, non-empty values by the nearest-rank method."""
+    return ordered[max(1, math.ceil(percentile / 100 * len(ordered))) - 1]
 
 
 def _percent(fraction: float) -> str:

@@ -226,7 +226,8 @@ class ScenarioContext:
         return window
 
     def heal(self, window: FaultWindow) -> None:
-        """Close one fault window: undo that fault now."""
+        """Close one fault window (the one with `window`'s id): undo that fault now."""
+        window = next(w for w in self.windows if w.id == window.id)  # closing replaces it
         if window.end is not None:
             return
         problems = self.testbed.nemesis.end(window.id)

@@ -145,12 +145,6 @@ class FaultExporter:
                                    f"(faults started: {started})")
             self._series(fault_id, labels).set(0)
 
-    def end_all(self) -> None:
-        """Set every fault's series to 0: what a heal at the end of a run does."""
-        with self._lock:
-            for fault_id, labels in self._faults.items():
-                self._series(fault_id, labels).set(0)
-
     def _series(self, fault_id: str, labels: tuple[str, str]):
         kind, machines = labels
         return self._fault_active.labels(scenario=self.scenario, fault=fault_id, kind=kind,

@@ -178,7 +178,7 @@ class Runner:
                     windows[event.index] = ctx.inject(event.fault, index=event.index)
                 elif event.action == "heal":
                     if event.ref in windows:
-                        ctx.heal(_current(ctx, windows[event.ref]))
+                        ctx.heal(windows[event.ref])
                 else:
                     ctx.migrate(event.migration)
             except DistlabError as exc:
@@ -237,11 +237,6 @@ class Runner:
             if value > 0 and not any(part in method for part in UNSERVED_METHODS):
                 counts.setdefault(labels.get("machine", "?"), {})[method] = round(value)
         return counts
-
-
-def _current(ctx: ScenarioContext, window: FaultWindow) -> FaultWindow:
-    """The context's window of that fault now (windows are replaced when they close)."""
-    return next((w for w in ctx.windows if w.id == window.id), window)
 
 
 def versions() -> dict[str, str]:

@@ -478,14 +478,9 @@ class _Parser:
         return tuple(w for w in parsed if w is not None)
 
     def workload(self, node: Node, path: str) -> Workload | None:
-        entries = self.entries(node, path, "a workload")
+        entries, type_ = self.variant(node, path, "workload", "type", WORKLOAD_FIELDS)
         if entries is None:
             return None
-        type_ = self.required(entries, node, path, "type",
-                              lambda n, p: self.choice(n, p, WORKLOAD_TYPES))
-        self.unknown(entries, path, WORKLOAD_FIELDS.get(type_, ()),
-                     known=_all(WORKLOAD_FIELDS),
-                     used_by=f"{_an(type_ or '')} workload" if type_ else None)
         get = self.getter(entries, path)
         workload = Workload(
             type=type_ or "",
@@ -506,14 +501,9 @@ class _Parser:
     # -- faults ------------------------------------------------------------------------
 
     def fault(self, node: Node, path: str) -> Fault | None:
-        entries = self.entries(node, path, "a fault")
+        entries, kind = self.variant(node, path, "fault", "kind", FAULT_FIELDS)
         if entries is None:
             return None
-        kind = self.required(entries, node, path, "kind",
-                             lambda n, p: self.choice(n, p, FAULT_KINDS))
-        self.unknown(entries, path, FAULT_FIELDS.get(kind, ()),
-                     known=_all(FAULT_FIELDS),
-                     used_by=f"{_an(kind or '')} fault" if kind else None)
         at = self.required(entries, node, path, "at", self.at)
         for_ = None
         if "for" in entries:
@@ -661,14 +651,9 @@ class _Parser:
         return None if None in kinds else tuple(kinds)  # type: ignore[arg-type]
 
     def migration(self, node: Node, path: str) -> Migration | None:
-        entries = self.entries(node, path, "a migration")
+        entries, action = self.variant(node, path, "migration", "action", MIGRATION_FIELDS)
         if entries is None:
             return None
-        action = self.required(entries, node, path, "action",
-                               lambda n, p: self.choice(n, p, MIGRATION_ACTIONS))
-        self.unknown(entries, path, MIGRATION_FIELDS.get(action, ()),
-                     known=_all(MIGRATION_FIELDS),
-                     used_by=f"a {action} migration" if action else None)
         at = self.required(entries, node, path, "at", self.at)
         if action is None:
             return None
@@ -975,6 +960,21 @@ class _Parser:
         return self.constructor.construct_object(node)
 
     # -- structure ---------------------------------------------------------------------
+
+    def variant(self, node: Node, path: str, what: str, tag: str,
+                fields_by_variant: Mapping[str, tuple[str, ...]]
+                ) -> tuple[Entries | None, str | None]:
+        """A mapping whose `tag` field (a fault's kind, ...) says which fields it may have:
+        its entries and tag, every field the tag does not use being a problem."""
+        entries = self.entries(node, path, _an(what))
+        if entries is None:
+            return None, None
+        variant = self.required(entries, node, path, tag,
+                                lambda n, p: self.choice(n, p, tuple(fields_by_variant)))
+        self.unknown(entries, path, fields_by_variant.get(variant, ()),
+                     known=_all(fields_by_variant),
+                     used_by=f"{_an(variant)} {what}" if variant else None)
+        return entries, variant
 
     def entries(self, node: Node, path: str, what: str) -> Entries | None:
         """A mapping's fields by name; duplicate and non-string keys are problems."""

@@ -80,6 +80,13 @@ class Pause:
 
     seconds: float
 
+    @classmethod
+    def after_conflict(cls, attempt: int, jitter: Callable[[], float]) -> Pause:
+        """The randomized, exponentially growing, capped wait after conflict number `attempt`
+        (counted from 0)."""
+        ceiling = min(CONFLICT_BACKOFF_CAP_SECONDS, CONFLICT_BACKOFF_SECONDS * 2 ** attempt)
+        return cls(jitter() * ceiling)
+
 
 T = TypeVar("T")
 DataRequest = chain_pb2.ReadRequest | chain_pb2.TxnRequest | Pause
@@ -302,8 +309,7 @@ class Bank:
             if result.succeeded:
                 return decision.reply
             self._on_conflict(operation)
-            ceiling = min(CONFLICT_BACKOFF_CAP_SECONDS, CONFLICT_BACKOFF_SECONDS * 2 ** attempt)
-            yield Pause(self._jitter() * ceiling)
+            yield Pause.after_conflict(attempt, self._jitter)
         if uncertain:  # a Txn of this call may still be on its way to the head
             raise _unknown(operation, f"gave up after {self.limits.txn_attempts} attempts")
         raise BankError(grpc.StatusCode.ABORTED,

@@ -39,9 +39,6 @@ KV_PREFIX = "kv/"
 MAX_KEY_CHARS = DATA_MAX_KEY_CHARS - len(KV_PREFIX)
 MAX_VALUE_BYTES = 64 * 1024
 MAX_LIST_KEYS = 1000  # also the default of a List without a limit
-# A Delete that keeps losing races backs off randomly up to 2 ms, 4 ms, ... (capped).
-CONFLICT_BACKOFF_SECONDS = 0.002
-CONFLICT_BACKOFF_CAP_SECONDS = 0.1
 
 
 def data_key(key: str) -> str:
@@ -149,8 +146,7 @@ class Registers:
             if result.succeeded:
                 return kv_pb2.DeleteReply(existed=True)
             self._on_conflict("delete")
-            ceiling = min(CONFLICT_BACKOFF_CAP_SECONDS, CONFLICT_BACKOFF_SECONDS * 2 ** attempt)
-            yield Pause(self._jitter() * ceiling)
+            yield Pause.after_conflict(attempt, self._jitter)  # as the bank's writes back off
         raise BankError(grpc.StatusCode.ABORTED,
                         f"not applied: the delete of {request.key!r} gave up after "
                         f"{self.txn_attempts} attempts: other writers kept changing the key; "

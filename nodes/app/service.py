@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -159,28 +160,51 @@ class BankMetrics:
         self.transfers.labels(result=result).inc()
 
 
-class BlockingBank(bank_pb2_grpc.BankServicer):
-    """The Bank service for a thread-pool server: each call holds its thread throughout."""
+class BlockingServicer:
+    """Runs a core's operations with the blocking driver: each call holds its thread
+    throughout, and a BankError becomes the call's status."""
 
-    def __init__(self, bank: Bank, client: DataClient, metrics: BankMetrics, *,
-                 timeout: float) -> None:
-        self._bank = bank
+    def __init__(self, client: DataClient, *, timeout: float) -> None:
         self._client = client
-        self._metrics = metrics
         self._timeout = timeout
 
     def _run(self, operation: Operation[Any], context: grpc.ServicerContext,
-             transfer: bool = False) -> Any:
+             on_refused: Callable[[BankError], None] | None = None) -> Any:
         try:
-            reply = run(operation, self._client, timeout=self._timeout,
-                        time_remaining=context.time_remaining)
+            return run(operation, self._client, timeout=self._timeout,
+                       time_remaining=context.time_remaining)
         except BankError as error:
-            if transfer:
-                self._metrics.transfer_refused(error)
+            if on_refused is not None:
+                on_refused(error)
             context.abort(error.code, error.message)
-        if transfer:
-            self._metrics.transfer_answered(reply)
-        return reply
+
+
+class AsyncServicer:
+    """Runs a core's operations as coroutines on a grpc.aio server's event loop."""
+
+    def __init__(self, client: AsyncDataClient, *, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+
+    async def _run(self, operation: Operation[Any], context: grpc.aio.ServicerContext,
+                   on_refused: Callable[[BankError], None] | None = None) -> Any:
+        try:
+            return await run_async(operation, self._client, timeout=self._timeout,
+                                   time_remaining=context.time_remaining)
+        except BankError as error:
+            if on_refused is not None:
+                on_refused(error)
+            await context.abort(error.code, error.message)
+
+
+class BlockingBank(BlockingServicer, bank_pb2_grpc.BankServicer):
+    """The Bank service for a thread-pool server."""
+
+    def __init__(self, bank: Bank, client: DataClient, metrics: BankMetrics, *,
+                 timeout: float) -> None:
+        super().__init__(client, timeout=timeout)
+        self._bank = bank
+        self._metrics = metrics
 
     def OpenAccount(self, request, context):
         return self._run(self._bank.open_account(request), context)
@@ -189,7 +213,9 @@ class BlockingBank(bank_pb2_grpc.BankServicer):
         return self._run(self._bank.deposit(request), context)
 
     def Transfer(self, request, context):
-        return self._run(self._bank.transfer(request), context, transfer=True)
+        reply = self._run(self._bank.transfer(request), context, self._metrics.transfer_refused)
+        self._metrics.transfer_answered(reply)
+        return reply
 
     def Balance(self, request, context):
         return self._run(self._bank.balance(request), context)
@@ -211,28 +237,14 @@ class BlockingBank(bank_pb2_grpc.BankServicer):
         return bank_pb2.WorkReply(served_by=self._bank.served_by)
 
 
-class AsyncBank(bank_pb2_grpc.BankServicer):
+class AsyncBank(AsyncServicer, bank_pb2_grpc.BankServicer):
     """The Bank service as coroutines on a grpc.aio server's event loop."""
 
     def __init__(self, bank: Bank, client: AsyncDataClient, metrics: BankMetrics, *,
                  timeout: float) -> None:
+        super().__init__(client, timeout=timeout)
         self._bank = bank
-        self._client = client
         self._metrics = metrics
-        self._timeout = timeout
-
-    async def _run(self, operation: Operation[Any], context: grpc.aio.ServicerContext,
-                   transfer: bool = False) -> Any:
-        try:
-            reply = await run_async(operation, self._client, timeout=self._timeout,
-                                    time_remaining=context.time_remaining)
-        except BankError as error:
-            if transfer:
-                self._metrics.transfer_refused(error)
-            await context.abort(error.code, error.message)
-        if transfer:
-            self._metrics.transfer_answered(reply)
-        return reply
 
     async def OpenAccount(self, request, context):
         return await self._run(self._bank.open_account(request), context)
@@ -241,7 +253,10 @@ class AsyncBank(bank_pb2_grpc.BankServicer):
         return await self._run(self._bank.deposit(request), context)
 
     async def Transfer(self, request, context):
-        return await self._run(self._bank.transfer(request), context, transfer=True)
+        reply = await self._run(self._bank.transfer(request), context,
+                                self._metrics.transfer_refused)
+        self._metrics.transfer_answered(reply)
+        return reply
 
     async def Balance(self, request, context):
         return await self._run(self._bank.balance(request), context)
@@ -264,20 +279,12 @@ class AsyncBank(bank_pb2_grpc.BankServicer):
         return bank_pb2.WorkReply(served_by=self._bank.served_by)
 
 
-class BlockingKV(kv_pb2_grpc.KVServicer):
-    """The KV service for a thread-pool server: each call holds its thread throughout."""
+class BlockingKV(BlockingServicer, kv_pb2_grpc.KVServicer):
+    """The KV service for a thread-pool server."""
 
     def __init__(self, registers: Registers, client: DataClient, *, timeout: float) -> None:
+        super().__init__(client, timeout=timeout)
         self._registers = registers
-        self._client = client
-        self._timeout = timeout
-
-    def _run(self, operation: Operation[Any], context: grpc.ServicerContext) -> Any:
-        try:
-            return run(operation, self._client, timeout=self._timeout,
-                       time_remaining=context.time_remaining)
-        except BankError as error:
-            context.abort(error.code, error.message)
 
     def Put(self, request, context):
         return self._run(self._registers.put(request), context)
@@ -292,21 +299,13 @@ class BlockingKV(kv_pb2_grpc.KVServicer):
         return self._run(self._registers.list(request), context)
 
 
-class AsyncKV(kv_pb2_grpc.KVServicer):
+class AsyncKV(AsyncServicer, kv_pb2_grpc.KVServicer):
     """The KV service as coroutines on a grpc.aio server's event loop."""
 
     def __init__(self, registers: Registers, client: AsyncDataClient, *,
                  timeout: float) -> None:
+        super().__init__(client, timeout=timeout)
         self._registers = registers
-        self._client = client
-        self._timeout = timeout
-
-    async def _run(self, operation: Operation[Any], context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await run_async(operation, self._client, timeout=self._timeout,
-                                   time_remaining=context.time_remaining)
-        except BankError as error:
-            await context.abort(error.code, error.message)
 
     async def Put(self, request, context):
         return await self._run(self._registers.put(request), context)

@@ -77,13 +77,6 @@ def test_a_fault_can_be_started_again_after_it_ended(exporter: FaultExporter) ->
     assert faults(exporter.port)["f1"][1] == 1.0
 
 
-def test_end_all_sets_every_fault_to_0(exporter: FaultExporter) -> None:
-    for index, kind in enumerate(("kill", "stop", "loss")):
-        exporter.fault_started(f"f{index}", kind, [f"kv-{index + 1}"])
-    exporter.end_all()
-    assert [value for _, value in faults(exporter.port).values()] == [0.0, 0.0, 0.0]
-
-
 def test_no_faults_yet_means_no_fault_series(exporter: FaultExporter) -> None:
     assert scrape(exporter.port).get(FAULT_ACTIVE, []) == []
 
