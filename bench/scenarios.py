@@ -19,7 +19,7 @@ from typing import Any
 
 from distlab.checkers.expectations import answered, in_fault_window, nearest_rank
 from distlab.history import OK, History, Op
-from distlab.scenarios.runner import Runner, RunOptions, load
+from distlab.scenarios.runner import RunOptions, ScenarioRunner, load
 from distlab.testbed import Testbed
 
 OUT = Path("reports/bench/scenarios.json")
@@ -59,7 +59,7 @@ def run(names: list[str] | None = None) -> dict[str, Any]:
     try:
         for path in files:
             scenario, script = load(path, testbed)
-            result = Runner(testbed, scenario, script,
+            result = ScenarioRunner(testbed, scenario, script,
                             options=RunOptions(keep=True, reports_root=REPORTS)).run()
             summary = result.summary
             report[scenario.name] = {

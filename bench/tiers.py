@@ -28,7 +28,7 @@ import grpc
 from bench import rpc_overhead
 from bench.load import LoadResult, ratio, run_load
 from distlab.testbed import Testbed
-from distlab.workloads.bank import BankConfig, BankWorkload
+from distlab.tiers.bank import BankConfig, BankWorkload
 from nodes.rpc import bank_pb2, bank_pb2_grpc, control_pb2
 
 OUT = Path("reports/bench/tiers.json")

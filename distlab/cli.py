@@ -1,5 +1,8 @@
 """The `distlab` command: bring labs up, look at them, break them, heal them, clean up.
 
+`build_cli(registry)` makes the command from the shared commands here and what the
+registered labs add (distlab.registry): their own groups (`distlab tiers`,
+`distlab chord`), `distlab sim ...`, and each fault kind's `distlab chaos` verb.
 Every error is one line saying what was wrong, and one line of hint; the exit
 code is 2 for a bad command line and 1 for anything that failed.
 """
@@ -9,26 +12,20 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import click
-import grpc
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from distlab.chord.cli import chord, sim_chord
+from distlab.console import err, fail, out
+from distlab.control import ControlError
 from distlab.errors import DistlabError, UsageError
-from distlab.faults.network import SHAPES
+from distlab.registry import Registry, load_registry
 from distlab.runtime.base import MachineInfo
 from distlab.runtime.compose import read_images_env
 from distlab.scenarios.cli import run
 from distlab.testbed import GRAFANA_URL, PROMETHEUS_URL, Testbed
 from nodes.rpc import control_pb2
-
-# Wide enough for the status table when output is a pipe or a CI log, not a terminal.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-errors = Console(stderr=True, highlight=False)
 
 
 class DistlabGroup(click.Group):
@@ -43,58 +40,65 @@ class DistlabGroup(click.Group):
             sys.exit(0)
         except click.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx else "distlab"
-            _fail(exc.format_message(), f"{command} --help", 2)
+            fail(exc.format_message(), f"{command} --help", 2)
         except click.exceptions.Abort:
-            _fail("aborted", "", 1)
+            fail("aborted", "", 1)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except UsageError as exc:
-            _fail(str(exc), exc.hint, 2)
+            fail(str(exc), exc.hint, 2)
         except DistlabError as exc:
-            _fail(str(exc), exc.hint, 1)
+            fail(str(exc), exc.hint, 1)
 
 
-def _fail(message: str, hint: str, code: int) -> None:
-    # soft_wrap: one line each whatever the width, so `2>&1 | grep` and CI logs see it whole.
-    errors.print(f"distlab: error: {message}", markup=False, soft_wrap=True)
-    if hint:
-        errors.print(f"hint: {hint}", markup=False, soft_wrap=True)
-    sys.exit(code)
+def build_cli(registry: Registry) -> click.Group:
+    """The `distlab` command: the shared commands, then what each registered lab adds
+    (its commands, its `sim` subcommands, and every fault kind's `chaos` verb)."""
 
+    @click.group(cls=DistlabGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    def cli() -> None:
+        """distlab: a distributed-systems lab in containers."""
 
-@click.group(cls=DistlabGroup, context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
-    """distlab: a distributed-systems lab in containers."""
+    @cli.group()
+    def sim() -> None:
+        """Simulate a lab's protocol in one process, running the nodes' own code."""
+
+    @cli.group()
+    def chaos() -> None:
+        """Inject a fault: process (kill, stop, pause, restart), network, or RPC-level."""
+
+    for command in (labs, up, down, clean, status, logs, heal, doctor, run):
+        cli.add_command(command)
+    for kind in registry.faults.values():
+        if kind.command is not None:
+            chaos.add_command(kind.command)
+    for command in (chaos_start, chaos_resume, chaos_list):
+        chaos.add_command(command)
+    for command in registry.commands():
+        cli.add_command(command)
+    for command in registry.sim_commands():
+        sim.add_command(command)
+    return cli
 
 
 def main() -> None:
-    cli()
-
-
-@cli.group()
-def sim() -> None:
-    """Simulate a lab's protocol in one process, running the nodes' own code."""
-
-
-cli.add_command(chord)
-cli.add_command(run)
-sim.add_command(sim_chord)
+    build_cli(load_registry())()
 
 
 # -- labs ---------------------------------------------------------------------------------
 
 
-@cli.command()
+@click.command()
 def labs() -> None:
     """List the labs and their services."""
     catalogue = Testbed().catalogue
     for lab in catalogue.labs.values():
         default = " (default)" if lab.name == catalogue.default else ""
-        console.print(f"[bold]{lab.name}[/]{default}: {lab.description}")
-        console.print(f"  services: {', '.join(lab.services)}")
+        out.print(f"[bold]{lab.name}[/]{default}: {lab.description}")
+        out.print(f"  services: {', '.join(lab.services)}")
 
 
-@cli.command()
+@click.command()
 @click.argument("lab", required=False)
 @click.option("--scale", "scale", multiple=True, metavar="SERVICE=N",
               help="replicas of a service, e.g. --scale kv=5 (repeatable)")
@@ -115,7 +119,7 @@ def up(lab: str | None, scale: tuple[str, ...], timeout: float) -> None:
             table.add_row(info.name, info.state, _health_cell(info))
         return table
 
-    with Live(render(), console=console, refresh_per_second=4, transient=True) as live:
+    with Live(render(), console=out, refresh_per_second=4, transient=True) as live:
         def on_line(line: str) -> None:
             state["line"] = line.strip()[:70]
             live.update(render())
@@ -128,34 +132,34 @@ def up(lab: str | None, scale: tuple[str, ...], timeout: float) -> None:
             live.update(render())
 
         testbed.up(chosen.name, list(scale), timeout=timeout, on_line=on_line, on_wait=on_wait)
-    console.print(f"[green]lab {chosen.name} is up[/] in {time.monotonic() - started:.1f} s")
+    out.print(f"[green]lab {chosen.name} is up[/] in {time.monotonic() - started:.1f} s")
     _print_status(testbed)
-    console.print(f"\nPrometheus  {PROMETHEUS_URL}")
+    out.print(f"\nPrometheus  {PROMETHEUS_URL}")
     if testbed.grafana_image():
-        console.print(f"Grafana     {GRAFANA_URL}  (dashboards in folder 'distlab')")
+        out.print(f"Grafana     {GRAFANA_URL}  (dashboards in folder 'distlab')")
     else:
-        console.print("Grafana     skipped: its image cannot be pulled on this machine "
+        out.print("Grafana     skipped: its image cannot be pulled on this machine "
                       "(dashboards are verified against Prometheus by `make test`)")
-    console.print("Next        distlab status · distlab chaos --help · distlab heal · "
+    out.print("Next        distlab status · distlab chaos --help · distlab heal · "
                   "distlab down")
 
 
-@cli.command()
+@click.command()
 def down() -> None:
     """Stop and remove every lab's machines (volumes are kept; `clean` removes them)."""
     Testbed().down()
-    console.print("every lab is down")
+    out.print("every lab is down")
 
 
-@cli.command()
+@click.command()
 def clean() -> None:
     """Remove every container, network and volume labelled distlab.lab, even after a crash."""
     report = Testbed().clean()
-    console.print(f"removed {report.containers} containers, {report.networks} networks, "
+    out.print(f"removed {report.containers} containers, {report.networks} networks, "
                   f"{report.volumes} volumes")
 
 
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(as_json: bool) -> None:
     """A table of every machine: role, state, health, address, and what it says of itself."""
@@ -170,7 +174,7 @@ def status(as_json: bool) -> None:
 def _print_status(testbed: Testbed) -> None:
     machines = testbed.machines()
     if not machines:
-        console.print("no machines: bring a lab up with `distlab up`")
+        out.print("no machines: bring a lab up with `distlab up`")
         return
     testbed.sync_targets()
     active = testbed.nemesis.active()
@@ -186,7 +190,7 @@ def _print_status(testbed: Testbed) -> None:
                                             _render(statuses[info.name])) if part)
         table.add_row(info.name, info.lab, info.role, info.state, _health_cell(info),
                       ", ".join(info.addresses) or "-", faults or "-", detail)
-    console.print(table)
+    out.print(table)
 
 
 def _balancer_view(statuses: dict[str, control_pb2.StatusReply | str]) -> dict[str, str]:
@@ -212,15 +216,12 @@ def _status(machine) -> control_pb2.StatusReply | str:
     if machine.info.lab == "common" or machine.info.grpc_endpoint is None:
         return ""
     try:
-        channel, control = machine.control()
+        with machine.control() as control:
+            return control.status()
+    except ControlError as exc:
+        return f"no answer ({exc.code.name})"
     except DistlabError:
         return ""
-    try:
-        return control.Status(control_pb2.StatusRequest(), timeout=1.0)
-    except grpc.RpcError as exc:
-        return f"no answer ({exc.code().name})"
-    finally:
-        channel.close()
 
 
 def _render(status: control_pb2.StatusReply | str) -> str:
@@ -232,7 +233,7 @@ def _render(status: control_pb2.StatusReply | str) -> str:
     return " ".join(parts)
 
 
-@cli.command()
+@click.command()
 @click.argument("machine")
 @click.option("--tail", default=50, show_default=True)
 def logs(machine: str, tail: int) -> None:
@@ -243,104 +244,23 @@ def logs(machine: str, tail: int) -> None:
 # -- faults -------------------------------------------------------------------------------
 
 
-@cli.group()
-def chaos() -> None:
-    """Inject a fault: process (kill, stop, pause, restart), network, or RPC-level."""
-
-
-def _done(record) -> None:
-    console.print(f"fault {record.id}: {record.kind} on {', '.join(record.machines)} "
-                  f"{record.params or ''}".rstrip())
-
-
-for _verb, _help in (("kill", "kill -9 MACHINE (heal starts it again)"),
-                     ("stop", "stop MACHINE gracefully (SIGTERM, then SIGKILL after 10 s)"),
-                     ("pause", "freeze MACHINE (callers see timeouts, not resets)"),
-                     ("restart", "restart MACHINE")):
-    def _process_fault(machine: str, _verb: str = _verb) -> None:
-        _done(getattr(Testbed().nemesis, _verb)(machine))
-
-    chaos.command(name=_verb, help=_help)(click.argument("machine")(_process_fault))
-
-
-@chaos.command(name="start")
+@click.command(name="start")
 @click.argument("machine")
 def chaos_start(machine: str) -> None:
     """Start a killed or stopped MACHINE again."""
     Testbed().nemesis.start(machine)
-    console.print(f"{machine} started")
+    out.print(f"{machine} started")
 
 
-@chaos.command(name="resume")
+@click.command(name="resume")
 @click.argument("machine")
 def chaos_resume(machine: str) -> None:
     """Resume a paused MACHINE."""
     Testbed().nemesis.resume(machine)
-    console.print(f"{machine} resumed")
+    out.print(f"{machine} resumed")
 
 
-@chaos.command()
-@click.argument("shape", type=click.Choice(SHAPES))
-@click.option("--machines", default="", help="comma-separated machines (default: every lab "
-              "machine)")
-@click.option("--target", default=None, help="the machine to isolate (isolate)")
-@click.option("--group", "groups", multiple=True, help="a,b  one group (groups; repeatable)")
-@click.option("--seed", type=int, default=None, help="shuffle machines with this seed")
-def partition(shape: str, machines: str, target: str | None, groups: tuple[str, ...],
-              seed: int | None) -> None:
-    """Cut the network into SHAPE: isolate, halves, majorities-ring, bridge, groups."""
-    names = [n for n in machines.split(",") if n]
-    parsed = [[n for n in g.split(",") if n] for g in groups] or None
-    _done(Testbed().nemesis.partition(shape, names, target=target, groups=parsed, seed=seed))
-
-
-@chaos.command()
-@click.argument("machine")
-@click.argument("probability", type=float)
-def loss(machine: str, probability: float) -> None:
-    """Drop each packet MACHINE receives with PROBABILITY (0 < p <= 1)."""
-    _done(Testbed().nemesis.loss(machine, probability))
-
-
-@chaos.command()
-@click.argument("machine")
-@click.argument("rate")
-def bandwidth(machine: str, rate: str) -> None:
-    """Cap what MACHINE sends to RATE (tc tbf), e.g. 1mbit."""
-    _done(Testbed().nemesis.bandwidth(machine, rate))
-
-
-@chaos.command()
-@click.argument("machine")
-@click.argument("milliseconds", type=float)
-@click.option("--jitter", type=float, default=0.0, help="milliseconds of uniform jitter")
-def delay(machine: str, milliseconds: float, jitter: float) -> None:
-    """Delay what MACHINE sends (tc netem; needs a kernel with sch_netem)."""
-    _done(Testbed().nemesis.delay(machine, milliseconds, jitter))
-
-
-@chaos.command()
-@click.argument("machine")
-@click.argument("action", type=click.Choice(["delay", "error", "drop"]))
-@click.option("--method", default="*", show_default=True,
-              help="'*', '/pkg.Service/*' or '/pkg.Service/Method'")
-@click.option("--peer", default="", help="only calls from (or, with --outbound, to) this machine")
-@click.option("--seconds", type=float, default=0.0, help="delay")
-@click.option("--jitter", type=float, default=0.0, help="extra uniform delay, seconds")
-@click.option("--code", type=int, default=14, show_default=True,
-              help="gRPC status code for error (14 = UNAVAILABLE)")
-@click.option("--probability", type=float, default=1.0, show_default=True)
-@click.option("--duration", type=float, default=0.0, help="seconds until it expires (0: never)")
-@click.option("--outbound", is_flag=True, help="act on calls MACHINE makes, not serves")
-def rpc(machine: str, action: str, method: str, peer: str, seconds: float, jitter: float,
-        code: int, probability: float, duration: float, outbound: bool) -> None:
-    """RPC-level fault on MACHINE through its Control service (works on every kernel)."""
-    _done(Testbed().nemesis.rpc(machine, action, method=method, peer=peer, seconds=seconds,
-                                jitter=jitter, code=code, probability=probability,
-                                duration=duration, outbound=outbound))
-
-
-@chaos.command(name="list")
+@click.command(name="list")
 @click.option("--all", "show_all", is_flag=True, help="ended faults too")
 def chaos_list(show_all: bool) -> None:
     """The faults distlab applied, with start and end times."""
@@ -352,27 +272,27 @@ def chaos_list(show_all: bool) -> None:
     for r in records:
         table.add_row(r.id, r.kind, ", ".join(r.machines), _clock(r.started),
                       _clock(r.ended) if r.ended else "active", json.dumps(r.params))
-    console.print(table)
+    out.print(table)
 
 
 def _clock(stamp: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(stamp))
 
 
-@cli.command()
+@click.command()
 def heal() -> None:
     """Undo every fault: restart killed machines, resume paused ones, clear network and RPC
     faults."""
     problems = Testbed().nemesis.heal()
     for problem in problems:
-        errors.print(f"could not heal: {problem}", markup=False)
+        err.print(f"could not heal: {problem}", markup=False)
     if problems:
         raise DistlabError(f"{len(problems)} fault(s) could not be undone",
                            hint="distlab clean removes every machine")
-    console.print("healed: no fault is active")
+    out.print("healed: no fault is active")
 
 
-@cli.command()
+@click.command()
 def doctor() -> None:
     """Check this host can run labs: engine, Compose v2, images, NET_ADMIN, tbf, netem."""
     from distlab.doctor import run_checks
@@ -381,59 +301,9 @@ def doctor() -> None:
     for check in run_checks(images_env=read_images_env(Testbed().root)):
         mark = {"ok": "[green]ok[/]", "unsupported": "[yellow]unsupported[/]"}.get(
             check.status, "[red]missing[/]")
-        console.print(f"{check.name:<10} {mark:<24} {check.detail}")
+        out.print(f"{check.name:<10} {mark:<24} {check.detail}")
         if check.fix and check.status != "ok":
-            console.print(f"{'':<10} fix: {check.fix}")
+            out.print(f"{'':<10} fix: {check.fix}")
         failed |= check.status == "missing"
     if failed:
-        sys.exit(1)
-
-
-# -- workloads ----------------------------------------------------------------------------
-
-
-@cli.command()
-@click.option("--seconds", default=20.0, show_default=True, help="how long the clients run")
-@click.option("--ops", default=5000, show_default=True, help="at most this many operations")
-@click.option("--processes", default=4, show_default=True, help="concurrent clients")
-@click.option("--accounts", default=8, show_default=True, help="accounts to transfer between")
-@click.option("--seed", default=0, show_default=True, help="same seed, same operations")
-@click.option("--history", "history_path", type=click.Path(dir_okay=False), default=None,
-              help="write every operation to this history.jsonl")
-def bank(seconds: float, ops: int, processes: int, accounts: int, seed: int,
-         history_path: str | None) -> None:
-    """Run the bank workload through the switch and check the bank invariants.
-
-    Random transfers, balance reads and audits over fresh accounts; then every
-    indefinite transfer is resolved by replaying its idempotency key and the
-    final balances are compared with every applied transfer. Exit 0 when the
-    invariants hold, 1 when they do not or cannot be decided.
-    """
-    from distlab.workloads.bank import BankConfig, BankWorkload
-
-    if seconds <= 0 or ops <= 0 or processes <= 0 or accounts < 2:
-        raise UsageError("--seconds, --ops and --processes must be > 0 and --accounts >= 2",
-                         hint="distlab bank --help")
-    testbed = Testbed()
-    workload = BankWorkload(testbed.client("switch"), BankConfig(
-        accounts=accounts, processes=processes, max_ops=ops, seconds=seconds, seed=seed))
-    try:
-        workload.setup(deadline_seconds=30)
-    except grpc.RpcError as exc:
-        raise DistlabError(f"cannot open accounts through the switch: {exc.code().name}: "
-                           f"{exc.details()}", hint="distlab status") from None
-    console.print(f"running {processes} clients for up to {seconds:g} s / {ops} operations ...")
-    workload.run()
-    verdict = workload.check()
-    if history_path:
-        workload.history.write(Path(history_path))
-    table = Table(title=f"bank: {verdict.outcome}", title_justify="left")
-    for column in ("operation", "ok", "fail", "info (indefinite)"):
-        table.add_column(column)
-    for name, row in sorted(workload.history.counts().items()):
-        table.add_row(name, str(row["ok"]), str(row["fail"]), str(row["info"]))
-    console.print(table)
-    for problem in verdict.problems:
-        console.print(f"  {problem}", markup=False)
-    if verdict.valid is not True:
         sys.exit(1)

@@ -1,7 +1,8 @@
 """The one place the host runs commands: timeouts, logging and test fakes live here.
 
 `Runner.run` runs an argv on the host; machines' commands go through the
-runtime's `exec`, which has the same shape. Tests swap in `RecordingRunner`.
+runtime's `exec`, which has the same shape; tests give the runtime a fake instead
+(tests/unit/distlab/conftest.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from distlab.errors import CommandFailed, CommandTimeout
 
@@ -59,19 +60,3 @@ def _stream(argv: Sequence[str], timeout: float, env: Mapping[str, str] | None,
             on_line(line.rstrip("\n"))
         code = process.wait(timeout=timeout)
     return "".join(lines), code
-
-
-@dataclass
-class RecordingRunner(Runner):
-    """A test double: records every argv and answers from a table of canned results."""
-
-    answers: dict[tuple[str, ...], Result] = field(default_factory=dict)
-    calls: list[tuple[str, ...]] = field(default_factory=list)
-
-    def run(self, argv, *, timeout=120.0, check=True, env=None, cwd=None, on_line=None):
-        key = tuple(argv)
-        self.calls.append(key)
-        result = self.answers.get(key, Result(key, 0, ""))
-        if check and result.returncode != 0:
-            raise CommandFailed(list(key), result.returncode, result.output)
-        return result

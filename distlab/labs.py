@@ -7,6 +7,7 @@ the file it is given and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,32 @@ class Catalogue:
                 raise UsageError(f"--scale {pair!r}: N must be 0..{MAX_REPLICAS}")
             scale[service] = int(count)
         return scale
+
+
+def machine_names(catalogue: Catalogue, lab: Lab | str, scale: Mapping[str, int] | None = None
+                  ) -> list[str]:
+    """The machines the lab will have at this scale: `<service>-<i>`, i in 1..count, where
+    count is the scale, else compose's `deploy.replicas`, else 1."""
+    if isinstance(lab, str):
+        lab = catalogue.lab(lab)
+    return [name for service, count in counts_at(lab, scale or {}).items()
+            for name in names_of(service, count)]
+
+
+def counts_at(lab: Lab, scale: Mapping[str, int]) -> dict[str, int]:
+    """Machines per service of `lab` at this scale."""
+    return {s: scale.get(s, lab.replicas.get(s, 1)) for s in lab.services}
+
+
+def names_of(service: str, count: int) -> list[str]:
+    return [f"{service}-{index}" for index in range(1, count + 1)]
+
+
+def span(service: str, count: int) -> str:
+    """`app-1..app-3`: machines listed short in messages."""
+    if count <= 0:
+        return f"no {service} machine"
+    return f"{service}-1" if count == 1 else f"{service}-1..{service}-{count}"
 
 
 def load_catalogue(compose_file: Path) -> Catalogue:

@@ -10,17 +10,17 @@ from collections.abc import Sequence
 import grpc
 
 from distlab.commands import Result
+from distlab.control import ControlClient
 from distlab.errors import DistlabError
-from distlab.runtime.base import MachineInfo, Runtime
-from nodes.rpc import control_pb2_grpc
-
-GRPC_PORT = 50051
+from distlab.runtime.base import GRPC_PORT, MachineInfo, Runtime
 
 
 class Machine:
-    def __init__(self, runtime: Runtime, info: MachineInfo) -> None:
+    def __init__(self, runtime: Runtime, info: MachineInfo, *,
+                 credential: str | None = None) -> None:
         self._runtime = runtime
         self.info = info
+        self._credential = credential
 
     @property
     def name(self) -> str:
@@ -69,8 +69,8 @@ class Machine:
         """host:port other machines use to reach this one's gRPC server."""
         return f"{self.container}:{GRPC_PORT}"
 
-    def channel(self) -> grpc.Channel:
-        """A channel from the host to this machine's published gRPC port, as of `info`.
+    def endpoint(self) -> str:
+        """host:port of this machine's published gRPC port, as of `info`.
 
         The port changes when the machine restarts: call `refresh()` first after one.
         """
@@ -78,8 +78,12 @@ class Machine:
         if endpoint is None:
             raise DistlabError(f"machine {self.name} is {self.info.state}: no gRPC endpoint",
                                hint=f"distlab chaos start {self.name}")
-        return grpc.insecure_channel(endpoint)
+        return endpoint
 
-    def control(self) -> tuple[grpc.Channel, control_pb2_grpc.ControlStub]:
-        channel = self.channel()
-        return channel, control_pb2_grpc.ControlStub(channel)
+    def channel(self) -> grpc.Channel:
+        """A channel from the host to this machine's data-plane services."""
+        return grpc.insecure_channel(self.endpoint())
+
+    def control(self) -> ControlClient:
+        """This machine's Control service, with the lab credential: `with m.control() as c:`."""
+        return ControlClient(self.name, self.endpoint(), self._credential)

@@ -1,8 +1,9 @@
 """Testbed: the one facade scenarios and the CLI use to run labs.
 
 `up(lab, scale)`, `down()`, `machines()`, `machine(name)`, `client(role)`,
-`nemesis`, `prometheus`. A scenario never imports docker nor shells out: it
-asks the Testbed, which asks its Runtime.
+`nemesis`, `prometheus`, and the `registry` of what each lab plugs in. A
+scenario never imports docker nor shells out: it asks the Testbed, which asks
+its Runtime.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import grpc
 
+from distlab import credential
 from distlab.errors import DistlabError, UnknownMachine
 from distlab.faults.nemesis import NO_LAB, Journal, Nemesis
 from distlab.labs import Catalogue, Lab, load_catalogue
 from distlab.machine import Machine
 from distlab.observe import TARGETS_PATH, Prometheus, targets_document
+from distlab.registry import Registry, load_registry
 from distlab.runtime.base import MachineInfo, Runtime
 from distlab.runtime.compose import ComposeRuntime, read_images_env
 
@@ -37,10 +40,12 @@ def project_root() -> Path:
 
 
 class Testbed:
-    def __init__(self, runtime: Runtime | None = None, *, root: Path | None = None) -> None:
+    def __init__(self, runtime: Runtime | None = None, *, root: Path | None = None,
+                 registry: Registry | None = None) -> None:
         self.root = root or project_root()
         self.runtime = runtime or ComposeRuntime(self.root)
         self.catalogue: Catalogue = load_catalogue(self.root / "compose.yaml")
+        self.registry = registry or load_registry()
         self.nemesis = Nemesis(self.machines, Journal(self.root / ".distlab" / "faults.json"))
         self.prometheus = Prometheus(PROMETHEUS_URL)
 
@@ -85,12 +90,15 @@ class Testbed:
         journal = self.nemesis.journal.path
         if journal.exists():
             journal.unlink()
+        credential.remove(self.root)
         return report
 
     # -- machines -------------------------------------------------------------------------
 
     def machines(self) -> list[Machine]:
-        return [Machine(self.runtime, info) for info in self.runtime.machines()]
+        token = credential.read(self.root)
+        return [Machine(self.runtime, info, credential=token)
+                for info in self.runtime.machines()]
 
     def machine(self, name: str) -> Machine:
         machines = self.machines()

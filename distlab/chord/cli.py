@@ -1,6 +1,6 @@
 """The Chord lab's commands: `distlab chord ring` and `distlab sim chord`.
 
-distlab/cli.py registers `chord` (a group) on the main command and
+distlab.chord.lab registers `chord` (a group) on the main command and
 `sim_chord` under its `sim` group. Errors are `DistlabError`s, which the main
 command prints as one line and a hint; bad options are click usage errors
 (exit 2). `ring` reads the machines through the Testbed and writes one PNG;
@@ -10,19 +10,16 @@ command prints as one line and a hint; bad options are click usage errors
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from distlab.chord import sim
 from distlab.chord.ringmap import DEFAULT_PNG, check_ring, draw_ring, fetch_states, ring_rows
+from distlab.console import out
 from distlab.errors import DistlabError
 from distlab.testbed import Testbed
-
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 @click.group()
@@ -47,17 +44,17 @@ def ring(png: Path) -> None:
         table.add_column(column)
     for row in ring_rows(check):
         table.add_row(*row)
-    console.print(table)
+    out.print(table)
     for line in silent:
-        console.print(f"[yellow]{line}[/]", markup=True)
+        out.print(f"[yellow]{line}[/]", markup=True)
     drawn = draw_ring(states, png)
     if check.ok:
-        console.print(f"[green]one consistent ring[/] of {len(check.ordered)} peers; "
+        out.print(f"[green]one consistent ring[/] of {len(check.ordered)} peers; "
                       f"drawn in {drawn}")
         return
     for problem in check.problems:
-        console.print(f"[red]problem:[/] {problem}")
-    console.print(f"drawn in {drawn}")
+        out.print(f"[red]problem:[/] {problem}")
+    out.print(f"drawn in {drawn}")
     raise DistlabError(f"not one consistent ring: {len(check.problems)} problem(s)",
                        hint="stabilization mends a ring within a few CHORD_STABILIZE_SECONDS: "
                             "run it again")

@@ -16,8 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import grpc
-
+from distlab.control import ControlError, ControlRefused
 from distlab.errors import DistlabError, FaultError, UsageError
 from distlab.faults import network
 from distlab.machine import Machine
@@ -233,20 +232,19 @@ class Nemesis:
                        else control_pb2.FaultRule.INBOUND),
             delay_seconds=seconds, jitter_seconds=jitter, status_code=code,
             probability=probability, duration_seconds=duration)
-        channel, control = machine.control()
         try:
-            reply = control.AddFaultRule(rule, timeout=5)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise UsageError(f"{name} refused the rule: {exc.details()}",
-                                 hint="distlab chaos rpc --help") from None
-            raise FaultError(f"{name} did not take the rule: {exc.code().name}") from None
-        finally:
-            channel.close()
+            with machine.control() as control:
+                rule_id = control.add_fault_rule(rule)
+        except ControlRefused as exc:
+            raise UsageError(f"{name} refused the rule: {exc.details}",
+                             hint="distlab chaos rpc --help") from None
+        except ControlError as exc:
+            raise FaultError(f"{name} did not take the rule: {exc.code.name}",
+                             hint=exc.hint) from None
         params = {"action": action, "method": method, "peer": peer, "seconds": seconds,
                   "code": code, "probability": probability, "duration": duration,
                   "outbound": outbound}
-        return self._record("rpc", [machine], params, [["rpc-clear", name, reply.rule_id]])
+        return self._record("rpc", [machine], params, [["rpc-clear", name, rule_id]])
 
     # -- heal ------------------------------------------------------------------------------
 
@@ -345,27 +343,15 @@ def _mark(machine: Machine, fault_id: str, kind: str, active: bool) -> None:
     Best effort: a machine the fault cut off may not answer, and the fault holds either way.
     """
     try:
-        channel, control = machine.control()
+        with machine.control() as control:
+            control.mark_fault(fault_id, kind, active)
     except DistlabError:
-        return
-    try:
-        control.MarkFault(control_pb2.FaultMarker(fault_id=fault_id, kind=kind, active=active),
-                          timeout=2)
-    except grpc.RpcError:
         pass
-    finally:
-        channel.close()
 
 
 def _clear_rules(machine: Machine, rule_ids: Sequence[str] = ()) -> None:
     try:
-        channel, control = machine.control()
+        with machine.control() as control:
+            control.clear_fault_rules(rule_ids)
     except DistlabError:
-        return
-    try:
-        control.ClearFaultRules(control_pb2.ClearFaultRulesRequest(rule_ids=list(rule_ids)),
-                                timeout=5)
-    except grpc.RpcError:
-        pass  # an expired or already cleared rule: nothing left to undo
-    finally:
-        channel.close()
+        pass  # stopped, or an expired or already cleared rule: nothing left to undo

@@ -338,7 +338,7 @@ def loss_plan(machine: str, probability: float, *, sources: Sequence[str] = ()) 
 
 
 _NUMBER = r"(?P<number>\d+(?:\.\d+)?)"
-_RATE = re.compile(_NUMBER + r"(?:bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)")
+RATE = re.compile(_NUMBER + r"(?:bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)")
 _SIZE = re.compile(_NUMBER + r"(?:b|k|kb|kbit|m|mb|mbit|g|gb|gbit)?")
 _TIME = re.compile(_NUMBER + r"(?:s|ms|us)")
 # Linux interface names: at most 15 bytes. We also keep them shell-safe, since heal_commands
@@ -361,7 +361,7 @@ def bandwidth_plan(
     """
     _validate_machine(machine)
     _validate_interface(interface)
-    _check_tc_value(rate, _RATE, "rate", "a number and one of bit kbit mbit gbit bps kbps mbps "
+    _check_tc_value(rate, RATE, "rate", "a number and one of bit kbit mbit gbit bps kbps mbps "
                     "gbps, e.g. 1mbit, 500kbit, 1.5mbps")
     _check_tc_value(burst, _SIZE, "burst", "a number and optionally one of b k kb kbit m mb "
                     "mbit g gb gbit, e.g. 32kbit")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from distlab.commands import Result
 
+GRPC_PORT = 50051  # every node's gRPC server, inside its machine (the node contract)
+
 
 @dataclass(frozen=True)
 class MachineInfo:

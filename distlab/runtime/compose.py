@@ -16,14 +16,14 @@ from pathlib import Path, PurePosixPath
 import docker
 import docker.errors
 
+from distlab import credential
 from distlab.commands import Result, Runner
 from distlab.errors import CommandFailed, EngineUnavailable, UnknownMachine
-from distlab.runtime.base import CleanReport, MachineInfo, Runtime
+from distlab.runtime.base import GRPC_PORT, CleanReport, MachineInfo, Runtime
 
 LAB_LABEL = "distlab.lab"
 ROLE_LABEL = "distlab.role"
 PROJECT = "distlab"
-GRPC_PORT = "50051/tcp"
 IMAGES_ENV = Path(".distlab") / "images.env"  # written by scripts/images.sh
 
 
@@ -55,6 +55,9 @@ class ComposeRuntime(Runtime):
         return self._docker
 
     def compose_argv(self, *args: str) -> list[str]:
+        # compose.yaml names the lab credential's file as a secret, and Compose refuses a
+        # project whose secret file is missing: make it before any compose command.
+        credential.ensure(self.root)
         argv = ["docker", "compose", "--project-name", PROJECT, "-f", str(self.compose_file),
                 "--project-directory", str(self.root)]
         if self.images_env.exists():
@@ -159,7 +162,7 @@ class ComposeRuntime(Runtime):
         networks = attrs["NetworkSettings"].get("Networks") or {}
         addresses = tuple(n["IPAddress"] for n in networks.values() if n.get("IPAddress"))
         gateways = tuple(n["Gateway"] for n in networks.values() if n.get("Gateway"))
-        published = (attrs["NetworkSettings"].get("Ports") or {}).get(GRPC_PORT) or []
+        published = (attrs["NetworkSettings"].get("Ports") or {}).get(f"{GRPC_PORT}/tcp") or []
         endpoint = next((f"127.0.0.1:{p['HostPort']}" for p in published
                          if p.get("HostIp") in ("127.0.0.1", "")), None)
         name = container.name

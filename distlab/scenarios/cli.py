@@ -12,15 +12,14 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 
+from distlab.console import out, print_error
 from distlab.errors import DistlabError
-from distlab.scenarios.runner import Runner, RunOptions, load
+from distlab.scenarios.runner import RunOptions, ScenarioRunner, load
 from distlab.testbed import Testbed
 
 RUN_FAILED = 2
 OUTCOME_STYLES = {"valid": "green", "invalid": "red", "unknown": "yellow"}
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 @click.command(name="run")
@@ -40,26 +39,24 @@ def run(scenario: Path, seed: int | None, keep: bool, short: bool, reports_root:
     try:
         spec, script = load(scenario, testbed)
     except DistlabError as exc:  # ScenarioError too: one line per problem of the file
-        console.print(f"distlab: error: {exc}", markup=False, soft_wrap=True)
-        if exc.hint:
-            console.print(f"hint: {exc.hint}", markup=False, soft_wrap=True)
+        print_error(str(exc), exc.hint, console=out)  # the run's story is all on stdout
         sys.exit(RUN_FAILED)
     options = RunOptions(seed=seed, keep=keep, short=short, reports_root=reports_root)
     chosen_seed = spec.seed if seed is None else seed
     command = shlex.join(["distlab", "run", str(scenario), "--seed", str(chosen_seed)]
                          + (["--short"] if short else []))
-    runner = Runner(testbed, spec, script, options=options, command=command,
-                    say=lambda line: console.print(line, markup=False, soft_wrap=True))
+    runner = ScenarioRunner(testbed, spec, script, options=options, command=command,
+                    say=lambda line: out.print(line, markup=False, soft_wrap=True))
     result = runner.run()
     summary = result.summary
     for verdict in summary.verdicts:
         style = OUTCOME_STYLES[verdict.outcome]
-        console.print(f"[{style}]{verdict.outcome:>7}[/]  {verdict.name}")
+        out.print(f"[{style}]{verdict.outcome:>7}[/]  {verdict.name}")
         for problem in verdict.problems[:12]:
-            console.print(f"         {problem}", markup=False, soft_wrap=True)
+            out.print(f"         {problem}", markup=False, soft_wrap=True)
     if summary.error:
-        console.print(f"[red]  error[/]  {summary.error}", soft_wrap=True)
-    console.print(f"verdict: {summary.verdict} (exit {summary.exit_code}); "
+        out.print(f"[red]  error[/]  {summary.error}", soft_wrap=True)
+    out.print(f"verdict: {summary.verdict} (exit {summary.exit_code}); "
                   f"report: {result.directory / 'report.html'}")
-    console.print(f"reproduce: {command}", markup=False)
+    out.print(f"reproduce: {command}", markup=False)
     sys.exit(summary.exit_code)

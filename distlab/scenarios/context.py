@@ -16,23 +16,18 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import grpc
-
 from distlab.checkers import Verdict
 from distlab.checkers.expectations import check_availability, check_latency
+from distlab.control import ControlError
 from distlab.errors import DistlabError, UsageError
 from distlab.history import History
+from distlab.registry import Injection, WorkloadStart
 from distlab.report import FaultWindow
+from distlab.scenarios.model import Check, Expectation, Fault, MachineRef, Migration, Workload
 from distlab.scenarios.schedule import pick_rng
-from distlab.scenarios.spec import Check, Expectation, Fault, MachineRef, Migration, Workload
 from distlab.testbed import Testbed
-from distlab.workloads.bank import BankConfig, BankWorkload
-from distlab.workloads.register import RegisterConfig, RegisterWorkload
-from nodes.rpc import control_pb2
+from distlab.workloads.clients import ClientWorkload
 
-# The machine of each lab that clients talk to.
-ENTRY_ROLES = {"tiers": "switch", "kv": "kv"}
-CHECK_WORKLOADS = {"bank": "bank", "linearizable": "register"}
 JOIN_GRACE_SECONDS = 10.0
 SETTLE_SECONDS = 60.0
 HEALTHY_AFTER_HEAL_SECONDS = 120.0
@@ -49,7 +44,7 @@ class FaultObserver:
 @dataclass
 class RunningWorkload:
     spec: Workload
-    workload: BankWorkload | RegisterWorkload
+    workload: ClientWorkload
     thread: threading.Thread
 
 
@@ -70,7 +65,7 @@ class ScenarioContext:
         self._workloads: list[RunningWorkload] = []
         self._run_id = uuid.uuid4().hex[:8]
         self._picks = 0
-        self._reverts: list[tuple[str, dict[str, str]]] = []
+        self._reverts: list[Callable[[], object]] = []
 
     # -- time -----------------------------------------------------------------------------
 
@@ -87,10 +82,12 @@ class ScenarioContext:
 
     def start_workloads(self, specs: Sequence[Workload], *, seconds: float) -> None:
         """Set every workload up, make now time zero, then start them all for `seconds`."""
-        role = ENTRY_ROLES.get(self.lab)
+        registry = self.testbed.registry
+        role = registry.entry_role(self.lab)
         if role is None:
+            served = [lab.name for lab in registry.labs.values() if lab.entry_role]
             raise UsageError(f"the {self.lab} lab has no client workload yet",
-                             hint=f"workloads run against: {', '.join(ENTRY_ROLES)}")
+                             hint=f"workloads run against: {', '.join(served)}")
         channel = self.testbed.client(role)
         for spec in specs:
             workload = self._build(spec, channel, seconds)
@@ -108,27 +105,18 @@ class ScenarioContext:
             self.say(f"workload {spec.type}: {spec.processes} processes"
                      + (f" at {spec.rate:g} ops/s" if spec.rate else ", closed loop"))
 
-    def _build(self, spec: Workload, channel: grpc.Channel,
-               seconds: float) -> BankWorkload | RegisterWorkload:
-        first = sum(w.spec.processes for w in self._workloads)
-        seed = self.seed + len(self._workloads)
-        if spec.type == "bank":
-            return BankWorkload(channel, BankConfig(
-                accounts=spec.accounts, processes=spec.processes, max_ops=spec.max_ops,
-                seconds=seconds, timeout=spec.timeout, seed=seed, rate=spec.rate),
-                history=self.history, run_id=self._run_id, first_process=first)
-        return RegisterWorkload(channel, RegisterConfig(
-            keys=spec.keys, processes=spec.processes, max_ops=spec.max_ops,
-            seconds=seconds, timeout=spec.timeout, seed=seed, rate=spec.rate,
-            read_share=spec.read_share),
-            history=self.history, run_id=self._run_id, first_process=first)
+    def _build(self, spec: Workload, channel, seconds: float) -> ClientWorkload:
+        start = WorkloadStart(channel, seconds, seed=self.seed + len(self._workloads),
+                              history=self.history, run_id=self._run_id,
+                              first_process=sum(w.spec.processes for w in self._workloads))
+        return self.testbed.registry.workloads[spec.type].build(spec, start)
 
     def stop_workloads(self) -> None:
         self._stop.set()
         for running in self._workloads:
             running.thread.join(running.spec.timeout * 3 + JOIN_GRACE_SECONDS)
 
-    def workload(self, kind: str) -> BankWorkload | RegisterWorkload | None:
+    def workload(self, kind: str) -> ClientWorkload | None:
         return next((w.workload for w in self._workloads if w.spec.type == kind), None)
 
     # -- machines -------------------------------------------------------------------------
@@ -150,29 +138,17 @@ class ScenarioContext:
                 raise DistlabError(f"{ref}: no machine of role {ref.value} is running")
             self._picks += 1
             return [pick_rng(self.seed, self._picks).choice(running)]
-        holder = self._chain_position(ref.value, machines)
+        kind = self.testbed.registry.refs.get(ref.kind)
+        if kind is None:
+            known = ", ".join(["role", "all", *self.testbed.registry.refs])
+            raise UsageError(f"{ref}: no machine reference {ref.kind}:", hint=f"known: {known}")
+        holder = kind.resolve(machines, ref.value)
         if holder is None:
-            raise DistlabError(f"{ref}: no data replica says it is the {ref.value}")
+            raise DistlabError(f"{ref}: no running machine is the {ref.value} now")
         return [holder]
 
-    def _chain_position(self, position: str, machines) -> str | None:
-        for machine in machines:
-            if machine.info.role != "data" or machine.info.state != "running":
-                continue
-            try:
-                channel, control = machine.control()
-            except DistlabError:
-                continue
-            with channel:
-                try:
-                    state = control.Status(control_pb2.StatusRequest(), timeout=3).state
-                except grpc.RpcError:
-                    continue
-            if state.get("position") == position:
-                return machine.name
-        return None
-
-    def _names(self, refs: Iterable[MachineRef]) -> list[str]:
+    def names(self, refs: Iterable[MachineRef]) -> list[str]:
+        """The machine names every reference of `refs` means now."""
         return [name for ref in refs for name in self.resolve(ref)]
 
     # -- faults ---------------------------------------------------------------------------
@@ -190,36 +166,20 @@ class ScenarioContext:
 
     def inject(self, fault: Fault, *, index: int | None = None) -> FaultWindow:
         """Apply one fault now and open its window."""
-        nemesis = self.testbed.nemesis
+        kind = self.testbed.registry.faults.get(fault.kind)
+        if kind is None:
+            raise UsageError(f"unknown fault kind {fault.kind!r}",
+                             hint=f"fault kinds: {', '.join(self.testbed.registry.faults)}")
         target = self.resolve(fault.target)[0] if fault.target is not None else None
         started = self.now()
-        kind = fault.kind
-        if kind in ("kill", "stop", "pause", "restart"):
-            record = getattr(nemesis, kind)(target)
-        elif kind == "partition":
-            record = nemesis.partition(
-                fault.shape, self._names(fault.machines), target=target,
-                groups=[self._names(group) for group in fault.groups] or None,
-                seed=pick_rng(self.seed, index or 0).randrange(2**31))
-        elif kind == "loss":
-            record = nemesis.loss(target, fault.probability)
-        elif kind == "bandwidth":
-            record = nemesis.bandwidth(target, fault.rate)
-        elif kind == "delay":
-            record = nemesis.delay(target, fault.delay * 1000, fault.jitter * 1000)
-        elif kind == "rpc":
-            record = nemesis.rpc(target, fault.action, method=fault.method or "*",
-                                 seconds=fault.delay or 0.0, jitter=fault.jitter,
-                                 code=grpc.StatusCode[fault.code or "UNAVAILABLE"].value[0],
-                                 probability=fault.probability or 1.0, outbound=fault.outbound)
-        else:
-            raise UsageError(f"unknown fault kind {kind!r}")
-        ended = started if kind == "restart" else None
+        record = kind.inject(Injection(self.testbed.nemesis, fault, target, self.names,
+                                       seed=pick_rng(self.seed, index or 0).randrange(2**31)))
+        ended = started if kind.instant else None
         # A partition involves every machine; the one it cuts off is what a reader wants named.
         victims = (target,) if target is not None else tuple(record.machines)
-        window = FaultWindow(record.id, kind, victims, started, ended)
+        window = FaultWindow(record.id, fault.kind, victims, started, ended)
         self.windows.append(window)
-        self._observer.fault_started(record.id, kind, victims)
+        self._observer.fault_started(record.id, fault.kind, victims)
         if ended is not None:
             self._observer.fault_ended(record.id)
         self.say(f"t={started:6.1f}s  {window.label} ({record.id})")
@@ -255,43 +215,32 @@ class ScenarioContext:
 
     def migrate(self, migration: Migration) -> None:
         at = self.now()
-        if migration.action == "reconfigure":
-            names = self._names(migration.targets)
-            for name in names:
-                before = self.reconfigure(name, {})  # no change: what the settings are now
-                self._reverts.append((name, {k: before[k] for k in migration.settings
-                                             if k in before}))
-                self.reconfigure(name, migration.settings)
-            label = f"reconfigure {','.join(names)}"
-        else:
-            # Every count again: Compose puts a service it is not told about back to its default.
-            self.scale[migration.service] = migration.count
-            self.testbed.up(self.lab, [f"{s}={n}" for s, n in self.scale.items()])
-            label = f"scale {migration.service}={migration.count}"
+        label = self.testbed.registry.migrations[migration.action].apply(self, migration)
         self.windows.append(FaultWindow(f"m{len(self.windows) + 1}", "migration", (), at, at))
         self.say(f"t={at:6.1f}s  {label}")
 
+    def on_revert(self, undo: Callable[[], object]) -> None:
+        """Run `undo` when the run ends (newest first): a migration putting things back."""
+        self._reverts.append(undo)
+
     def revert_migrations(self) -> list[str]:
-        """Put back every setting a migration changed, newest first (scale stays as it is)."""
+        """Put back what migrations changed, newest first (scale stays as it is)."""
         problems = []
         while self._reverts:
-            name, settings = self._reverts.pop()
             try:
-                self.reconfigure(name, settings)
+                self._reverts.pop()()
             except DistlabError as exc:
                 problems.append(str(exc))
         return problems
 
     def reconfigure(self, name: str, settings: dict[str, str]) -> dict[str, str]:
-        channel, control = self.testbed.machine(name).control()
-        with channel:
-            try:
-                reply = control.Reconfigure(control_pb2.ReconfigureRequest(settings=settings),
-                                            timeout=5)
-            except grpc.RpcError as exc:
-                raise DistlabError(f"{name} refused {settings}: {exc.code().name}: "
-                                   f"{exc.details()}") from None
-        return dict(reply.settings)
+        """Change `name`'s run-time settings ({}: none); its settings as they are now."""
+        try:
+            with self.testbed.machine(name).control() as control:
+                return control.reconfigure(settings)
+        except ControlError as exc:
+            raise DistlabError(f"{name} refused {settings}: {exc.code.name}: "
+                               f"{exc.details}", hint=exc.hint) from None
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -302,16 +251,18 @@ class ScenarioContext:
     def settle_and_check(self, checks: Sequence[Check],
                          expectations: Sequence[Expectation]) -> list[Verdict]:
         """After the workloads stopped and the lab healed: resolve, then run every check."""
-        bank = self.workload("bank")
-        if isinstance(bank, BankWorkload):
-            bank.settle(deadline_seconds=SETTLE_SECONDS)
+        registry = self.testbed.registry
+        for running in self._workloads:
+            settle = registry.workloads[running.spec.type].settle
+            if settle is not None:
+                settle(running.workload, SETTLE_SECONDS)
         for check in checks:
-            workload = self.workload(CHECK_WORKLOADS[check.name])
+            kind = registry.checks[check.name]
+            workload = self.workload(kind.needs)
             if workload is None:
-                self.verdicts.append(Verdict(check.name, None, [
-                    f"no {CHECK_WORKLOADS[check.name]} workload ran"]))
+                self.verdicts.append(Verdict(check.name, None, [f"no {kind.needs} workload ran"]))
                 continue
-            self.verdicts.append(workload.check(**check.options))
+            self.verdicts.append(kind.run(workload, check.options))
         spans = [(w.start, w.end) for w in self.windows if w.kind != "migration"]
         for expectation in expectations:
             self.verdicts.append(_expect(self.history, spans, expectation))
@@ -319,9 +270,10 @@ class ScenarioContext:
 
 
 def ref_of(text: str) -> MachineRef:
-    """`app-2`, `role:app`, `chain:head` or `all:data` as a MachineRef."""
+    """`app-2`, `role:app`, `all:data` or a registered `chain:head` as a MachineRef (a
+    machine name has no colon)."""
     prefix, sep, value = text.partition(":")
-    if sep and prefix in ("role", "chain", "all"):
+    if sep:
         return MachineRef(text, prefix, value)
     return MachineRef(text, "name", text)
 

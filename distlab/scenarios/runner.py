@@ -27,8 +27,9 @@ from distlab.history import History
 from distlab.report import FaultWindow, RunSummary, report_dir, write_report
 from distlab.scenarios.context import HEALTHY_AFTER_HEAL_SECONDS, ScenarioContext
 from distlab.scenarios.exporter import RUNNER_TARGETS_PATH, FaultExporter, lab_gateway
+from distlab.scenarios.model import Scenario
 from distlab.scenarios.schedule import Event, plan
-from distlab.scenarios.spec import Scenario, load_scenario, parse_scenario
+from distlab.scenarios.spec import load_scenario, parse_scenario
 from distlab.testbed import Testbed
 
 Script = Callable[[ScenarioContext], None]
@@ -62,11 +63,11 @@ def load(path: Path, testbed: Testbed) -> tuple[Scenario, Script | None]:
         if not isinstance(text, str) or not callable(script):
             raise DistlabError(f"{path}: a Python scenario defines SCENARIO (its YAML header, "
                                f"a string) and run(ctx)", hint="see docs/scenarios.md")
-        return parse_scenario(text, testbed.catalogue, source=str(path),
-                              default_name=path.stem), script
+        return parse_scenario(text, testbed.catalogue, registry=testbed.registry,
+                              source=str(path), default_name=path.stem), script
     if path.suffix not in (".yaml", ".yml"):
         raise DistlabError(f"{path}: a scenario is a .yaml or .py file")
-    return load_scenario(path, testbed.catalogue), None
+    return load_scenario(path, testbed.catalogue, testbed.registry), None
 
 
 def _import(path: Path):
@@ -79,7 +80,7 @@ def _import(path: Path):
     return module
 
 
-class Runner:
+class ScenarioRunner:
     def __init__(self, testbed: Testbed, scenario: Scenario, script: Script | None = None, *,
                  options: RunOptions = RunOptions(), command: str = "",
                  say: Callable[[str], None] = print) -> None:
@@ -157,7 +158,7 @@ class Runner:
         if self.script is not None:
             self.script(ctx)
         else:
-            self._play_timeline(plan(scenario))
+            self._play_timeline(plan(scenario, self.testbed.registry))
         ctx.sleep_until(scenario.duration)
         ctx.stop_workloads()
         problems = ctx.heal_all() + ctx.revert_migrations()

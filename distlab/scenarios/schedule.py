@@ -1,6 +1,6 @@
 """A scenario's events in time order: its fault timeline, its random nemesis, its migrations.
 
-Pure: `plan(scenario)` turns the file's declarations into `Event`s at seconds
+Pure: `plan(scenario, registry)` turns the file's declarations into `Event`s at seconds
 since the workloads started. The random nemesis is drawn here, before the run,
 from an RNG seeded by the scenario's seed alone, so the same seed gives the
 same schedule whatever the cluster does; which machine a `role:` reference
@@ -13,7 +13,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from distlab.scenarios.spec import Fault, Migration, Nemesis, Scenario
+from distlab.registry import Registry, load_registry
+from distlab.scenarios.model import Fault, Migration, Nemesis, Scenario
 
 
 @dataclass(frozen=True)
@@ -31,38 +32,36 @@ class Event:
         if self.fault is not None:
             return f"{self.fault.kind} {self.fault.target or self.fault.shape}"
         if self.migration is not None:
-            return f"{self.migration.action} {self.migration.service or ''}".strip()
+            return f"{self.migration.action} {self.migration.params.get('service', '')}".strip()
         return f"end of fault #{self.ref}"
 
 
-def nemesis_faults(nemesis: Nemesis, seed: int, duration: float) -> list[Fault]:
+def nemesis_faults(nemesis: Nemesis, seed: int, duration: float,
+                   registry: Registry | None = None) -> list[Fault]:
     """Random faults, one at a time: each lasts `for_`; the next starts after an exponential
-    pause chosen so that starts are `interval` apart on average (at least `for_`)."""
+    pause chosen so that starts are `interval` apart on average (at least `for_`). Each
+    kind's fields are what its registry entry draws (a partition isolates its target)."""
+    kinds = (registry or load_registry()).faults
     rng = random.Random(f"{seed}-nemesis")
     gap_mean = max(nemesis.interval - nemesis.for_, 0.001)
     faults: list[Fault] = []
     t = nemesis.start
     while t < duration:
-        kind = rng.choice(nemesis.kinds)
+        kind = kinds[rng.choice(nemesis.kinds)]
         target = rng.choice(nemesis.targets)
-        faults.append(_nemesis_fault(kind, target, t, nemesis))
-        t += (0.0 if kind == "restart" else nemesis.for_) + rng.expovariate(1.0 / gap_mean)
+        faults.append(Fault(at=t, for_=None if kind.instant else nemesis.for_, kind=kind.name,
+                            target=target, **kind.drawn(nemesis)))
+        t += (0.0 if kind.instant else nemesis.for_) + rng.expovariate(1.0 / gap_mean)
     return faults
 
 
-def _nemesis_fault(kind: str, target, at: float, nemesis: Nemesis) -> Fault:
-    return Fault(at=at, for_=None if kind == "restart" else nemesis.for_, kind=kind,
-                 target=target, shape="isolate" if kind == "partition" else None,
-                 probability=nemesis.probability if kind == "loss" else None)
-
-
-def plan(scenario: Scenario) -> list[Event]:
+def plan(scenario: Scenario, registry: Registry | None = None) -> list[Event]:
     """Every event of the run, by time; a fault's heal comes before what starts at that time."""
     duration = scenario.duration
     faults = [(f, "timeline") for f in scenario.faults if f.at < duration]
     if scenario.nemesis is not None:
         faults += [(f, "nemesis") for f in nemesis_faults(scenario.nemesis, scenario.seed,
-                                                          duration)]
+                                                          duration, registry)]
     faults.sort(key=lambda pair: pair[0].at)
     events: list[Event] = []
     for index, (fault, source) in enumerate(faults, start=1):

@@ -20,6 +20,18 @@ import grpc
 from distlab.history import History
 
 JOIN_MARGIN_SECONDS = 5.0
+# A write that failed with one of these certainly did not happen. ABORTED too: the lab's
+# services answer it only when nothing was applied (the bank, when its optimistic retries
+# ran out and none of its Txns can have been applied).
+DEFINITE_CODES = frozenset({
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+})
+SESSION_KEY = "x-session-id"  # metadata naming a client process (the switch hashes it)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from distlab.checkers import Verdict
 from distlab.history import FAIL, OK
-from distlab.workloads.bank import BankConfig, BankWorkload
+from distlab.tiers.bank import BankConfig, BankWorkload
 from nodes.rpc import bank_pb2, bank_pb2_grpc, control_pb2
 from tests.e2e.conftest import assert_dashboards_answer, eventually, lab_fixture
 

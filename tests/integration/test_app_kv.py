@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from distlab.history import FAIL, INFO, OK
-from distlab.workloads.register import READ, WRITE, RegisterConfig, RegisterWorkload
+from distlab.tiers.register import READ, WRITE, RegisterConfig, RegisterWorkload
 from nodes.rpc import chain_pb2, control_pb2, kv_pb2, kv_pb2_grpc
 from tests.integration.app_support import ARCHITECTURES, AppTier
 from tests.integration.chain_support import DataTier

@@ -12,7 +12,7 @@ import pytest
 
 from distlab.errors import UsageError
 from distlab.history import FAIL, INFO
-from distlab.workloads.register import READ, WRITE, RegisterConfig, plan, write_outcome
+from distlab.tiers.register import READ, WRITE, RegisterConfig, plan, write_outcome
 from nodes.app.bank import BankError
 from nodes.app.registers import Registers
 from nodes.rpc import kv_pb2

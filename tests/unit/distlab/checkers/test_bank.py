@@ -1,7 +1,7 @@
 """The bank checker on hand-made histories: it passes what is right and catches each anomaly."""
 
-from distlab.checkers.bank import BankOutcome, check_bank
 from distlab.history import FAIL, INFO, OK, History, Op
+from distlab.tiers.bank_checker import BankOutcome, check_bank
 
 ACCOUNTS = ["a", "b"]
 INITIAL = {"a": 100, "b": 100}

@@ -9,7 +9,7 @@ import pytest
 
 from distlab import testbed as labs  # not `Testbed`: pytest would try to collect it
 from distlab.scenarios.context import ScenarioContext, ref_of
-from distlab.scenarios.spec import Fault, MachineRef
+from distlab.scenarios.model import Fault, MachineRef
 
 REPO = Path(__file__).resolve().parents[4]
 TIERS = ["switch-1", "app-1", "app-2", "app-3", "data-1", "data-2", "data-3", "data-master-1"]

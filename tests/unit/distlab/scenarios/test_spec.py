@@ -10,8 +10,8 @@ from textwrap import dedent
 import pytest
 
 from distlab.errors import DistlabError, UsageError
-from distlab.labs import load_catalogue
-from distlab.scenarios.spec import (
+from distlab.labs import load_catalogue, machine_names
+from distlab.scenarios.model import (
     Check,
     Expectation,
     Fault,
@@ -21,11 +21,9 @@ from distlab.scenarios.spec import (
     Scenario,
     ScenarioError,
     Workload,
-    load_scenario,
-    machine_names,
-    parse_duration,
-    parse_scenario,
 )
+from distlab.scenarios.reader import parse_duration
+from distlab.scenarios.spec import load_scenario, parse_scenario
 
 COMPOSE = Path(__file__).resolve().parents[4] / "compose.yaml"
 

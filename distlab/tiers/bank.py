@@ -23,23 +23,17 @@ from dataclasses import dataclass, field
 import grpc
 
 from distlab.checkers import Verdict
-from distlab.checkers.bank import BankOutcome, check_bank
 from distlab.history import FAIL, INFO, OK, History, Op
-from distlab.workloads.clients import ClientConfig, ClientWorkload, describe
+from distlab.tiers.bank_checker import BankOutcome, check_bank
+from distlab.workloads.clients import (
+    DEFINITE_CODES,
+    SESSION_KEY,
+    ClientConfig,
+    ClientWorkload,
+    describe,
+)
 from distlab.workloads.pacing import Pacer
 from nodes.rpc import bank_pb2, bank_pb2_grpc
-
-# A write that failed with one of these certainly did not happen (the bank answers ABORTED
-# only when its optimistic retries ran out and none of its Txns can have been applied).
-DEFINITE_CODES = frozenset({
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNAUTHENTICATED,
-})
-SESSION_KEY = "x-session-id"
 
 
 @dataclass

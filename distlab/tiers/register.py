@@ -29,8 +29,13 @@ import grpc
 from distlab.checkers import Verdict
 from distlab.errors import UsageError
 from distlab.history import FAIL, INFO, OK, History, Op
-from distlab.workloads.bank import DEFINITE_CODES, SESSION_KEY
-from distlab.workloads.clients import ClientConfig, ClientWorkload, describe
+from distlab.workloads.clients import (
+    DEFINITE_CODES,
+    SESSION_KEY,
+    ClientConfig,
+    ClientWorkload,
+    describe,
+)
 from distlab.workloads.pacing import Pacer
 from nodes.rpc import kv_pb2, kv_pb2_grpc
 

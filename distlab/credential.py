@@ -1,0 +1,62 @@
+"""The lab credential on the host: made once, kept owner-only, handed to machines as a file.
+
+Every administrative and internal RPC of a lab (Control, the data master's membership
+calls, replica-to-replica and Chord peer-only calls) wants this token as gRPC metadata
+(nodes.common.auth). `ensure` makes it before anything starts: 32 random bytes as hex in
+`.distlab/secrets/credential`. Compose mounts that file into every node as the secret
+`distlab_credential`; it is never an environment variable and never printed.
+
+Permissions: `.distlab/` and `.distlab/secrets/` are 0700, so nobody but the owner can
+reach the file. The file itself is 0444 because Compose bind-mounts a file secret with
+its host permissions (uid, gid and mode are Swarm-only, docker/compose#9648) and the
+node's unprivileged user must read it. It lives until `distlab clean`, so machines
+started at different times of one lab share it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from distlab.errors import DistlabError
+
+RELATIVE_PATH = Path(".distlab") / "secrets" / "credential"
+METADATA_KEY = "x-distlab-credential"
+
+
+def path_of(root: Path) -> Path:
+    return root / RELATIVE_PATH
+
+
+def ensure(root: Path) -> Path:
+    """The credential file of the checkout at `root`, made now if there is none."""
+    path = path_of(root)
+    for directory in (path.parent.parent, path.parent):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+    if not path.exists() or not path.read_text().strip():
+        temporary = path.with_suffix(".tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o444)
+        temporary.replace(path)
+    return path
+
+
+def read(root: Path) -> str | None:
+    """The token, or None when no lab was ever brought up from this checkout."""
+    try:
+        return path_of(root).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DistlabError(f"cannot read the lab credential {path_of(root)}: {exc.strerror}",
+                           hint="distlab clean, then distlab up, makes a new one") from None
+
+
+def remove(root: Path) -> None:
+    path_of(root).unlink(missing_ok=True)
