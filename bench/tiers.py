@@ -29,7 +29,7 @@ from bench import rpc_overhead
 from bench.load import LoadResult, ratio, run_load
 from distlab.testbed import Testbed
 from distlab.tiers.bank import BankConfig, BankWorkload
-from nodes.rpc import bank_pb2, bank_pb2_grpc, control_pb2
+from nodes.rpc import bank_pb2, bank_pb2_grpc
 
 OUT = Path("reports/bench/tiers.json")
 SECONDS = 5.0
@@ -161,9 +161,8 @@ def chain_positions(testbed: Testbed) -> dict[str, str]:
     for machine in testbed.machines():
         if machine.info.role != "data" or machine.info.state != "running":
             continue
-        channel, control = machine.control()
-        with channel:
-            state = control.Status(control_pb2.StatusRequest(), timeout=3).state
+        with machine.control() as control:
+            state = control.status().state
         positions[machine.name] = state.get("position", "")
     return positions
 

@@ -90,12 +90,23 @@ def main() -> None:
 
 @click.command()
 def labs() -> None:
-    """List the labs and their services."""
-    catalogue = Testbed().catalogue
+    """List the labs: their services, and the workloads and commands they bring."""
+    testbed = Testbed()
+    catalogue, registry = testbed.catalogue, testbed.registry
     for lab in catalogue.labs.values():
         default = " (default)" if lab.name == catalogue.default else ""
         out.print(f"[bold]{lab.name}[/]{default}: {lab.description}")
         out.print(f"  services: {', '.join(lab.services)}")
+        plugin = registry.labs.get(lab.name)
+        if plugin is None:
+            continue
+        if plugin.serves:
+            out.print(f"  workloads: {', '.join(plugin.serves)} (clients talk to "
+                      f"{plugin.entry_role})")
+        commands = [f"distlab {c.name}" for c in plugin.commands] + \
+            [f"distlab sim {c.name}" for c in plugin.sim_commands]
+        if commands:
+            out.print(f"  commands: {', '.join(commands)}")
 
 
 @click.command()

@@ -11,8 +11,8 @@ Who calls it: the unit tests (on the repo's dashboards, and against a fake
 Prometheus) and, later, `distlab doctor` and the e2e tests against a running lab.
 
 What it touches: `load_dashboards` only reads the JSON files of one directory;
-`render_expr` is pure; `check_queries` only sends HTTP GET requests to
-`<prometheus_url>/api/v1/query`. Nothing is written anywhere.
+`render_expr` is pure; `check_queries` only sends instant queries through
+`distlab.observe.Prometheus`. Nothing is written anywhere.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from distlab.observe import Prometheus, PrometheusError
 
 #: The only datasource uid dashboards may use (see grafana/provisioning/datasources).
 DATASOURCE_UID = "prometheus"
@@ -268,42 +270,21 @@ def check_queries(
     JSON, status other than "success" (with Prometheus' error text), or a result
     with no series at all.
     """
-    url = prometheus_url.rstrip("/") + "/api/v1/query"
-    own_session = session is None
-    http = requests.Session() if session is None else session
+    prometheus = Prometheus(prometheus_url, timeout=timeout, session=session)
     problems: list[QueryProblem] = []
-    try:
-        for query in queries:
-            rendered = render_expr(query.expr)
-            reason = _check_one(http, url, rendered, timeout)
-            if reason is not None:
-                problems.append(QueryProblem(query=query, rendered=rendered, reason=reason))
-    finally:
-        if own_session:
-            http.close()
+    for query in queries:
+        rendered = render_expr(query.expr)
+        reason = _check_one(prometheus, rendered)
+        if reason is not None:
+            problems.append(QueryProblem(query=query, rendered=rendered, reason=reason))
     return problems
 
 
-def _check_one(http: requests.Session, url: str, expr: str, timeout: float) -> str | None:
+def _check_one(prometheus: Prometheus, expr: str) -> str | None:
     try:
-        response = http.get(url, params={"query": expr}, timeout=timeout)
-    except requests.RequestException as exc:
-        return f"HTTP request to {url} failed: {exc}"
-    try:
-        body = response.json()
-    except ValueError:
-        snippet = response.text[:200].strip()
-        return f"HTTP {response.status_code}, not Prometheus API JSON: {snippet!r}"
-    if not isinstance(body, dict):
-        return f"HTTP {response.status_code}, unexpected response body: {body!r:.200}"
-    status = body.get("status")
-    if status != "success":
-        error_type = body.get("errorType", "unknown")
-        error = body.get("error", "no error text")
-        return f"HTTP {response.status_code}, status {status!r} ({error_type}): {error}"
-    data = body.get("data")
-    if not isinstance(data, dict):
-        return "status success but no data in the response"
+        data = prometheus.data(expr)
+    except PrometheusError as exc:
+        return str(exc)
     result_type = data.get("resultType")
     result = data.get("result")
     if result_type in ("vector", "matrix"):

@@ -28,21 +28,47 @@ def targets_document(machines: Iterable[MachineInfo]) -> bytes:
     return json.dumps(groups, indent=1).encode()
 
 
+class PrometheusError(DistlabError):
+    """Prometheus did not answer, or answered with an error; the message says which."""
+
+
 class Prometheus:
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+    """Prometheus's HTTP API from the host: the one client (CLI, runner, dashboard checks)."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0,
+                 session: requests.Session | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self._http = session or requests
+
+    def data(self, expr: str) -> dict:
+        """The `data` of an instant query (resultType and result); PrometheusError otherwise."""
+        url = f"{self.url}/api/v1/query"
+        try:
+            response = self._http.get(url, params={"query": expr}, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise PrometheusError(f"HTTP request to {url} failed: {exc}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            snippet = response.text[:200].strip()
+            raise PrometheusError(f"HTTP {response.status_code}, not Prometheus API JSON: "
+                                  f"{snippet!r}") from None
+        if not isinstance(body, dict):
+            raise PrometheusError(f"HTTP {response.status_code}, unexpected response body: "
+                                  f"{body!r:.200}")
+        status = body.get("status")
+        if status != "success":
+            raise PrometheusError(
+                f"HTTP {response.status_code}, status {status!r} "
+                f"({body.get('errorType', 'unknown')}): {body.get('error', 'no error text')}")
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise PrometheusError("status success but no data in the response")
+        return data
 
     def query(self, expr: str) -> list[dict]:
-        try:
-            response = requests.get(f"{self.url}/api/v1/query", params={"query": expr},
-                                    timeout=self.timeout)
-            body = response.json()
-        except (requests.RequestException, ValueError) as exc:
-            raise DistlabError(f"Prometheus at {self.url} did not answer: {exc}") from None
-        if body.get("status") != "success":
-            raise DistlabError(f"Prometheus refused {expr!r}: {body.get('error')}")
-        return body["data"]["result"]
+        return self.data(expr).get("result") or []
 
     def ready(self) -> bool:
         try:

@@ -27,9 +27,8 @@ testbed = lab_fixture("kv")
 
 
 def probe(testbed, source: str, target: str, timeout: float = 1.0) -> control_pb2.ProbeReply:
-    channel, control = testbed.machine(source).control()
-    with channel:
-        return control.Probe(control_pb2.ProbeRequest(
+    with testbed.machine(source).control() as control:
+        return control.call("Probe", control_pb2.ProbeRequest(
             target=testbed.machine(target).address, timeout_seconds=timeout), timeout=timeout + 5)
 
 

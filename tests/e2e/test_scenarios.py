@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from nodes.rpc import control_pb2
 from tests.e2e.conftest import eventually, lab_fixture
 
 pytestmark = pytest.mark.e2e
@@ -86,9 +85,8 @@ def assert_faults_reached_prometheus(testbed, scenario: str, kinds: set[str]) ->
 def data_settings(testbed) -> dict[str, str]:
     states = {}
     for name in ("data-1", "data-2", "data-3"):
-        channel, control = testbed.machine(name).refresh().control()
-        with channel:
-            state = control.Status(control_pb2.StatusRequest(), timeout=3).state
+        with testbed.machine(name).refresh().control() as control:
+            state = control.status().state
             states[name] = state.get("ack_at", "tail")  # shown only when not the default
     return states
 

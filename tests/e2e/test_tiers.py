@@ -20,9 +20,10 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from distlab.checkers import Verdict
+from distlab.errors import DistlabError
 from distlab.history import FAIL, OK
 from distlab.tiers.bank import BankConfig, BankWorkload
-from nodes.rpc import bank_pb2, bank_pb2_grpc, control_pb2
+from nodes.rpc import bank_pb2, bank_pb2_grpc
 from tests.e2e.conftest import assert_dashboards_answer, eventually, lab_fixture
 
 pytestmark = pytest.mark.e2e
@@ -36,14 +37,10 @@ testbed = lab_fixture("tiers")
 def state_of(testbed, name: str) -> dict[str, str]:
     """What a machine says of itself through Control.Status ({} when it cannot answer)."""
     try:
-        channel, control = testbed.machine(name).control()
-    except Exception:  # noqa: BLE001 - a stopped machine has no endpoint
+        with testbed.machine(name).control() as control:
+            return dict(control.status().state)
+    except DistlabError:  # stopped: no endpoint; or no answer
         return {}
-    with channel:
-        try:
-            return dict(control.Status(control_pb2.StatusRequest(), timeout=3).state)
-        except grpc.RpcError:
-            return {}
 
 
 def chain(testbed) -> dict[str, str]:
@@ -212,10 +209,8 @@ def statement_pages(stub, account: str, session: str, pages: int):
 
 def test_stateful_statement_works_with_affinity_until_its_server_dies(healed):
     switch = healed.machine("switch-1")
-    channel, control = switch.control()
-    with channel:
-        control.Reconfigure(control_pb2.ReconfigureRequest(
-            settings={"policy": "consistent_hash"}), timeout=5)
+    with switch.control() as control:
+        control.reconfigure({"policy": "consistent_hash"})
     try:
         stub = switch_stub(healed)
         try:
@@ -249,10 +244,8 @@ def test_stateful_statement_works_with_affinity_until_its_server_dies(healed):
                               timeout=5, metadata=metadata)
         assert [line.number for line in page.lines] == [4, 5]
     finally:
-        channel, control = switch.control()
-        with channel:
-            control.Reconfigure(control_pb2.ReconfigureRequest(
-                settings={"policy": "least_outstanding"}), timeout=5)
+        with switch.control() as control:
+            control.reconfigure({"policy": "least_outstanding"})
 
 
 def test_reflection_through_the_switch_lists_the_bank(healed):
