@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
@@ -27,6 +28,15 @@ from nodes.kv.__main__ import SPEC as KV_SPEC
 from nodes.rpc import control_pb2_grpc, kv_pb2_grpc
 
 WAIT_SECONDS = 10.0
+
+
+def credential_file(directory) -> str:
+    """The path of a lab credential in `directory`, written there the first time; for
+    nodes started as processes (CREDENTIAL_FILE) and their test clients."""
+    path = Path(directory) / "distlab_credential"
+    if not path.exists():
+        Credential.generate().write(path)
+    return str(path)
 
 
 def address_of(node: NodeServer) -> str:
@@ -84,9 +94,8 @@ class Lab:
     credential_file: str = ""
 
     def __post_init__(self) -> None:
-        path = self.tmp_path_factory.mktemp("secrets") / "distlab_credential"
-        self.credential.write(path)
-        self.credential_file = str(path)
+        self.credential_file = str(self.tmp_path_factory.mktemp("secrets") / "credential")
+        self.credential.write(self.credential_file)
 
     def start(self, name: str = "kv-a", *, spec: RoleSpec = KV_SPEC, data_dir: str = "",
               **env: object) -> NodeServer:
