@@ -17,6 +17,7 @@ from nodes.common.auth import METADATA_KEY, Credential
 from nodes.common.channel import dial
 from nodes.common.faults import FaultRules
 from nodes.common.metrics import NodeMetrics
+from nodes.common.role import RoleNode, RoleSpec, ServerMode
 from nodes.common.server import NodeServer
 from nodes.kv.__main__ import SPEC as KV_SPEC
 from nodes.rpc import bank_pb2, bank_pb2_grpc, control_pb2, control_pb2_grpc, kv_pb2, kv_pb2_grpc
@@ -170,3 +171,69 @@ def test_every_role_declares_protected_methods_of_its_own_services():
     for spec, package in ((CHORD_SPEC, "distlab.chord."), (DATA_SPEC, "distlab.chain."),
                           (MASTER_SPEC, "distlab.chain.Master/")):
         assert spec.protected and all(m.startswith("/" + package) for m in spec.protected)
+
+
+class GuardedRole(RoleNode):
+    """A role with a protected method of every handler kind, counting the calls it ran."""
+
+    service_names = ("test.Guarded",)
+
+    def __init__(self, asyncio: bool) -> None:
+        self.server_mode = ServerMode(asyncio=asyncio)
+        self.ran: list[str] = []
+
+    def register(self, server) -> None:
+        if self.server_mode.asyncio:
+            async def unary(request, context):
+                self.ran.append("Unary")
+                return b"ok"
+
+            async def stream(request, context):
+                self.ran.append("Stream")
+                yield b"ok"
+        else:
+            def unary(request, context):
+                self.ran.append("Unary")
+                return b"ok"
+
+            def stream(request, context):
+                self.ran.append("Stream")
+                yield b"ok"
+
+        def upload(request_iterator, context):
+            self.ran.append("Upload")
+            return b"".join(request_iterator)
+
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Guarded", {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            "Upload": grpc.stream_unary_rpc_method_handler(upload),
+        }),))
+
+
+@pytest.mark.parametrize("asyncio", [False, True], ids=["blocking", "asyncio"])
+def test_a_protected_handler_of_any_kind_never_runs_without_the_credential(lab, asyncio):
+    role = GuardedRole(asyncio)
+    spec = RoleSpec(name="guarded", summary="guarded", settings=(), build=lambda ctx: role,
+                    protected=frozenset({"/test.Guarded/Unary", "/test.Guarded/Stream",
+                                         "/test.Guarded/Upload"}))
+    node = lab.start("guarded-1", spec=spec)
+    calls = {
+        "Unary": lambda channel: channel.unary_unary("/test.Guarded/Unary")(b"", timeout=5),
+        "Stream": lambda channel: list(channel.unary_stream("/test.Guarded/Stream")(
+            b"", timeout=5)),
+        "Upload": lambda channel: channel.stream_unary("/test.Guarded/Upload")(
+            iter([b"o", b"k"]), timeout=5),
+    }
+    for method, call in calls.items():
+        with pytest.raises(grpc.RpcError) as caught:
+            call(lab.bare_channel(node))
+        assert (caught.value.code(), caught.value.details()) == (
+            grpc.StatusCode.UNAUTHENTICATED, REFUSED), method
+    assert role.ran == []
+    for method, call in calls.items():
+        assert call(lab.channel(node)) in (b"ok", [b"ok"]), method
+    assert sorted(role.ran) == ["Stream", "Unary", "Upload"]
+    scrape = lab.scrape(node)
+    assert all(scrape.get("distlab_auth_refused_total", method=f"/test.Guarded/{m}") == 1
+               for m in calls)
