@@ -103,7 +103,7 @@ def service_methods(service: ServiceDescriptor, *names: str) -> frozenset[str]:
     return frozenset(f"/{service.full_name}/{name}" for name in (names or known))
 
 
-def presented(metadata: Iterable[tuple[str, Any]] | None) -> str | bytes | None:
+def _presented(metadata: Iterable[tuple[str, Any]] | None) -> str | bytes | None:
     for key, value in metadata or ():
         if key == METADATA_KEY:
             return value
@@ -125,7 +125,7 @@ class CredentialCheck:
     def allows(self, method: str, metadata: Iterable[tuple[str, Any]] | None) -> bool:
         if method not in self.protected:
             return True
-        if self._credential is not None and self._credential.matches(presented(metadata)):
+        if self._credential is not None and self._credential.matches(_presented(metadata)):
             return True
         self._refused.labels(method=method).inc()
         return False

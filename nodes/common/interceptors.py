@@ -236,7 +236,6 @@ class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
     def __init__(self, *, node: str, peer: str, metrics: NodeMetrics, rules: FaultRules,
                  default_timeout: float, credential: Credential | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self._node = node
         self._added_metadata = ((CALLER_METADATA_KEY, node),
                                 *(credential.metadata() if credential else ()))
         self._peer = peer
