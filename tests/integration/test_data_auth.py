@@ -100,6 +100,16 @@ def test_a_forward_with_the_credential_is_held_to_a_txns_limits(tier, pair, frag
     assert every_replica(tier) == before
 
 
+def test_a_forward_from_an_epoch_the_master_never_reached_is_refused(tier):
+    before = every_replica(tier)
+    forged = next_update(tier, ("rogue", b"x"))
+    forged.epoch += 1000
+    error = refused(tier.replica("data-2").Forward, forged)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"epoch {forged.epoch} is unknown" in error.details()
+    assert every_replica(tier) == before
+
+
 @pytest.mark.parametrize("method", ["Data/Txn", "Data/Read", "Replica/Sync", "Replica/Install",
                                     "Replica/Configure", "Master/GetConfig", "Master/Register"])
 def test_every_data_tier_method_needs_the_credential(lab, tier, method):
