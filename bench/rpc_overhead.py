@@ -79,7 +79,8 @@ LABELS = {"A": "bare grpcio", "B": "node contract", "C": "node + dial client"}
 
 def _node_environ(data_dir: str) -> dict[str, str]:
     return {"GRPC_PORT": "0", "METRICS_PORT": "0", "DATA_DIR": data_dir,
-            "NODE_NAME": "bench", "LOG_LEVEL": "warning"}
+            "NODE_NAME": "bench", "LOG_LEVEL": "warning",
+            "CREDENTIAL_FILE": os.path.join(data_dir, "credential")}
 
 
 def _bare_server(data_dir: str) -> tuple[grpc.Server, int, Callable[[], None]]:
@@ -119,10 +120,13 @@ def _bare_server(data_dir: str) -> tuple[grpc.Server, int, Callable[[], None]]:
 
 
 def _node_server(data_dir: str) -> tuple[Any, int, Callable[[], None]]:
-    """B/C: the full node contract around the same servicer."""
+    """B/C: the full node contract around the same servicer, with a lab credential."""
+    from nodes.common.auth import Credential
     from nodes.common.server import NodeServer
     from nodes.kv.__main__ import SPEC
 
+    os.makedirs(data_dir, exist_ok=True)
+    Credential.generate().write(os.path.join(data_dir, "credential"))
     node = NodeServer(SPEC, _node_environ(data_dir))
     node.start()
     return node, node.grpc_port, lambda: node.stop(1)

@@ -6,8 +6,10 @@
 - the data tier's write throughput and latency against chain length 1, 2, 3
   (`Data.Txn` puts sent to the head by the same closed-loop client).
 
-Each node is a `python -m nodes.<role>` process of its own, as in a machine; the
-load generator runs in other processes. Everything is stopped at the end.
+Each node is a `python -m nodes.<role>` process of its own, as in a machine, with
+a lab credential file of the run's own; the load generator runs in other
+processes and presents the credential where the data tier needs it. Everything
+is stopped (and the credential removed) at the end.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.load import ratio, run_load
+from nodes.common.auth import Credential
 from nodes.rpc import bank_pb2, chain_pb2, chain_pb2_grpc
 
 ARCHITECTURES = ("iterative", "threaded", "async", "process")
@@ -42,6 +46,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def lab_credential() -> Iterator[tuple[str, Credential]]:
+    """A credential file for one benchmark lab's nodes (its path and the credential)."""
+    with tempfile.TemporaryDirectory(prefix="distlab-bench-credential-") as directory:
+        credential = Credential.generate()
+        path = os.path.join(directory, "credential")
+        credential.write(path)
+        yield path, credential
 
 
 @contextmanager
@@ -124,8 +138,9 @@ def architectures() -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for architecture in ARCHITECTURES:
         row: dict[str, Any] = {}
-        with node("app", APP_ARCHITECTURE=architecture, APP_WORKERS=16, APP_PROCESSES=2,
-                  DATA_MASTER="127.0.0.1:9") as (pid, target):
+        with lab_credential() as (credential_file, _), \
+                node("app", APP_ARCHITECTURE=architecture, APP_WORKERS=16, APP_PROCESSES=2,
+                     DATA_MASTER="127.0.0.1:9", CREDENTIAL_FILE=credential_file) as (pid, target):
             for mix, request in MIXES.items():
                 pids = process_tree(pid)
                 before = cpu_seconds(pids)
@@ -149,15 +164,19 @@ def chain_lengths() -> dict[str, Any]:
     for length in (1, 2, 3):
         with ExitStack() as stack:
             disk = stack.enter_context(tempfile.TemporaryDirectory(prefix="distlab-bench-"))
+            credential_file, credential = stack.enter_context(lab_credential())
             _, master = stack.enter_context(node("datamaster", DATA_DIR=disk,
-                                                 CHAIN_CHECK_INTERVAL_SECONDS=0.5))
+                                                 CHAIN_CHECK_INTERVAL_SECONDS=0.5,
+                                                 CREDENTIAL_FILE=credential_file))
             for _ in range(length):
                 stack.enter_context(node("data", DATA_DIR=disk, DATA_MASTER=master,
                                          DATA_ADVERTISE_ADDRESS="127.0.0.1",
-                                         DATA_MEMBERSHIP_CHECK_SECONDS=0.5))
-            head = wait_chain(master, length)
+                                         DATA_MEMBERSHIP_CHECK_SECONDS=0.5,
+                                         CREDENTIAL_FILE=credential_file))
+            head = wait_chain(master, length, credential)
             result = run_load(head, "/distlab.chain.Data/Txn", request.SerializeToString(),
-                              seconds=SECONDS, processes=2, threads=8, timeout=10)
+                              seconds=SECONDS, processes=2, threads=8, timeout=10,
+                              metadata=credential.metadata())
             figures[f"length_{length}"] = result.summary()
     base = figures["length_1"]["throughput_per_s"]
     for length in (1, 2, 3):
@@ -166,14 +185,16 @@ def chain_lengths() -> dict[str, Any]:
     return figures
 
 
-def wait_chain(master: str, length: int, timeout: float = 60.0) -> str:
+def wait_chain(master: str, length: int, credential: Credential,
+               timeout: float = 60.0) -> str:
     """The head's address once the master's chain has `length` members."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(master) as channel:
         stub = chain_pb2_grpc.MasterStub(channel)
         while True:
             try:
-                config = stub.GetConfig(chain_pb2.GetConfigRequest(), timeout=2)
+                config = stub.GetConfig(chain_pb2.GetConfigRequest(), timeout=2,
+                                        metadata=credential.metadata())
                 if len(config.chain) == length:
                     return config.chain[0].address
             except grpc.RpcError:

@@ -352,7 +352,8 @@ class BankNode(RoleNode):
             self._loop = asyncio.get_running_loop()
             self._client = AsyncDataClient(
                 self._master, timeout=self._timeout, attempts=self._attempts,
-                max_message_bytes=self._ctx.config["MAX_MESSAGE_BYTES"], caller=self._ctx.name)
+                max_message_bytes=self._ctx.config["MAX_MESSAGE_BYTES"], caller=self._ctx.name,
+                credential=self._ctx.credential)
             servicer = AsyncBank(self.bank, self._client, self.metrics, timeout=self._timeout)
             kv_servicer = AsyncKV(self.registers, self._client, timeout=self._timeout)
         else:

@@ -4,9 +4,15 @@ import sys
 
 from nodes.chord.peer import ChordPeer
 from nodes.chord.ring import MAX_BITS
+from nodes.common.auth import service_methods
 from nodes.common.config import Setting, comma_list, non_negative, parse_bool, positive
 from nodes.common.role import RoleSpec
 from nodes.common.server import main
+from nodes.rpc import chord_pb2
+
+#: Peer-only methods: see "who may call what" in nodes/chord/__init__.py.
+PROTECTED = service_methods(chord_pb2.DESCRIPTOR.services_by_name["Chord"], "Route",
+                            "Neighbours", "Rectify", "Store", "Fetch", "Transfer", "Leave")
 
 
 def _bits(value: int) -> str | None:
@@ -45,6 +51,7 @@ SPEC = RoleSpec(
                 "successor and tell both neighbours (false: leave like a crash)"),
     ),
     build=ChordPeer,
+    protected=PROTECTED,
 )
 
 if __name__ == "__main__":

@@ -5,8 +5,13 @@ Copies travel between peers in any order (a put's replication, the handoff
 when a node joins or leaves, re-replication after a failure), so `merge`
 keeps whichever copy has the higher version and every order ends in the same
 state. A delete is a tombstone with its own version, so an older copy arriving
-later cannot bring the key back. The owner picks versions (`next_version`):
+later cannot bring the key back. The owner picks versions (`make_entry`):
 its clock in nanoseconds, and always above the version it holds.
+
+Copies from other peers are checked as if the sender could be wrong (`check`):
+the value limit a client's Put has, an empty tombstone, and a version a
+clock could have given: at least 1, not far ahead of this peer's clock, and
+never so high that the next write's version would not fit in a uint64.
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ import threading
 from dataclasses import dataclass
 
 from nodes.chord.ring import RingError, between_right, key_id
+
+#: Versions are nanosecond clocks: 2**63 ns is the year 2262, and a write above the
+#: highest version held still fits in the protocol's uint64.
+MAX_VERSION = 2**63 - 1
+#: How far ahead of this peer's clock another peer's version may be: clocks of one lab
+#: agree far better than this; a version beyond it was not made by a clock.
+MAX_VERSION_AHEAD_NS = 24 * 3600 * 10**9
 
 
 @dataclass(frozen=True)
@@ -49,8 +61,25 @@ class KeyStore:
         version = max(now_ns, held.version + 1 if held else 0)
         return Entry(key, ident, b"" if deleted else value, version, deleted)
 
+    def check(self, entry: Entry, *, now_ns: int | None = None) -> None:
+        """Raise RingError when `entry` is not one an owner could have written; with
+        `now_ns`, also when its version is too far ahead of that clock."""
+        if len(entry.value) > self.max_value_bytes:
+            raise RingError(f"value of {entry.key!r} is {len(entry.value)} bytes; the limit "
+                            f"is {self.max_value_bytes}")
+        if entry.deleted and entry.value:
+            raise RingError(f"tombstone of {entry.key!r} carries a value")
+        if not 1 <= entry.version <= MAX_VERSION:
+            raise RingError(f"version {entry.version} of {entry.key!r} is not in "
+                            f"1..{MAX_VERSION}")
+        if now_ns is not None and entry.version > now_ns + MAX_VERSION_AHEAD_NS:
+            raise RingError(f"version {entry.version} of {entry.key!r} is "
+                            f"{(entry.version - now_ns) // 10**9} s ahead of this peer's clock")
+
     def merge(self, entry: Entry) -> bool:
-        """Keep `entry` if it is newer than the copy held. True if it was kept."""
+        """Keep `entry` if it is newer than the copy held. True if it was kept;
+        RingError (nothing kept) if it fails `check`."""
+        self.check(entry)
         with self._lock:
             held = self._entries.get(entry.key)
             if held is not None and held.version >= entry.version:

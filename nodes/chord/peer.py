@@ -762,10 +762,14 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
             try:
                 reply = self._stub(target.address).Fetch(
                     chord_pb2.FetchRequest(key=key, local_only=True), timeout=self._data_timeout)
-            except grpc.RpcError:
-                continue
-            if reply.found and (newest is None or reply.entry.version > newest.version):
-                newest = entry_from(reply.entry, self.bits)
+                copy = entry_from(reply.entry, self.bits) if reply.found else None
+                if copy is not None:
+                    self._store.check(copy, now_ns=time.time_ns())
+            except (grpc.RpcError, RingError):
+                continue  # no copy, or none worth keeping
+            if copy is not None and copy.key == key and (newest is None
+                                                         or copy.version > newest.version):
+                newest = copy
         if newest is not None:
             self._store.merge(newest)
         return newest
@@ -801,9 +805,12 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
         return chord_pb2.FetchReply(found=True, entry=entry_message(entry))
 
     def Transfer(self, request, context):
+        now = time.time_ns()
         try:
             entries = [entry_from(e, self.bits) for e in request.entries]
-        except RingError as exc:
+            for entry in entries:
+                self._store.check(entry, now_ns=now)
+        except RingError as exc:  # nothing is kept: every entry is checked first
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad entry: {exc}")
         return chord_pb2.TransferReply(kept=sum(self._store.merge(e) for e in entries))
 

@@ -1,8 +1,9 @@
 """Outgoing channels: the one way a node (or a test) dials another machine.
 
 `dial` returns a channel whose calls carry a deadline, the caller's name,
-client-side metrics and outbound fault rules. Retries are declared here, in
-the gRPC service config, and only for the methods a caller names as
+client-side metrics and outbound fault rules, and the lab credential when one
+is given: only this lab's machines get dialled with it. Retries are declared
+here, in the gRPC service config, and only for the methods a caller names as
 idempotent.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from nodes.common.auth import Credential
 from nodes.common.faults import FaultRules
 from nodes.common.interceptors import ClientInterceptor
 from nodes.common.metrics import NodeMetrics
@@ -53,24 +55,30 @@ def channel_options(max_message_bytes: int,
 
 def dial(target: str, *, peer: str, node: str, metrics: NodeMetrics, rules: FaultRules,
          default_timeout: float, max_message_bytes: int = 4 * 1024 * 1024,
-         idempotent_methods: Sequence[tuple[str, str]] = ()) -> grpc.Channel:
+         idempotent_methods: Sequence[tuple[str, str]] = (),
+         credential: Credential | None = None) -> grpc.Channel:
     raw = grpc.insecure_channel(target, options=channel_options(max_message_bytes,
                                                                 idempotent_methods))
     interceptor = ClientInterceptor(node=node, peer=peer, metrics=metrics, rules=rules,
-                                    default_timeout=default_timeout)
+                                    default_timeout=default_timeout, credential=credential)
     return grpc.intercept_channel(raw, interceptor)
 
 
 class Channels:
-    """One channel per peer, opened on first use and closed together."""
+    """One channel per peer, opened on first use and closed together.
+
+    Every channel presents `credential` (when given): a node's Channels reach only
+    its own lab's machines (peers, the data-master, chain members, ring peers).
+    """
 
     def __init__(self, *, node: str, metrics: NodeMetrics, rules: FaultRules,
                  default_timeout: float, max_message_bytes: int,
-                 idempotent_methods: Sequence[tuple[str, str]] = ()) -> None:
+                 idempotent_methods: Sequence[tuple[str, str]] = (),
+                 credential: Credential | None = None) -> None:
         self._settings = dict(node=node, metrics=metrics, rules=rules,
                               default_timeout=default_timeout,
                               max_message_bytes=max_message_bytes,
-                              idempotent_methods=idempotent_methods)
+                              idempotent_methods=idempotent_methods, credential=credential)
         self._open: dict[tuple[str, str], grpc.Channel] = {}
         self._lock = threading.Lock()
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nodes.common.auth import DEFAULT_FILE as DEFAULT_CREDENTIAL_FILE
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
@@ -127,6 +129,8 @@ COMMON_SETTINGS: tuple[Setting, ...] = (
     Setting("PEER_FALL", int, 3, "failed checks in a row before a peer is down", positive),
     Setting("PEER_RISE", int, 2, "good checks in a row before a down peer is up", positive),
     Setting("DATA_DIR", str, "/data", "where state that survives a restart lives"),
+    Setting("CREDENTIAL_FILE", str, DEFAULT_CREDENTIAL_FILE, "file holding the lab credential, "
+            "read once at start; without it every protected call is refused"),
     Setting("LOG_LEVEL", str, "info", "least severe log level written",
             one_of("debug", "info", "warning", "error")),
 )

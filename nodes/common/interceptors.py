@@ -5,8 +5,9 @@ times the call, applies inbound fault rules, and turns an unexpected
 exception into INTERNAL with a one-line message (never a stack trace to the
 caller). `ServerCallMeter` is the part of that which does no waiting, shared
 with the asyncio server's interceptor (nodes.common.aio). `ClientInterceptor`
-does the same for one outgoing channel to one peer, adds a default deadline
-and says who is calling (`x-distlab-node`).
+does the same for one outgoing channel to one peer, adds a default deadline,
+says who is calling (`x-distlab-node`) and presents the lab credential when
+it has one (nodes.common.auth).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from nodes.common.auth import Credential
 from nodes.common.faults import Decision, FaultRules
 from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
@@ -228,11 +230,14 @@ class InjectedFailure(grpc.RpcError, grpc.Call, grpc.Future):
 
 class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
                         grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Metrics, outbound faults, a default deadline and the caller's name, for one peer."""
+    """Metrics, outbound faults, a default deadline, the caller's name and the lab
+    credential (when given), for one peer."""
 
     def __init__(self, *, node: str, peer: str, metrics: NodeMetrics, rules: FaultRules,
-                 default_timeout: float, sleep: Callable[[float], None] = time.sleep) -> None:
-        self._node = node
+                 default_timeout: float, credential: Credential | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._added_metadata = ((CALLER_METADATA_KEY, node),
+                                *(credential.metadata() if credential else ()))
         self._peer = peer
         self._metrics = metrics
         self._rules = rules
@@ -249,7 +254,7 @@ class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
             return failure
         # Time an outbound delay rule held the call is part of the caller's deadline.
         remaining = timeout - (time.perf_counter() - started)
-        metadata = list(details.metadata or ()) + [(CALLER_METADATA_KEY, self._node)]
+        metadata = [*(details.metadata or ()), *self._added_metadata]
         details = _CallDetails(method, remaining, metadata, details.credentials,
                                getattr(details, "wait_for_ready", None),
                                getattr(details, "compression", None))

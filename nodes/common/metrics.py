@@ -48,6 +48,10 @@ class NodeMetrics:
             "distlab_fault_active",
             "Faults the host applied to this machine from outside (iptables, tc), by kind.",
             ["kind"], registry=registry)
+        self.auth_refused = Counter(
+            "distlab_auth_refused_total",
+            "Calls to a protected method refused: no lab credential, or a wrong one.",
+            ["method"], registry=registry)
         self.peer_up = Gauge(
             "distlab_peer_up", "This node's failure-detector verdict on a peer (1 up, 0 down).",
             ["peer"], registry=registry)

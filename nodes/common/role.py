@@ -1,8 +1,9 @@
 """What a role plugs into the node contract.
 
 A role (kv, switch, chord, ...) is a `RoleSpec`: its name, its own settings,
-and a `build` function that receives the node's `NodeContext` and returns a
-`RoleNode`: the gRPC services it adds plus its status and snapshot hooks.
+the methods only lab machines may call, and a `build` function that receives
+the node's `NodeContext` and returns a `RoleNode`: the gRPC services it adds
+plus its status and snapshot hooks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
+from nodes.common.auth import Credential
 from nodes.common.channel import Channels
 from nodes.common.config import Setting
 from nodes.common.faults import FaultRules
@@ -38,6 +40,9 @@ class NodeContext:
     log: EventLog
     rules: FaultRules
     channels: Channels
+    #: The lab credential (None: this node has none). For calls to protected methods on
+    #: channels the node makes itself; `channels` already present it.
+    credential: Credential | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -103,7 +108,16 @@ class RoleNode:
 
 @dataclass(frozen=True)
 class RoleSpec:
+    """A role as the node bootstrap sees it.
+
+    protected: full method names ("/pkg.Service/Method", see
+      `nodes.common.auth.service_methods`) of this role's services that only lab
+      machines and the host call: they need the lab credential. Control's methods
+      always do; everything else the node serves stays open.
+    """
+
     name: str
     summary: str
     settings: tuple[Setting, ...]
     build: Callable[[NodeContext], RoleNode]
+    protected: frozenset[str] = frozenset()

@@ -1,10 +1,16 @@
 """Server bootstrap: turns a `RoleSpec` into a running node that keeps the contract.
 
 `python -m nodes.<role>` calls `main(SPEC)`. It reads the environment (exit
-2 naming the bad variable), starts /metrics, the gRPC server with the
-interceptors, health, reflection and Control, the peer heartbeat, and on
-SIGTERM stops accepting, lets in-flight RPCs finish within GRACE_SECONDS and
-exits 0. `NodeServer` is the same thing without signals, for tests.
+2 naming the bad variable) and the lab credential (CREDENTIAL_FILE; without
+it the node starts and refuses every protected call), starts /metrics, the
+gRPC server with the interceptors, health, reflection and Control, the peer
+heartbeat, and on SIGTERM stops accepting, lets in-flight RPCs finish within
+GRACE_SECONDS and exits 0. `NodeServer` is the same thing without signals,
+for tests.
+
+Protected methods (Control's and the role's `RoleSpec.protected`) need the
+lab credential (nodes.common.auth); health, reflection and the rest of the
+role's services stay open.
 
 A role may ask for another kind of server with its `server_mode`
 (`ServerMode`, nodes.common.role): its own thread count, SO_REUSEPORT so several processes share
@@ -29,6 +35,14 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from nodes.common.aio import AioServerInterceptor, EventLoopThread
+from nodes.common.auth import (
+    AioCredentialInterceptor,
+    Credential,
+    CredentialCheck,
+    CredentialError,
+    CredentialInterceptor,
+    service_methods,
+)
 from nodes.common.channel import Channels
 from nodes.common.config import (
     COMMON_SETTINGS,
@@ -48,6 +62,7 @@ from nodes.rpc import control_pb2, control_pb2_grpc
 
 VERSION = "0.1.0"
 CONTROL_SERVICE = control_pb2.DESCRIPTOR.services_by_name["Control"].full_name
+CONTROL_METHODS = service_methods(control_pb2.DESCRIPTOR.services_by_name["Control"])
 
 
 class NodeServer:
@@ -62,12 +77,17 @@ class NodeServer:
         self.log = EventLog(name, spec.name, level=self.config["LOG_LEVEL"])
         self.rules = FaultRules()
         self.metrics.fault_rules_active.set_function(lambda: len(self.rules.active()))
+        credential = self._load_credential()
+        self.credential_check = CredentialCheck(credential, CONTROL_METHODS | spec.protected,
+                                                self.metrics.auth_refused)
         self.channels = Channels(node=name, metrics=self.metrics, rules=self.rules,
                                  default_timeout=self.config["RPC_TIMEOUT_SECONDS"],
-                                 max_message_bytes=self.config["MAX_MESSAGE_BYTES"])
+                                 max_message_bytes=self.config["MAX_MESSAGE_BYTES"],
+                                 credential=credential)
         self.context = NodeContext(name=name, role=spec.name, config=self.config,
                                    registry=self.registry, metrics=self.metrics, log=self.log,
-                                   rules=self.rules, channels=self.channels)
+                                   rules=self.rules, channels=self.channels,
+                                   credential=credential)
         self.role = spec.build(self.context)
         self.heartbeat = Heartbeat(
             entries=self.config["PEERS"], port=self.config["GRPC_PORT"],
@@ -87,6 +107,16 @@ class NodeServer:
     def name(self) -> str:
         return self.context.name
 
+    def _load_credential(self) -> Credential | None:
+        """The lab credential, read once; None (and one log line, without the contents)
+        when the file is missing or malformed: every protected call is then refused."""
+        try:
+            return Credential.from_file(self.config["CREDENTIAL_FILE"])
+        except CredentialError as exc:
+            self.log.warning("credential_missing", problem=str(exc),
+                             effect="every protected call is refused")
+            return None
+
     def start(self) -> None:
         mode = self.role.server_mode
         limit = self.config["MAX_MESSAGE_BYTES"]
@@ -102,7 +132,8 @@ class NodeServer:
                 self._build_aio_server(pool, options, address))
         else:
             self._server = grpc.server(pool, options=options, interceptors=[
-                ServerInterceptor(self.metrics, self.rules, self.log)])
+                ServerInterceptor(self.metrics, self.rules, self.log),
+                CredentialInterceptor(self.credential_check)])
             services = self._add_services(self._server)
             self.grpc_port = self._server.add_insecure_port(address)
         self._metrics_server, _ = start_http_server(self.config["METRICS_PORT"],
@@ -122,7 +153,8 @@ class NodeServer:
     async def _build_aio_server(self, pool: futures.ThreadPoolExecutor, options: list,
                                 address: str) -> tuple[grpc.aio.Server, tuple[str, ...], int]:
         server = grpc.aio.server(migration_thread_pool=pool, options=options, interceptors=[
-            AioServerInterceptor(self.metrics, self.rules, self.log)])
+            AioServerInterceptor(self.metrics, self.rules, self.log),
+            AioCredentialInterceptor(self.credential_check)])
         services = self._add_services(server)
         return server, services, server.add_insecure_port(address)
 

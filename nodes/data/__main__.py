@@ -2,10 +2,16 @@
 
 import sys
 
+from nodes.common.auth import service_methods
 from nodes.common.config import Setting, one_of, positive
 from nodes.common.role import RoleSpec
 from nodes.common.server import main
 from nodes.data.service import ACK_AT_TAIL, ACK_MODES, DataNode
+from nodes.rpc import chain_pb2
+
+#: Every method: see "who may call what" in nodes/data/__init__.py.
+PROTECTED = (service_methods(chain_pb2.DESCRIPTOR.services_by_name["Replica"])
+             | service_methods(chain_pb2.DESCRIPTOR.services_by_name["Data"]))
 
 SPEC = RoleSpec(
     name="data",
@@ -46,6 +52,7 @@ SPEC = RoleSpec(
                 one_of(*ACK_MODES)),
     ),
     build=DataNode,
+    protected=PROTECTED,
 )
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Used by the app tier (nodes.app: `AsyncDataClient` in its asyncio server,
 configuration they last got from the master, and when a replica says it is
 not the head or tail, refuses an epoch, or cannot be reached, they ask the
 master again and retry, within `attempts` calls and the call's overall
-timeout. Every call has a deadline.
+timeout. Every call has a deadline, and presents the lab credential: the data
+tier serves only lab machines (see nodes/data/__init__.py). `DataClient` gets
+it from its `Channels`, `AsyncDataClient` as an argument.
 
 A Txn is retried only when it was certainly not applied (the replica was not
 the head, its epoch was refused, the connection was refused before the
@@ -26,6 +28,7 @@ from collections.abc import Callable
 
 import grpc
 
+from nodes.common.auth import Credential
 from nodes.common.channel import Channels, channel_options
 from nodes.common.interceptors import CALLER_METADATA_KEY
 from nodes.rpc import chain_pb2, chain_pb2_grpc
@@ -204,12 +207,14 @@ class AsyncDataClient:
     """DataClient's methods as coroutines, on grpc.aio channels this client owns."""
 
     def __init__(self, master: str, *, timeout: float = 2.0, attempts: int = 4,
-                 max_message_bytes: int = 4 * 1024 * 1024, caller: str = "") -> None:
+                 max_message_bytes: int = 4 * 1024 * 1024, caller: str = "",
+                 credential: Credential | None = None) -> None:
         self._master = master
         self._timeout = timeout
         self._attempts = attempts
         self._options = channel_options(max_message_bytes)
-        self._metadata = ((CALLER_METADATA_KEY, caller),) if caller else None
+        self._metadata = (((CALLER_METADATA_KEY, caller),) if caller else ()) + (
+            credential.metadata() if credential else ())
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._cache = _ConfigCache()
 

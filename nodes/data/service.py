@@ -66,7 +66,9 @@ from nodes.data.store import (
     Limits,
     TooLarge,
     check_read,
+    check_snapshot,
     check_txn,
+    check_update,
     chunk_entries,
 )
 from nodes.data.wal import ChainLog
@@ -126,12 +128,16 @@ def ack_mode_from(settings: Mapping[str, str]) -> str | None:
     return wanted
 
 
-def _complete_snapshot(chunks: list[chain_pb2.SyncChunk]) -> str | None:
-    """Why `chunks` is not one whole snapshot, or None when it is."""
+def _complete_snapshot(chunks: list[chain_pb2.SyncChunk], limits: Limits) -> str | None:
+    """Why `chunks` is not one whole, valid snapshot, or None when it is."""
     if not chunks or not chunks[-1].last:
         return "the snapshot ended before its last chunk"
     if any(chunk.seq != chunks[0].seq for chunk in chunks):
         return "the snapshot's chunks disagree on its seq"
+    try:
+        check_snapshot(chunks, limits)
+    except InvalidRequest as exc:
+        return str(exc)
     return None
 
 
@@ -347,13 +353,17 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
     # -- Replica ---------------------------------------------------------------------------
 
     def Forward(self, request, context):
+        try:
+            check_update(request, self._limits)
+        except InvalidRequest as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"update {request.seq}: {exc}")
         deadline = self._deadline(context)
         with self._chain_lock:
             try:
                 self._core.check_epoch(request.epoch)
             except StaleEpoch as exc:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            self._catch_up_on_epoch(request.epoch, deadline)
+            self._catch_up_on_epoch(request.epoch, deadline, context)
             kind = self._core.classify(request.seq)
             if kind is ForwardKind.GAP or (request.probe and kind is ForwardKind.APPLY):
                 return chain_pb2.ForwardReply(last_seq=self._core.last_seq)  # send me more
@@ -364,7 +374,7 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
 
     def Install(self, request_iterator, context):
         chunks = list(request_iterator)
-        complaint = _complete_snapshot(chunks)
+        complaint = _complete_snapshot(chunks, self._limits)
         if complaint:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, complaint)
         deadline = self._deadline(context)
@@ -373,7 +383,7 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
                 self._core.check_epoch(chunks[0].epoch)
             except StaleEpoch as exc:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            self._catch_up_on_epoch(chunks[0].epoch, deadline)
+            self._catch_up_on_epoch(chunks[0].epoch, deadline, context)
             # Never step back: a predecessor holds a superset of what its successor holds.
             if chunks[0].seq > self._core.last_seq:
                 self._install(chunks)
@@ -408,16 +418,21 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
             return chain_pb2.ConfigureReply(last_seq=self._core.last_seq,
                                             epoch=self._core.epoch)
 
-    def _catch_up_on_epoch(self, epoch: int, deadline: float) -> None:
+    def _catch_up_on_epoch(self, epoch: int, deadline: float, context) -> None:
         """A predecessor at a newer epoch means the master's push is on its way here: ask
         for it now rather than pass updates to a successor that may have been removed.
-        Without an answer, carry on with the configuration at hand."""
+        Without an answer, carry on with the configuration at hand. An epoch the master
+        has not reached is no configuration at all: refused."""
         if epoch <= self._core.epoch or not self._core.active:
             return
         try:
             self._refresh(deadline)
         except (ChainBroken, grpc.RpcError) as exc:
             self._log.info("configuration_refresh_failed", epoch=epoch, problem=str(exc))
+            return
+        if epoch > self._core.epoch:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"epoch {epoch} is unknown: the data-master is at {self._core.epoch}")
 
     def _pass_on(self, seq: int, deadline: float, context) -> None:
         """Make every replica after this one hold `seq` (Forward and Install handlers)."""
@@ -656,7 +671,7 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         stream = self._replica_stub(tail).Sync(chain_pb2.SyncRequest(epoch=config.epoch),
                                                timeout=self._transfer_timeout)
         chunks = list(stream)
-        complaint = _complete_snapshot(chunks)
+        complaint = _complete_snapshot(chunks, self._limits)
         if complaint:
             raise ChainBroken(f"sync from {tail.name}: {complaint}")
         with self._chain_lock:

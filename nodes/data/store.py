@@ -6,6 +6,11 @@ calls `evaluate` to turn a checked `TxnRequest` into the next `Update`;
 every replica calls `apply` with updates in seq order, `read` at the tail,
 and `snapshot`/`install` for full-state transfers. The replica service and
 the unit tests drive this same class; it never touches a file or a socket.
+
+The checks (`check_txn`, `check_read`, and for what another replica sends,
+`check_update` and `check_snapshot`) hold every request to the same limits,
+whoever sent it: a predecessor with a bug (or a caller holding the lab
+credential) cannot store what a client could not.
 """
 
 from __future__ import annotations
@@ -69,8 +74,13 @@ def check_txn(request: chain_pb2.TxnRequest, limits: Limits) -> None:
         if len(compare.value) > limits.max_value_bytes:
             raise InvalidRequest(f"compare value is {len(compare.value)} bytes; "
                                  f"the limit is {limits.max_value_bytes}")
+    _check_writes(request.puts, request.deletes, limits)
+
+
+def _check_writes(puts: Iterable[chain_pb2.KeyValue], deletes: Iterable[str],
+                  limits: Limits) -> None:
     written: set[str] = set()
-    for put in request.puts:
+    for put in puts:
         check_key(put.key, "put key")
         if len(put.value) > limits.max_value_bytes:
             raise InvalidRequest(f"value of {put.key!r} is {len(put.value)} bytes; "
@@ -78,11 +88,45 @@ def check_txn(request: chain_pb2.TxnRequest, limits: Limits) -> None:
         if put.key in written:
             raise InvalidRequest(f"key {put.key!r} is written twice in one txn")
         written.add(put.key)
-    for key in request.deletes:
+    for key in deletes:
         check_key(key, "delete key")
         if key in written:
             raise InvalidRequest(f"key {key!r} is written twice in one txn")
         written.add(key)
+
+
+def check_update(update: chain_pb2.Update, limits: Limits) -> None:
+    """Raise InvalidRequest when a forwarded `update` is not one a head could have made
+    from a valid txn (a probe carries no payload, and may ask for seq 0)."""
+    if update.probe:
+        if update.puts or update.deletes:
+            raise InvalidRequest("a probe carries no puts or deletes")
+        return
+    if update.seq < 1:
+        raise InvalidRequest("an update's seq starts at 1")
+    ops = len(update.puts) + len(update.deletes)
+    if ops > limits.max_txn_ops:
+        raise InvalidRequest(f"update has {ops} puts and deletes; "
+                             f"the limit is {limits.max_txn_ops}")
+    _check_writes(update.puts, update.deletes, limits)
+
+
+def check_snapshot(chunks: list[chain_pb2.SyncChunk], limits: Limits) -> None:
+    """Raise InvalidRequest when a full state sent by another replica holds an entry a
+    txn could not have written, twice the same key, or a version after its seq."""
+    seen: set[str] = set()
+    for chunk in chunks:
+        for entry in chunk.entries:
+            check_key(entry.key, "snapshot key")
+            if len(entry.value) > limits.max_value_bytes:
+                raise InvalidRequest(f"value of {entry.key!r} is {len(entry.value)} bytes; "
+                                     f"the limit is {limits.max_value_bytes}")
+            if not 1 <= entry.version <= chunk.seq:
+                raise InvalidRequest(f"version {entry.version} of {entry.key!r} is not in "
+                                     f"1..{chunk.seq} (the snapshot's seq)")
+            if entry.key in seen:
+                raise InvalidRequest(f"key {entry.key!r} is in the snapshot twice")
+            seen.add(entry.key)
 
 
 def check_read(request: chain_pb2.ReadRequest, limits: Limits) -> int:

@@ -12,4 +12,10 @@ master answers its Register. The configuration survives the master's own
 restart (it is on disk, fsync'd, before anyone hears of it): the restarted
 master presumes the listed members up, checks them again, and pushes its
 configuration to every member, so nothing is lost and no person has to act.
+
+Who may call what: the whole `Master` service needs the lab credential
+(`PROTECTED` in __main__.py). Register is called by replicas only; GetConfig
+by replicas, by the app servers' data clients and by the host, all lab
+machines holding the credential (the configuration names every replica's
+address, which only the data tier's own clients need).
 """

@@ -2,10 +2,15 @@
 
 import sys
 
+from nodes.common.auth import service_methods
 from nodes.common.config import Setting, positive
 from nodes.common.role import RoleSpec
 from nodes.common.server import main
 from nodes.datamaster.service import DataMasterNode
+from nodes.rpc import chain_pb2
+
+#: Every method: see "who may call what" in nodes/datamaster/__init__.py.
+PROTECTED = service_methods(chain_pb2.DESCRIPTOR.services_by_name["Master"])
 
 SPEC = RoleSpec(
     name="datamaster",
@@ -25,6 +30,7 @@ SPEC = RoleSpec(
                 "successor up to date)", positive),
     ),
     build=DataMasterNode,
+    protected=PROTECTED,
 )
 
 if __name__ == "__main__":

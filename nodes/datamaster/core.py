@@ -65,6 +65,10 @@ class ChainMaster:
     def names(self) -> list[str]:
         return [member.name for member in self._config.chain]
 
+    def member(self, name: str) -> chain_pb2.ChainMember | None:
+        """The listed member called `name`, or None."""
+        return next((m for m in self._config.chain if m.name == name), None)
+
     def is_serving(self, name: str) -> bool:
         return name in self._serving and name in self.names()
 

@@ -12,6 +12,13 @@ most, is the one kept when all are down); the pusher sends the current
 configuration to every member that has not acknowledged it, head first,
 stopping at the first failure and trying again each interval.
 
+A Register never changes a member that still serves at its registered
+address: before one naming a listed member is decided, the master asks that
+address (Control.Status, with the lab credential) who answers there; if it is
+that member, in a serving position, the Register did not come from it (a
+replica registers only while it serves nothing) and is refused. A member
+restarted at a new address, or in place, answers nothing or "standby" there.
+
 What happens when the master itself fails: see the package docstring
 (nodes/datamaster/__init__.py).
 """
@@ -30,11 +37,13 @@ from nodes.common.durable import read_file, write_atomically
 from nodes.common.peers import FailureDetector
 from nodes.common.role import NodeContext, RoleNode
 from nodes.datamaster.core import REASONS, ChainMaster, Change
-from nodes.rpc import chain_pb2, chain_pb2_grpc
+from nodes.rpc import chain_pb2, chain_pb2_grpc, control_pb2, control_pb2_grpc
 
 SERVICE_NAME = chain_pb2.DESCRIPTOR.services_by_name["Master"].full_name
 CONFIG_FILE = "chain-config.binpb"
 MAX_NAME_LENGTH = 128
+#: A replica's Status position while it serves nothing (nodes/data/chain.py POSITIONS).
+NOT_SERVING = "standby"
 
 
 def _check_member(member: chain_pb2.ChainMember) -> str | None:
@@ -127,6 +136,17 @@ class DataMasterNode(RoleNode, chain_pb2_grpc.MasterServicer):
         if complaint:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, complaint)
         with self._lock:
+            listed = self._core.member(request.member.name)
+        if listed is not None:
+            position = self._serving_position(listed)
+            if position:
+                self._log.warning("register_refused", replica=listed.name,
+                                  address=request.member.address, serving_at=listed.address,
+                                  position=position)
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"{listed.name} still serves at {listed.address} as {position}: "
+                              f"a Register does not change a member that answers there")
+        with self._lock:
             registration = self._core.register(request.member, member_epoch=request.member_epoch,
                                                ready=request.ready)
             if registration.change is not None:
@@ -136,6 +156,17 @@ class DataMasterNode(RoleNode, chain_pb2_grpc.MasterServicer):
                        member_epoch=request.member_epoch, ready=request.ready,
                        member=registration.member, epoch=registration.config.epoch)
         return chain_pb2.RegisterReply(config=registration.config, member=registration.member)
+
+    def _serving_position(self, member: chain_pb2.ChainMember) -> str | None:
+        """The position `member` serves in at its registered address, if it answers there
+        as itself and serves; None when nothing (or someone else, or a standby) answers."""
+        stub = control_pb2_grpc.ControlStub(self._channels.get(member.address, member.name))
+        try:
+            reply = stub.Status(control_pb2.StatusRequest(), timeout=self._check_timeout)
+        except grpc.RpcError:
+            return None
+        position = reply.state.get("position", NOT_SERVING)
+        return position if reply.node == member.name and position != NOT_SERVING else None
 
     def _record(self, change: Change) -> None:
         """Persist a change before anyone hears of it; lock held."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
+from nodes.common.auth import Credential
 from nodes.common.channel import Channels
 from nodes.common.faults import FaultRules
 from nodes.common.metrics import NodeMetrics
@@ -82,7 +83,7 @@ class DataTier:
 
     def client(self, *, timeout: float = 5.0, attempts: int = 8) -> DataClient:
         assert self.master is not None
-        channels = client_channels(timeout)
+        channels = client_channels(timeout, credential=self.lab.credential)
         self.clients.append(channels)
         return DataClient(address_of(self.master), channels, timeout=timeout, attempts=attempts)
 
@@ -127,13 +128,14 @@ class DataTier:
             channels.close()
 
 
-def client_channels(timeout: float = 5.0) -> Channels:
-    """Channels as a test client's (its own metrics registry, no fault rules); close them."""
+def client_channels(timeout: float = 5.0, *, credential: Credential | None = None) -> Channels:
+    """Channels as a test client's (its own metrics registry, no fault rules, the lab's
+    credential when given); close them."""
     return Channels(node="test-client",
                     metrics=NodeMetrics(CollectorRegistry(), node="test-client", role="test",
                                         version="0"),
                     rules=FaultRules(), default_timeout=timeout,
-                    max_message_bytes=4 * 1024 * 1024)
+                    max_message_bytes=4 * 1024 * 1024, credential=credential)
 
 
 def free_port() -> int:

@@ -2,6 +2,9 @@
 
 `lab` starts `NodeServer`s on 127.0.0.1 with port 0 and stops every one of
 them (grace 0) and every channel it opened when the test ends, pass or fail.
+A lab has its own credential (a file under the test's tmp dir, given to every
+node as CREDENTIAL_FILE); `lab.channel` presents it, as the host's tools do,
+and `lab.bare_channel` does not, as a stranger's client would not.
 """
 
 from __future__ import annotations
@@ -11,18 +14,29 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from nodes.common.auth import Credential, with_credential
 from nodes.common.role import RoleSpec
 from nodes.common.server import NodeServer
 from nodes.kv.__main__ import SPEC as KV_SPEC
 from nodes.rpc import control_pb2_grpc, kv_pb2_grpc
 
 WAIT_SECONDS = 10.0
+
+
+def credential_file(directory) -> str:
+    """The path of a lab credential in `directory`, written there the first time; for
+    nodes started as processes (CREDENTIAL_FILE) and their test clients."""
+    path = Path(directory) / "distlab_credential"
+    if not path.exists():
+        Credential.generate().write(path)
+    return str(path)
 
 
 def address_of(node: NodeServer) -> str:
@@ -76,12 +90,19 @@ class Lab:
     nodes: list[NodeServer] = field(default_factory=list)
     stopped: set[int] = field(default_factory=set)
     channels: list[grpc.Channel] = field(default_factory=list)
+    credential: Credential = field(default_factory=Credential.generate)
+    credential_file: str = ""
+
+    def __post_init__(self) -> None:
+        self.credential_file = str(self.tmp_path_factory.mktemp("secrets") / "credential")
+        self.credential.write(self.credential_file)
 
     def start(self, name: str = "kv-a", *, spec: RoleSpec = KV_SPEC, data_dir: str = "",
               **env: object) -> NodeServer:
         environ = {"NODE_NAME": name, "GRPC_PORT": "0", "METRICS_PORT": "0",
                    "DATA_DIR": data_dir or str(self.tmp_path_factory.mktemp(name)),
-                   "PEER_INTERVAL_SECONDS": "0.2", "LOG_LEVEL": "warning"}
+                   "PEER_INTERVAL_SECONDS": "0.2", "LOG_LEVEL": "warning",
+                   "CREDENTIAL_FILE": self.credential_file}
         environ.update({key: str(value) for key, value in env.items()})
         node = NodeServer(spec, environ)
         node.start()
@@ -94,6 +115,11 @@ class Lab:
             node.stop(grace=grace)
 
     def channel(self, target: NodeServer | str) -> grpc.Channel:
+        """A channel whose calls present this lab's credential."""
+        return with_credential(self.bare_channel(target), self.credential)
+
+    def bare_channel(self, target: NodeServer | str) -> grpc.Channel:
+        """A channel without the credential: what anyone else on the machine could open."""
         address = target if isinstance(target, str) else address_of(target)
         channel = grpc.insecure_channel(address)
         self.channels.append(channel)

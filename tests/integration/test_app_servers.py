@@ -19,8 +19,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodes.app.__main__ import SPEC
+from nodes.common.auth import Credential
 from nodes.common.role import RoleNode, RoleSpec, ServerMode
-from nodes.rpc import bank_pb2, bank_pb2_grpc, control_pb2
+from nodes.rpc import bank_pb2, bank_pb2_grpc, control_pb2, control_pb2_grpc
+from tests.integration.conftest import credential_file
 
 NOWHERE = "127.0.0.1:1"
 WORK = "/distlab.bank.Bank/Work"
@@ -206,7 +208,8 @@ def test_an_async_handler_bug_becomes_internal_without_a_stack_trace(lab):
 
 def app_env(tmp_path, **overrides) -> dict[str, str]:
     env = {**os.environ, "NODE_NAME": "app-9", "GRPC_PORT": "0", "METRICS_PORT": "0",
-           "DATA_DIR": str(tmp_path), "GRACE_SECONDS": "5", "DATA_MASTER": NOWHERE}
+           "DATA_DIR": str(tmp_path), "GRACE_SECONDS": "5", "DATA_MASTER": NOWHERE,
+           "CREDENTIAL_FILE": credential_file(tmp_path)}
     env.update(overrides)
     return env
 
@@ -321,6 +324,18 @@ def test_process_architecture_serves_one_port_from_several_processes(tmp_path, s
         return set(served_by) == {"app-9/0", "app-9/1"}
 
     wait_until(both_answered, timeout=30, what="calls served by both worker processes")
+
+    # Every worker reads the credential file itself and checks Control calls.
+    credential = Credential.from_file(credential_file(tmp_path))
+    for _ in range(4):
+        with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) \
+                as channel:
+            control = control_pb2_grpc.ControlStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                control.Status(control_pb2.StatusRequest(), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert control.Status(control_pb2.StatusRequest(), timeout=10,
+                                  metadata=credential.metadata()).role == "app"
 
     metrics = scrape_text(started["metrics_port"])
     for index in ("0", "1"):

@@ -40,7 +40,8 @@ def test_the_async_client_routes_and_survives_a_new_tail(lab):
     tier = start_tier(lab)
 
     async def scenario(master: NodeServer):
-        client = AsyncDataClient(address_of(master), timeout=5.0, attempts=8, caller="app-1")
+        client = AsyncDataClient(address_of(master), timeout=5.0, attempts=8, caller="app-1",
+                                 credential=lab.credential)
         try:
             first = await client.txn(put(("a", b"1")))
             assert (await client.config()).epoch == tier.master_config().epoch

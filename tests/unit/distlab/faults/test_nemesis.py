@@ -257,17 +257,29 @@ def test_an_unknown_rpc_action_is_a_usage_error_before_any_call(nemesis):
 
 
 @pytest.fixture
-def live_kv(tmp_path, make_info, make_runtime):
-    """kv-1 a real node (gRPC on 127.0.0.1), kv-2 a fake one: a runtime as the nemesis sees it."""
+def live_kv(tmp_path, make_info, make_runtime, monkeypatch):
+    """kv-1 a real node (gRPC on 127.0.0.1), kv-2 a fake one: a runtime as the nemesis sees it.
+
+    The node has a lab credential; the host's machine channels present it. Until the
+    host side does that itself (issue 17's host slice), this fixture makes them.
+    """
+    from distlab.machine import Machine
+    from nodes.common.auth import Credential, with_credential
     from nodes.common.server import NodeServer
     from nodes.kv.__main__ import SPEC
 
+    credential = Credential.generate()
+    credential.write(tmp_path / "credential")
+    plain_channel = Machine.channel
+    monkeypatch.setattr(Machine, "channel",
+                        lambda self: with_credential(plain_channel(self), credential))
     node = NodeServer(SPEC, {"NODE_NAME": "kv-1", "GRPC_PORT": "0", "METRICS_PORT": "0",
-                             "DATA_DIR": str(tmp_path / "kv-1"), "LOG_LEVEL": "warning"})
+                             "DATA_DIR": str(tmp_path / "kv-1"), "LOG_LEVEL": "warning",
+                             "CREDENTIAL_FILE": str(tmp_path / "credential")})
     node.start()
     runtime = make_runtime([make_info("kv-1", grpc_endpoint=f"127.0.0.1:{node.grpc_port}"),
                             make_info("kv-2")])
-    channel = grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}")
+    channel = with_credential(grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}"), credential)
     try:
         yield node, runtime, channel
     finally:

@@ -1,10 +1,11 @@
-"""nodes/chord/keyspace.py: newer versions win in any order, deletes stay deleted, ranges."""
+"""nodes/chord/keyspace.py: newer versions win in any order, deletes stay deleted, ranges,
+copies no owner could have written are refused."""
 
 import itertools
 
 import pytest
 
-from nodes.chord.keyspace import Entry, KeyStore
+from nodes.chord.keyspace import MAX_VERSION, MAX_VERSION_AHEAD_NS, Entry, KeyStore
 from nodes.chord.ring import RingError, key_id
 
 BITS = 16
@@ -54,3 +55,33 @@ def test_ranges_and_counts_follow_the_ring():
     assert s.count(None, high) == (4, 0)  # no predecessor known: everything counts as ours
     wrapped = {e.key for e in s.entries_in(high, low)}
     assert wrapped == set("abcd") - inside
+
+
+def entry(version: int, value: bytes = b"v", deleted: bool = False) -> Entry:
+    return Entry("k", key_id("k", BITS), value, version, deleted)
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    (entry(2**64 - 1), "is not in 1..9223372036854775807"),
+    (entry(2**63), "is not in 1.."),
+    (entry(0), "version 0"),
+    (entry(5, value=b"v" * 9), "9 bytes; the limit is 8"),
+    (entry(5, value=b"v", deleted=True), "tombstone of 'k' carries a value"),
+], ids=["uint64 max", "2**63", "zero", "large value", "tombstone with value"])
+def test_a_copy_no_owner_could_have_written_is_refused_and_not_kept(bad, fragment):
+    s = store()
+    s.merge(entry(5, b"good"))
+    with pytest.raises(RingError, match=fragment):
+        s.merge(bad)
+    assert s.get("k") == entry(5, b"good")
+    following = s.make_entry("k", b"next", deleted=False, now_ns=6)
+    assert following.version == 6 and s.merge(following)  # the key keeps working
+
+
+def test_a_version_far_ahead_of_this_peers_clock_is_refused():
+    now = 1_700_000_000 * 10**9
+    s = store()
+    s.check(entry(now + MAX_VERSION_AHEAD_NS), now_ns=now)
+    with pytest.raises(RingError, match="ahead of this peer's clock"):
+        s.check(entry(now + MAX_VERSION_AHEAD_NS + 1), now_ns=now)
+    s.check(entry(MAX_VERSION))  # without a clock only the hard bound holds

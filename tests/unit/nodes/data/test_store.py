@@ -1,4 +1,5 @@
-"""nodes/data/store.py: compares, seqs, request checks, consistent reads, snapshots."""
+"""nodes/data/store.py: compares, seqs, request checks (a client's and another replica's),
+consistent reads, snapshots."""
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +11,9 @@ from nodes.data.store import (
     Limits,
     TooLarge,
     check_read,
+    check_snapshot,
     check_txn,
+    check_update,
     chunk_entries,
 )
 from nodes.rpc import chain_pb2
@@ -177,3 +180,57 @@ def test_replaying_the_heads_updates_gives_every_replica_the_same_state(history)
     assert replica.snapshot() == head.snapshot()
     for entry in head.snapshot()[0]:
         assert 0 < entry.version <= head.last_seq
+
+
+def update(seq=1, puts=(), deletes=(), probe=False) -> chain_pb2.Update:
+    return chain_pb2.Update(seq=seq, epoch=1, probe=probe, deletes=list(deletes),
+                            puts=[chain_pb2.KeyValue(key=k, value=v) for k, v in puts])
+
+
+@pytest.mark.parametrize("update_, fragment", [
+    (update(puts=[("", b"v")]), "put key must not be empty"),
+    (update(puts=[("k" * 5000, b"v")]), "5000 characters; the limit is 256"),
+    (update(puts=[("k", b"v" * 17)]), "17 bytes; the limit is 16"),
+    (update(deletes=["\x00"]), "printable"),
+    (update(puts=[("k", b"1")], deletes=["k"]), "written twice"),
+    (update(puts=[(f"k{n}", b"") for n in range(5)]), "5 puts and deletes; the limit is 4"),
+    (update(seq=0, puts=[("k", b"v")]), "seq starts at 1"),
+    (update(probe=True, puts=[("k", b"v")]), "a probe carries no puts"),
+], ids=["empty key", "long key", "large value", "unprintable", "twice", "too many", "seq 0",
+        "probe with payload"])
+def test_a_forwarded_update_is_held_to_the_limits_a_txn_has(update_, fragment):
+    with pytest.raises(InvalidRequest, match=fragment):
+        check_update(update_, LIMITS)
+
+
+def test_an_update_a_head_made_from_a_valid_txn_passes():
+    store = ChainStore()
+    made = store.evaluate(txn(puts=[("a", b"1"), ("b", b"2")])).update
+    check_update(made, LIMITS)
+    check_update(update(seq=7, probe=True), LIMITS)
+    check_update(update(seq=0, probe=True), LIMITS)  # "hold everything I hold" of a new chain
+
+
+def snapshot(*entries: tuple[str, bytes, int], seq: int = 5) -> list[chain_pb2.SyncChunk]:
+    return list(chunk_entries([chain_pb2.KeyValue(key=k, value=v, version=n)
+                               for k, v, n in entries], seq, 1024))
+
+
+@pytest.mark.parametrize("chunks, fragment", [
+    (snapshot(("", b"v", 1)), "snapshot key must not be empty"),
+    (snapshot(("k", b"v" * 17, 1)), "17 bytes"),
+    (snapshot(("k", b"v", 6)), "version 6 of 'k' is not in 1..5"),
+    (snapshot(("k", b"v", 0)), "version 0"),
+    (snapshot(("k", b"v", 1), ("k", b"w", 2)), "in the snapshot twice"),
+], ids=["empty key", "large value", "version after seq", "version 0", "twice"])
+def test_a_full_state_from_another_replica_is_checked_entry_by_entry(chunks, fragment):
+    with pytest.raises(InvalidRequest, match=fragment):
+        check_snapshot(chunks, LIMITS)
+
+
+def test_a_snapshot_the_store_made_passes():
+    store = ChainStore()
+    commit(store, txn(puts=[("a", b"1"), ("b", b"2")]))
+    commit(store, txn(puts=[("a", b"3")]))
+    entries, seq = store.snapshot()
+    check_snapshot(list(chunk_entries(entries, seq, 1024)), LIMITS)
