@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 
 import grpc
 
-from distlab.credential import METADATA_KEY
 from distlab.errors import DistlabError, UsageError
+from nodes.common.auth import Credential
 from nodes.rpc import control_pb2, control_pb2_grpc
 
 LOOK_SECONDS = 2.0    # Status, ListFaultRules, MarkFault: nothing waits on them
@@ -56,11 +56,11 @@ class ControlRefused(ControlError, UsageError):
 
 
 class ControlClient:
-    def __init__(self, machine: str, endpoint: str, credential: str | None) -> None:
+    def __init__(self, machine: str, endpoint: str, credential: Credential | None) -> None:
         self.machine = machine
         self._channel = grpc.insecure_channel(endpoint)
         self._stub = control_pb2_grpc.ControlStub(self._channel)
-        self._metadata = ((METADATA_KEY, credential),) if credential else ()
+        self._metadata = credential.metadata() if credential is not None else ()
 
     def __enter__(self) -> ControlClient:
         return self

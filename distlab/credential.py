@@ -6,8 +6,8 @@ calls, replica-to-replica and Chord peer-only calls) wants this token as gRPC me
 `.distlab/secrets/credential`. Compose mounts that file into every node as the secret
 `distlab_credential`; it is never an environment variable and never printed.
 
-Permissions: `.distlab/` and `.distlab/secrets/` are 0700, so nobody but the owner can
-reach the file. The file itself is 0444 because Compose bind-mounts a file secret with
+Permissions: `.distlab/secrets/` is 0700, so nobody but the owner can reach the file
+(`.distlab/` itself holds files containers read, like the image choices). The file itself is 0444 because Compose bind-mounts a file secret with
 its host permissions (uid, gid and mode are Swarm-only, docker/compose#9648) and the
 node's unprivileged user must read it. It lives until `distlab clean`, so machines
 started at different times of one lab share it.
@@ -20,9 +20,9 @@ import secrets
 from pathlib import Path
 
 from distlab.errors import DistlabError
+from nodes.common.auth import Credential, CredentialError
 
 RELATIVE_PATH = Path(".distlab") / "secrets" / "credential"
-METADATA_KEY = "x-distlab-credential"
 
 
 def path_of(root: Path) -> Path:
@@ -32,10 +32,9 @@ def path_of(root: Path) -> Path:
 def ensure(root: Path) -> Path:
     """The credential file of the checkout at `root`, made now if there is none."""
     path = path_of(root)
-    for directory in (path.parent.parent, path.parent):
-        directory.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
-    if not path.exists() or not path.read_text().strip():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    if not path.exists():
         temporary = path.with_suffix(".tmp")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:
@@ -47,15 +46,16 @@ def ensure(root: Path) -> Path:
     return path
 
 
-def read(root: Path) -> str | None:
-    """The token, or None when no lab was ever brought up from this checkout."""
-    try:
-        return path_of(root).read_text().strip() or None
-    except FileNotFoundError:
+def read(root: Path) -> Credential | None:
+    """The lab's credential, or None when no lab was brought up from this checkout."""
+    path = path_of(root)
+    if not path.exists():
         return None
-    except OSError as exc:
-        raise DistlabError(f"cannot read the lab credential {path_of(root)}: {exc.strerror}",
-                           hint="distlab clean, then distlab up, makes a new one") from None
+    try:
+        return Credential.from_file(path)
+    except CredentialError as exc:
+        raise DistlabError(f"the lab credential is unusable: {exc}",
+                           hint="`distlab clean` then `distlab up` makes a new one") from None
 
 
 def remove(root: Path) -> None:

@@ -13,11 +13,12 @@ from distlab.commands import Result
 from distlab.control import ControlClient
 from distlab.errors import DistlabError
 from distlab.runtime.base import GRPC_PORT, MachineInfo, Runtime
+from nodes.common.auth import Credential
 
 
 class Machine:
     def __init__(self, runtime: Runtime, info: MachineInfo, *,
-                 credential: str | None = None) -> None:
+                 credential: Credential | None = None) -> None:
         self._runtime = runtime
         self.info = info
         self._credential = credential

@@ -17,6 +17,7 @@ from distlab.commands import Result
 from distlab.errors import CommandFailed, UnknownMachine
 from distlab.machine import Machine
 from distlab.runtime.base import CleanReport, MachineInfo, Runtime
+from nodes.common.auth import Credential
 
 
 def machine_info(name: str, *, lab: str = "kv", role: str | None = None, state: str = "running",
@@ -160,6 +161,8 @@ def make_runtime() -> Callable[..., FakeRuntime]:
 @pytest.fixture
 def machines_of() -> Callable[[Runtime], Callable[[], list[Machine]]]:
     """What the Testbed gives the nemesis: a function listing the runtime's machines now."""
-    def of(runtime: Runtime) -> Callable[[], list[Machine]]:
-        return lambda: [Machine(runtime, info) for info in runtime.machines()]
+    def of(runtime: Runtime, credential: Credential | None = None
+           ) -> Callable[[], list[Machine]]:
+        return lambda: [Machine(runtime, info, credential=credential)
+                        for info in runtime.machines()]
     return of

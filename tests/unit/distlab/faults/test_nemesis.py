@@ -257,22 +257,15 @@ def test_an_unknown_rpc_action_is_a_usage_error_before_any_call(nemesis):
 
 
 @pytest.fixture
-def live_kv(tmp_path, make_info, make_runtime, monkeypatch):
-    """kv-1 a real node (gRPC on 127.0.0.1), kv-2 a fake one: a runtime as the nemesis sees it.
-
-    The node has a lab credential; the host's machine channels present it. Until the
-    host side does that itself (issue 17's host slice), this fixture makes them.
-    """
-    from distlab.machine import Machine
+def live_kv(tmp_path, make_info, make_runtime):
+    """kv-1 a real node (gRPC on 127.0.0.1) with a lab credential, kv-2 a fake one: a runtime
+    as the nemesis sees it, and the credential its machines present."""
     from nodes.common.auth import Credential, with_credential
     from nodes.common.server import NodeServer
     from nodes.kv.__main__ import SPEC
 
     credential = Credential.generate()
     credential.write(tmp_path / "credential")
-    plain_channel = Machine.channel
-    monkeypatch.setattr(Machine, "channel",
-                        lambda self: with_credential(plain_channel(self), credential))
     node = NodeServer(SPEC, {"NODE_NAME": "kv-1", "GRPC_PORT": "0", "METRICS_PORT": "0",
                              "DATA_DIR": str(tmp_path / "kv-1"), "LOG_LEVEL": "warning",
                              "CREDENTIAL_FILE": str(tmp_path / "credential")})
@@ -281,15 +274,15 @@ def live_kv(tmp_path, make_info, make_runtime, monkeypatch):
                             make_info("kv-2")])
     channel = with_credential(grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}"), credential)
     try:
-        yield node, runtime, channel
+        yield node, runtime, channel, credential
     finally:
         channel.close()
         node.stop(grace=0)
 
 
 def test_an_rpc_fault_is_a_rule_on_the_node_until_heal(live_kv, machines_of, tmp_path):
-    node, runtime, channel = live_kv
-    nemesis = Nemesis(machines_of(runtime), Journal(tmp_path / "faults.json"))
+    node, runtime, channel, credential = live_kv
+    nemesis = Nemesis(machines_of(runtime, credential), Journal(tmp_path / "faults.json"))
     control = control_pb2_grpc.ControlStub(channel)
     kv = kv_pb2_grpc.KVStub(channel)
 
@@ -310,8 +303,8 @@ def test_an_rpc_fault_is_a_rule_on_the_node_until_heal(live_kv, machines_of, tmp
 
 
 def test_a_rule_the_node_refuses_is_a_usage_error(live_kv, machines_of, tmp_path):
-    _, runtime, channel = live_kv
-    nemesis = Nemesis(machines_of(runtime), Journal(tmp_path / "faults.json"))
+    _, runtime, channel, credential = live_kv
+    nemesis = Nemesis(machines_of(runtime, credential), Journal(tmp_path / "faults.json"))
     with pytest.raises(UsageError, match="kv-1 refused the rule"):
         nemesis.rpc("kv-1", "error", probability=5)
     assert nemesis.records() == []
@@ -320,8 +313,8 @@ def test_a_rule_the_node_refuses_is_a_usage_error(live_kv, machines_of, tmp_path
 
 
 def test_network_faults_are_marked_on_the_node_while_active(live_kv, machines_of, tmp_path):
-    node, runtime, _ = live_kv
-    nemesis = Nemesis(machines_of(runtime), Journal(tmp_path / "faults.json"))
+    node, runtime, _, credential = live_kv
+    nemesis = Nemesis(machines_of(runtime, credential), Journal(tmp_path / "faults.json"))
 
     def partitions_marked() -> float | None:
         return node.registry.get_sample_value("distlab_fault_active", {"kind": "partition"})
