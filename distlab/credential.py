@@ -7,10 +7,11 @@ calls, replica-to-replica and Chord peer-only calls) wants this token as gRPC me
 `distlab_credential`; it is never an environment variable and never printed.
 
 Permissions: `.distlab/secrets/` is 0700, so nobody but the owner can reach the file
-(`.distlab/` itself holds files containers read, like the image choices). The file itself is 0444 because Compose bind-mounts a file secret with
-its host permissions (uid, gid and mode are Swarm-only, docker/compose#9648) and the
-node's unprivileged user must read it. It lives until `distlab clean`, so machines
-started at different times of one lab share it.
+(`.distlab/` itself holds files containers read, like the image choices). The file is
+0444 because Compose bind-mounts a file secret with its host permissions (uid, gid
+and mode are Swarm-only, docker/compose#9648) and the node's unprivileged user must
+read it. It lives until `distlab clean`, so machines started at different times of
+one lab share it.
 """
 
 from __future__ import annotations

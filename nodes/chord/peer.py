@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -61,8 +60,9 @@ from nodes.chord.ring import (
     parse_id,
     short_id,
 )
-from nodes.common.config import ConfigError
+from nodes.common.config import ConfigError, own_ip
 from nodes.common.metrics import LATENCY_BUCKETS
+from nodes.common.peers import resolve_ipv4
 from nodes.common.role import NodeContext, RoleNode
 from nodes.rpc import chord_pb2, chord_pb2_grpc
 
@@ -176,22 +176,6 @@ def address_order(address: str) -> tuple:
         return (1, host, int(port) if port.isdigit() else 0)
 
 
-def resolve_ipv4(host: str) -> list[str]:
-    """Every IPv4 address of `host`; a Compose service name gives every running replica."""
-    try:
-        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
-    except OSError:
-        return []  # a service with no running replica resolves to nothing yet
-    return sorted({info[4][0] for info in infos})
-
-
-def own_ip() -> str:
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
-
-
 # -- the peer ----------------------------------------------------------------------------------
 
 
@@ -248,7 +232,7 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
         chord_pb2_grpc.add_ChordServicer_to_server(self, server)
 
     def serving(self, grpc_port: int) -> None:
-        host = self._ctx.config["CHORD_ADVERTISE_HOST"] or own_ip()
+        host = self._ctx.config["CHORD_ADVERTISE_HOST"] or own_ip() or "127.0.0.1"
         address = f"{host}:{grpc_port}"
         ident = self._explicit_id if self._explicit_id is not None else hash_id(address,
                                                                                self.bits)

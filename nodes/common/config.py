@@ -95,6 +95,14 @@ def describe(settings: Iterable[Setting]) -> str:
     return "\n".join(lines)
 
 
+def own_ip() -> str | None:
+    """This machine's address on its network (what its hostname resolves to), if any."""
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return None
+
+
 def default_node_name() -> str:
     """This machine's name as distlab shows it ("kv-2"), found without configuration.
 
@@ -105,11 +113,8 @@ def default_node_name() -> str:
     from nodes.common.peers import machine_name_of
 
     hostname = socket.gethostname()
-    try:
-        address = socket.gethostbyname(hostname)
-    except OSError:
-        return hostname
-    return machine_name_of(address) or hostname
+    address = own_ip()
+    return (machine_name_of(address) if address else None) or hostname
 
 
 COMMON_SETTINGS: tuple[Setting, ...] = (

@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nodes.common.channel import Channels
+from nodes.common.config import own_ip
 from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
 
@@ -97,7 +98,7 @@ def discover(entries: Iterable[str], *, default_port: int, own_targets: set[str]
     An entry is `host[:port]`; a DNS name may resolve to many replicas. Literal
     addresses (tests on loopback) are named by the entry itself.
     """
-    resolve = resolve or _resolve_ipv4
+    resolve = resolve or resolve_ipv4
     peers: dict[str, str] = {}
     for entry in entries:
         host, _, port_text = entry.partition(":")
@@ -115,17 +116,20 @@ def discover(entries: Iterable[str], *, default_port: int, own_targets: set[str]
     return peers
 
 
-def _resolve_ipv4(host: str) -> list[str]:
-    infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+def resolve_ipv4(host: str) -> list[str]:
+    """Every IPv4 address of `host`; a Compose service name gives every running replica."""
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return []  # a service with no running replica resolves to nothing yet
     return sorted({info[4][0] for info in infos})
 
 
 def own_targets(port: int) -> set[str]:
     targets = {f"127.0.0.1:{port}", f"localhost:{port}"}
-    try:
-        targets.add(f"{socket.gethostbyname(socket.gethostname())}:{port}")
-    except OSError:
-        pass
+    address = own_ip()
+    if address:
+        targets.add(f"{address}:{port}")
     return targets
 
 

@@ -48,7 +48,6 @@ default, "tail", is the correct path above, untouched by this mode.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -56,7 +55,7 @@ from collections.abc import Iterator, Mapping
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
-from nodes.common.config import ConfigError
+from nodes.common.config import ConfigError, own_ip
 from nodes.common.durable import read_file, write_atomically
 from nodes.common.metrics import LATENCY_BUCKETS
 from nodes.common.role import NodeContext, RoleError, RoleNode
@@ -105,11 +104,7 @@ def advertised_address(configured: str, grpc_port: int) -> str:
     if configured:
         host, _, port = configured.rpartition(":")
         return configured if host and port.isdigit() else f"{configured}:{grpc_port}"
-    try:
-        host = socket.gethostbyname(socket.gethostname())
-    except OSError:
-        host = "127.0.0.1"
-    return f"{host}:{grpc_port}"
+    return f"{own_ip() or '127.0.0.1'}:{grpc_port}"
 
 
 def ack_mode_from(settings: Mapping[str, str]) -> str | None:

@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 import docker
+import grpc
 import pytest
 
+from distlab import credential
 from distlab.errors import FaultError
-from nodes.rpc import control_pb2, kv_pb2, kv_pb2_grpc
+from nodes.rpc import control_pb2, control_pb2_grpc, kv_pb2, kv_pb2_grpc
 from tests.e2e.conftest import assert_dashboards_answer, eventually, lab_fixture
 
 pytestmark = pytest.mark.e2e
@@ -134,6 +136,27 @@ def test_cli_bad_input_is_one_line_and_a_hint(healed):
         assert done.returncode == 2, (args, done.stderr)
         assert len(lines) == 2, (args, done.stderr)
         assert lines[0].startswith("distlab: error:") and lines[1].startswith("hint:"), lines
+
+
+def test_control_without_the_lab_credential_is_refused_and_changes_nothing(healed):
+    machine = healed.machine("kv-1")
+    with grpc.insecure_channel(machine.endpoint()) as channel:
+        kv_pb2_grpc.KVStub(channel).Put(kv_pb2.PutRequest(key="kept", value=b"v"), timeout=5)
+        control = control_pb2_grpc.ControlStub(channel)
+        for call, request in ((control.Restore, control_pb2.RestoreRequest(state=b"")),
+                              (control.Status, control_pb2.StatusRequest())):
+            with pytest.raises(grpc.RpcError) as raised:
+                call(request, timeout=5)
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key="kept"),
+                                               timeout=5).value == b"v"
+    with machine.control() as control:  # what the CLI and the runner use: it presents it
+        assert control.status().state is not None
+    # The credential is a file in the machine: not in its environment, not in its logs.
+    ((_, token),) = credential.read(REPO).metadata()
+    attrs = docker.from_env(version="auto").containers.get(machine.container).attrs
+    assert token not in json.dumps(attrs["Config"])
+    assert token not in machine.logs(tail=10_000)
 
 
 def test_zz_clean_removes_everything_labelled(testbed):
