@@ -2,13 +2,23 @@
 
 Read once by the node bootstrap (nodes/common/server.py) through `SETTINGS`;
 `parse_backends` and `POLICIES` also validate Control.Reconfigure's
-{"backends", "policy"}. Touches nothing.
+{"backends", "policy"}. `forwarded_methods` turns SWITCH_SERVICES into the
+exact methods the switch forwards, from the service descriptors compiled
+into this image (nodes.rpc). Touches nothing.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import pkgutil
 import re
 
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health
+from grpc_reflection.v1alpha import reflection
+
+import nodes.rpc
 from nodes.common.config import (
     Setting,
     comma_list,
@@ -16,12 +26,17 @@ from nodes.common.config import (
     one_of,
     positive,
 )
+from nodes.rpc import control_pb2
 from nodes.switch.policies import POLICIES
 
 # Backends serve on the node contract's gRPC port unless an entry names another.
 BACKEND_PORT = 50051
-REFLECTION_METHODS = ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                      "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+# What the app tier serves to clients: the bank, and the key-value API over the same data tier.
+APP_TIER_SERVICES = ("distlab.bank.Bank", "distlab.kv.KV")
+# Every node answers these itself; the switch never forwards them to a backend.
+CONTROL_SERVICE = control_pb2.DESCRIPTOR.services_by_name["Control"].full_name
+NEVER_FORWARDED = (CONTROL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME,
+                   "grpc.reflection.v1.ServerReflection")
 BANK_IDEMPOTENT_METHODS = ("/distlab.bank.Bank/Balance", "/distlab.bank.Bank/Audit",
                            "/distlab.bank.Bank/Work")
 _HOST = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -39,6 +54,47 @@ def parse_backends(raw: str) -> tuple[str, ...]:
         if not _HOST.match(host) or (colon and not (port.isdigit() and 0 < int(port) < 65536)):
             raise ValueError(f"backend {entry!r} is not host[:port] with a port in 1-65535")
     return entries
+
+
+@functools.cache
+def compiled_services() -> dict[str, ServiceDescriptor]:
+    """Every gRPC service of distlab's protos (nodes.rpc, generated into the image), by full name.
+
+    Importing them also puts them in the default descriptor pool, where the
+    switch's own reflection and the metrics' method labels find them.
+    """
+    found = {}
+    for module in pkgutil.iter_modules(nodes.rpc.__path__):
+        if module.name.endswith("_pb2"):
+            file = importlib.import_module(f"nodes.rpc.{module.name}").DESCRIPTOR
+            found.update({service.full_name: service
+                          for service in file.services_by_name.values()})
+    return found
+
+
+def parse_services(raw: str) -> tuple[str, ...]:
+    """`distlab.bank.Bank, distlab.kv.KV` -> those names, each a compiled service the switch
+    may forward; ValueError names the first that is not."""
+    services = comma_list(raw)
+    if not services:
+        raise ValueError("name at least one service to forward, as package.Service")
+    known = compiled_services()
+    for service in services:
+        if service in NEVER_FORWARDED:
+            raise ValueError(f"{service} is never forwarded: the switch answers Control, "
+                             f"health and reflection itself")
+        if service not in known:
+            raise ValueError(f"{service!r} is not a service of this image's protos "
+                             f"(one of {', '.join(sorted(set(known) - set(NEVER_FORWARDED)))})")
+    return services
+
+
+def forwarded_methods(services: tuple[str, ...]) -> dict[str, bool]:
+    """`/package.Service/Method` -> whether it streams (either way), for every method of
+    `services` (names parse_services accepted)."""
+    known = compiled_services()
+    return {f"/{service}/{method.name}": method.client_streaming or method.server_streaming
+            for service in services for method in known[service].methods}
 
 
 def parse_methods(raw: str) -> tuple[str, ...]:
@@ -70,11 +126,13 @@ SETTINGS: tuple[Setting, ...] = (
             "(on SWITCH_AFFINITY_KEY)", one_of(*POLICIES)),
     Setting("SWITCH_AFFINITY_KEY", parse_metadata_key, "x-session-id",
             "metadata key consistent_hash keeps on one backend (calls without it go round robin)"),
-    Setting("SWITCH_STREAMING_METHODS", parse_methods, REFLECTION_METHODS,
-            "methods forwarded as streams (any cardinality); every other method is forwarded "
-            "as unary"),
+    Setting("SWITCH_SERVICES", parse_services, APP_TIER_SERVICES,
+            "comma list of the services whose methods the switch forwards (package.Service, "
+            "from this image's protos); any other method is answered UNIMPLEMENTED by the "
+            "switch itself, and Control, health and reflection never go to a backend"),
     Setting("SWITCH_IDEMPOTENT_METHODS", parse_methods, BANK_IDEMPOTENT_METHODS,
-            "the only methods retried (on UNAVAILABLE or a per-try timeout, on another backend)"),
+            "the only methods retried (on UNAVAILABLE or a per-try timeout, on another "
+            "backend); each must be a method of SWITCH_SERVICES"),
     Setting("SWITCH_MAX_ATTEMPTS", int, 3, "attempts per idempotent call, the first included",
             positive),
     Setting("SWITCH_PER_TRY_TIMEOUT_SECONDS", float, 10.0,

@@ -1,57 +1,59 @@
-"""The per-request path: forward any gRPC method to a backend, as raw bytes.
+"""The per-request path: forward the methods the switch fronts to a backend, as raw bytes.
 
-`Forwarder` is the grpc.GenericRpcHandler the switch registers. It declines
-(returns None for) the services the switch answers itself — Control and
-health — and forwards every other method without knowing its messages: unary
-by default, as a stream (any cardinality on the wire) for the methods in
-SWITCH_STREAMING_METHODS (reflection, so `grpcurl list` through the switch
-lists the services behind it).
+`Forwarder` is the grpc.GenericRpcHandler the switch registers. It forwards
+exactly the methods of SWITCH_SERVICES (`ForwardingRules.methods`, read from
+the service descriptors compiled into the image), without knowing their
+messages: unary, or as a stream (any cardinality on the wire) for the
+methods whose descriptor streams. It declines (returns None for) the
+services the switch answers itself — Control, health and reflection — and
+answers every other method UNIMPLEMENTED on the spot: no backend is picked,
+called or charged for it, and its name becomes no metric label.
 
-For each call it: copies the caller's metadata with `x-distlab-node`
-replaced by the switch's name; picks a backend (BackendPool.candidates +
-the policy); gives the attempt min(the caller's time left, the per-try
-timeout); applies this node's outbound fault rules for that backend, like
-every node's outgoing calls; and answers with the backend's response, or its
-status code, details and trailing metadata unchanged. Idempotent methods are
-retried on UNAVAILABLE or a per-try timeout, on a different backend, within
-the attempt limit, the caller's deadline and the retry budget.
+For each forwarded call it: copies the caller's metadata with
+`x-distlab-node` replaced by the switch's name; picks a backend
+(BackendPool.candidates + the policy); gives the attempt min(the caller's
+time left, the per-try timeout); applies this node's outbound fault rules for
+that backend, like every node's outgoing calls; and answers with the
+backend's response, or its status code, details and trailing metadata
+unchanged. Idempotent methods are retried on UNAVAILABLE or a per-try
+timeout, on a different backend, within the attempt limit, the caller's
+deadline and the retry budget.
 
 Kept short on purpose (it is benchmarked against HAProxy): no thread, no
-log line and no channel created per request; metric children and callables
-are cached per backend; locks are held for a counter update. A forwarded unary
-call holds one server worker thread while it waits (so WORKERS bounds the
-calls in flight); a caller that cancels a unary call does not cancel the
-backend's attempt, whose deadline ends it.
+log line and no channel created per request; handlers are built once per
+forwarded method, metric children and callables once per backend and method;
+locks are held for a counter update. A forwarded unary call holds one server
+worker thread while it waits (so WORKERS bounds the calls in flight); a
+caller that cancels a unary call does not cancel the backend's attempt,
+whose deadline ends it.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import grpc
-from grpc_health.v1 import health
 
 from nodes.common.faults import FaultRules
 from nodes.common.interceptors import CALLER_METADATA_KEY
 from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
-from nodes.rpc import control_pb2
 from nodes.switch.backends import Backend, BackendPool
+from nodes.switch.config import NEVER_FORWARDED
 from nodes.switch.metrics import SwitchMetrics
 from nodes.switch.policies import Policy
 from nodes.switch.retry_budget import RetryBudget
 
 # What the node itself answers, whatever the backends serve.
-OWN_SERVICES = tuple(f"/{service}/" for service in (
-    control_pb2.DESCRIPTOR.services_by_name["Control"].full_name, health.SERVICE_NAME))
+OWN_SERVICES = tuple(f"/{service}/" for service in NEVER_FORWARDED)
 # grpc Python reports "no deadline" as about 9e18 seconds remaining.
 NO_DEADLINE_ABOVE = 1e9
-# Method names come from callers: cache a bounded number of them.
-MAX_CACHED_METHODS = 1024
+# A refused method's name is quoted back at most this long: callers choose it.
+MAX_QUOTED_METHOD = 200
 _NOT_FORWARDED = frozenset({"user-agent", CALLER_METADATA_KEY})
 _RICH_ERROR_DETAILS = "grpc-status-details-bin"
 _OK = grpc.StatusCode.OK
@@ -83,20 +85,18 @@ class BackendLink:
         self._latency = metrics.latency.labels(backend=name)
         self.retries = metrics.retries.labels(backend=name)
 
+    # Only forwarded methods get here, so the caches hold at most one entry per method.
     def unary(self, method: str) -> grpc.UnaryUnaryMultiCallable:
         callable_ = self._unary.get(method)
         if callable_ is None:
-            callable_ = self.channel.unary_unary(method)  # no (de)serializers: bytes pass through
-            if len(self._unary) < MAX_CACHED_METHODS:
-                self._unary[method] = callable_
+            # No (de)serializers: bytes pass through.
+            callable_ = self._unary[method] = self.channel.unary_unary(method)
         return callable_
 
     def stream(self, method: str) -> grpc.StreamStreamMultiCallable:
         callable_ = self._streams.get(method)
         if callable_ is None:
-            callable_ = self.channel.stream_stream(method)
-            if len(self._streams) < MAX_CACHED_METHODS:
-                self._streams[method] = callable_
+            callable_ = self._streams[method] = self.channel.stream_stream(method)
         return callable_
 
     def record(self, code: grpc.StatusCode, seconds: float) -> None:
@@ -113,7 +113,8 @@ class BackendLink:
 
 @dataclass(frozen=True)
 class ForwardingRules:
-    streaming_methods: frozenset[str]
+    services: tuple[str, ...]
+    methods: Mapping[str, bool]  # every forwarded method -> whether it streams
     idempotent_methods: frozenset[str]
     affinity_key: str
     max_attempts: int
@@ -141,23 +142,30 @@ class Forwarder(grpc.GenericRpcHandler):
         self._node_metrics = node_metrics
         self._faults = faults
         self._log = log
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._handlers = {
+            method: grpc.stream_stream_rpc_method_handler(
+                functools.partial(self._forward_stream, method)) if streams else
+            grpc.unary_unary_rpc_method_handler(functools.partial(self._forward_unary, method))
+            for method, streams in rules.methods.items()}
+        self._forwarded = ", ".join(rules.services)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails):
         method = handler_call_details.method
         handler = self._handlers.get(method)
-        if handler is None:
-            if method.startswith(OWN_SERVICES):
-                return None  # the node's own Control and health servicers answer these
-            if method in self._rules.streaming_methods:
-                handler = grpc.stream_stream_rpc_method_handler(
-                    functools.partial(self._forward_stream, method))
-            else:
-                handler = grpc.unary_unary_rpc_method_handler(
-                    functools.partial(self._forward_unary, method))
-            if len(self._handlers) < MAX_CACHED_METHODS:
-                self._handlers[method] = handler
-        return handler
+        if handler is not None:
+            return handler
+        if method.startswith(OWN_SERVICES):
+            return None  # the node's own Control, health and reflection answer these
+        # Any cardinality on the wire; the call ends before a message is read.
+        return grpc.stream_stream_rpc_method_handler(functools.partial(self._refuse, method))
+
+    def _refuse(self, method: str, requests: Iterator[bytes],
+                context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._metrics.refused.inc()
+        quoted = method if len(method) <= MAX_QUOTED_METHOD else method[:MAX_QUOTED_METHOD] + "..."
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      f"the switch forwards only the methods of {self._forwarded}; "
+                      f"{quoted!r} is not one of them")
 
     # -- unary ---------------------------------------------------------------------------------
 

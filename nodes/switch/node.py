@@ -15,6 +15,19 @@ server answers, runs two background threads around the sans-I/O BackendPool:
 
 Control.Reconfigure({"backends": "...", "policy": "..."}) re-points the switch
 at run time (migration uses it); Control.Status shows every backend's state.
+
+What it forwards is configuration (SWITCH_SERVICES, the bank and KV services
+by default), checked at start against the descriptors compiled into the
+image, rather than read from a backend's reflection, because:
+- it holds from the first call, before any backend answers, and does not
+  change while backends come and go or disagree during a rolling change;
+- a backend cannot widen it: a machine running code its operator did not
+  write (a function, a job, a real client) could list any service, its
+  Control included, through reflection;
+- a typo is a bad setting at start (exit 2), not a silent hole later.
+The switch answers reflection itself, for those services plus its own
+Control, health and reflection, so `grpcurl list` and `describe` work
+through it without reaching a backend.
 """
 
 from __future__ import annotations
@@ -25,13 +38,15 @@ import time
 from collections.abc import Callable
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
+from nodes.common.config import ConfigError
 from nodes.common.logs import EventLog
 from nodes.common.peers import discover, machine_name_of, own_targets
 from nodes.common.role import NodeContext, RoleError, RoleNode
 from nodes.switch.backends import HEALTHY, Backend, BackendPool
-from nodes.switch.config import BACKEND_PORT, parse_backends
+from nodes.switch.config import BACKEND_PORT, CONTROL_SERVICE, forwarded_methods, parse_backends
 from nodes.switch.forwarder import BackendLink, Forwarder, ForwardingRules
 from nodes.switch.metrics import SwitchMetrics
 from nodes.switch.policies import POLICIES, make_policy
@@ -76,12 +91,18 @@ class _Every:
 
 
 class SwitchNode(RoleNode):
-    #: Reflection is forwarded to the backends, so `grpcurl list` shows their services.
+    #: The switch registers reflection itself, listing the services it forwards.
     serves_own_reflection = False
 
     def __init__(self, ctx: NodeContext) -> None:
         config = ctx.config
         self._ctx = ctx
+        self._services: tuple[str, ...] = config["SWITCH_SERVICES"]
+        self._methods = forwarded_methods(self._services)
+        not_forwarded = sorted(set(config["SWITCH_IDEMPOTENT_METHODS"]) - set(self._methods))
+        if not_forwarded:
+            raise ConfigError(f"SWITCH_IDEMPOTENT_METHODS: {', '.join(not_forwarded)} is not a "
+                              f"method of SWITCH_SERVICES ({', '.join(self._services)})")
         self._entries: tuple[str, ...] = config["SWITCH_BACKENDS"]
         self._built_from: tuple[str, ...] = ()
         self._rng = random.Random()
@@ -97,7 +118,7 @@ class SwitchNode(RoleNode):
             budget=RetryBudget(percent=config["SWITCH_RETRY_BUDGET_PERCENT"],
                                min_per_second=config["SWITCH_RETRY_BUDGET_MIN_PER_SECOND"]),
             rules=ForwardingRules(
-                streaming_methods=frozenset(config["SWITCH_STREAMING_METHODS"]),
+                services=config["SWITCH_SERVICES"], methods=self._methods,
                 idempotent_methods=frozenset(config["SWITCH_IDEMPOTENT_METHODS"]),
                 affinity_key=config["SWITCH_AFFINITY_KEY"],
                 max_attempts=config["SWITCH_MAX_ATTEMPTS"],
@@ -118,6 +139,9 @@ class SwitchNode(RoleNode):
 
     def register(self, server: grpc.Server) -> None:
         server.add_generic_rpc_handlers((self._forwarder,))
+        reflection.enable_server_reflection(
+            (*self._services, CONTROL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server)
 
     def serving(self, grpc_port: int) -> None:
         self._own_targets = own_targets(grpc_port)

@@ -158,14 +158,14 @@ def test_consistent_hash_keeps_sessions_and_moves_only_those_of_a_stopped_backen
     assert moved == {session for session in sessions if placed[session] == busiest}
 
 
-def test_reflection_through_the_switch_lists_the_backends_services(lab, pair):
+def test_reflection_through_the_switch_lists_the_services_it_forwards(lab, pair):
     switch, _ = pair
     stub = reflection_pb2_grpc.ServerReflectionStub(lab.channel(switch))
     replies = list(stub.ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
     listed = {service.name for service in replies[0].list_services_response.service}
     assert KV_SERVICE in listed
-    # grpcurl asks v1 first and falls back to v1alpha on the backend's UNIMPLEMENTED.
+    # grpcurl asks v1 first and falls back to v1alpha on UNIMPLEMENTED (the switch's own).
     v1 = lab.channel(switch).stream_stream(
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
     with pytest.raises(grpc.RpcError) as caught:

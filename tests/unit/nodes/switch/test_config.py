@@ -5,19 +5,20 @@ import pytest
 from nodes.common.config import ConfigError, load_settings
 from nodes.switch.config import (
     BACKEND_PORT,
-    REFLECTION_METHODS,
     SETTINGS,
+    forwarded_methods,
     parse_backends,
     parse_metadata_key,
     parse_methods,
+    parse_services,
 )
 
 
-def test_defaults_front_the_app_service_with_reflection_streamed_and_bank_reads_retried():
+def test_defaults_front_the_app_tiers_bank_and_kv_with_bank_reads_retried():
     config = load_settings(SETTINGS, {})
     assert config["SWITCH_BACKENDS"] == ("app",)
     assert config["SWITCH_POLICY"] == "round_robin"
-    assert config["SWITCH_STREAMING_METHODS"] == REFLECTION_METHODS
+    assert config["SWITCH_SERVICES"] == ("distlab.bank.Bank", "distlab.kv.KV")
     assert "/distlab.bank.Bank/Balance" in config["SWITCH_IDEMPOTENT_METHODS"]
     assert "/distlab.bank.Bank/Transfer" not in config["SWITCH_IDEMPOTENT_METHODS"]
     assert BACKEND_PORT == 50051
@@ -42,6 +43,30 @@ def test_bad_backends_are_refused_naming_the_entry(raw, complaint):
         parse_backends(raw)
 
 
+def test_the_forwarded_methods_are_exactly_those_the_services_declare():
+    methods = forwarded_methods(("distlab.bank.Bank", "distlab.kv.KV"))
+    assert "/distlab.bank.Bank/Transfer" in methods
+    assert "/distlab.kv.KV/Delete" in methods
+    assert not any(method.startswith("/distlab.control.") for method in methods)
+    assert len(methods) == 11 and not any(methods.values())  # all unary today
+    streaming = forwarded_methods(("distlab.chain.Replica",))
+    assert streaming["/distlab.chain.Replica/Sync"] is True
+    assert streaming["/distlab.chain.Replica/Install"] is True
+    assert streaming["/distlab.chain.Replica/Forward"] is False
+
+
+@pytest.mark.parametrize("raw, complaint", [
+    ("", "at least one service"),
+    ("distlab.control.Control", "never forwarded"),
+    ("grpc.health.v1.Health", "never forwarded"),
+    ("grpc.reflection.v1alpha.ServerReflection", "never forwarded"),
+    ("distlab.bank.Bnak", "'distlab.bank.Bnak' is not a service of this image's protos"),
+])
+def test_only_compiled_services_other_than_the_nodes_own_may_be_forwarded(raw, complaint):
+    with pytest.raises(ValueError, match=complaint):
+        parse_services(raw)
+
+
 def test_methods_must_be_full_names():
     assert parse_methods("/distlab.kv.KV/Get, /distlab.kv.KV/List") == (
         "/distlab.kv.KV/Get", "/distlab.kv.KV/List")
@@ -62,6 +87,7 @@ def test_affinity_key_is_a_lowercase_text_metadata_key():
     ("SWITCH_MAX_EJECTED_PERCENT", "101"),
     ("SWITCH_HEALTH_RISE", "0"),
     ("SWITCH_IDEMPOTENT_METHODS", "Get"),
+    ("SWITCH_SERVICES", "distlab.control.Control"),
 ])
 def test_a_bad_setting_names_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):
