@@ -10,12 +10,12 @@ answers every other method UNIMPLEMENTED on the spot: no backend is picked,
 called or charged for it, and its name becomes no metric label.
 
 For each forwarded call it: copies the caller's metadata with
-`x-distlab-node` replaced by the switch's name; picks a backend
-(BackendPool.candidates + the policy); gives the attempt min(the caller's
-time left, the per-try timeout); applies this node's outbound fault rules for
-that backend, like every node's outgoing calls; and answers with the
-backend's response, or its status code, details and trailing metadata
-unchanged. Idempotent methods are retried on UNAVAILABLE or a per-try
+`x-distlab-node` replaced by the switch's name and any lab credential
+removed; picks a backend (BackendPool.candidates + the policy); gives the
+attempt min(the caller's time left, the per-try timeout); applies this
+node's outbound fault rules for that backend, like every node's outgoing
+calls; and answers with the backend's response, or its status code, details
+and trailing metadata unchanged. Idempotent methods are retried on UNAVAILABLE or a per-try
 timeout, on a different backend, within the attempt limit, the caller's
 deadline and the retry budget.
 
@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from nodes.common.auth import METADATA_KEY as CREDENTIAL_METADATA_KEY
 from nodes.common.faults import FaultRules
 from nodes.common.interceptors import CALLER_METADATA_KEY
 from nodes.common.logs import EventLog
@@ -54,7 +55,9 @@ OWN_SERVICES = tuple(f"/{service}/" for service in NEVER_FORWARDED)
 NO_DEADLINE_ABOVE = 1e9
 # A refused method's name is quoted back at most this long: callers choose it.
 MAX_QUOTED_METHOD = 200
-_NOT_FORWARDED = frozenset({"user-agent", CALLER_METADATA_KEY})
+# A caller's lab credential stops at the switch: a forwarded call is never a privileged one,
+# whatever SWITCH_SERVICES names.
+_NOT_FORWARDED = frozenset({"user-agent", CALLER_METADATA_KEY, CREDENTIAL_METADATA_KEY})
 _RICH_ERROR_DETAILS = "grpc-status-details-bin"
 _OK = grpc.StatusCode.OK
 

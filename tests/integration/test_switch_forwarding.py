@@ -84,11 +84,13 @@ def test_a_unary_call_gets_the_backend_answer_with_the_callers_metadata(lab, pai
     switch, _ = pair
     kv = lab.kv(switch)
     reply, call = kv.Get.with_call(kv_pb2.GetRequest(key="k"), timeout=5, metadata=[
-        ("x-session-id", "alice"), ("x-distlab-node", "impostor")])
+        ("x-session-id", "alice"), ("x-distlab-node", "impostor"),
+        ("x-distlab-credential", "0" * 64)])
     seen = json.loads(reply.value)
     assert seen["node"] in ("echo-1", "echo-2")
     assert seen["metadata"]["x-session-id"] == "alice"
     assert seen["metadata"]["x-distlab-node"] == "switch"  # replaced: the backend's caller
+    assert "x-distlab-credential" not in seen["metadata"]  # a forwarded call is never privileged
     assert ("x-served-by", seen["node"]) in tuple(call.trailing_metadata())
     # The switch answers Control and health itself
     assert lab.control(switch).Status(control_pb2.StatusRequest(), timeout=5).role == "switch"
