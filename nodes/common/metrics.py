@@ -172,10 +172,12 @@ class NodeMetrics:
             "distlab_fault_active",
             "Faults the host applied to this machine from outside (iptables, tc), by kind.",
             ["kind"], registry=registry), kind=one_of(FAULT_KINDS))
-        self.auth_refused = BoundedLabels(Counter(
+        # Bounded by its one writer: nodes.common.auth.CredentialCheck labels only the
+        # node's protected methods, a fixed set (test roles protect methods of their own).
+        self.auth_refused = Counter(
             "distlab_auth_refused_total",
             "Calls to a protected method refused: no lab credential, or a wrong one.",
-            ["method"], registry=registry), method=methods)
+            ["method"], registry=registry)
         self.peer_up = BoundedLabels(Gauge(
             "distlab_peer_up", "This node's failure-detector verdict on a peer (1 up, 0 down).",
             ["peer"], registry=registry), peer=peers)
