@@ -37,6 +37,10 @@ NODE_CAPS = {"NET_ADMIN"}
 WITHOUT_NO_NEW_PRIVILEGES = "node machines (the image of the x-node anchor)"
 #: Services whose root filesystem may stay writable, and why. None today.
 WRITABLE_ROOT: dict[str, str] = {}
+#: Services that run code their operator did not write line by line (a serverless
+#: function, a MapReduce job, a real BitTorrent client), and what they run. None today.
+#: They must not hold the lab credential or NET_ADMIN, and keep no-new-privileges.
+FOREIGN_CODE: dict[str, str] = {}
 # An environment variable that looks like it carries a secret itself.
 _SECRET_NAME = re.compile(r"CREDENTIAL|SECRET|TOKEN|PASSWORD|PASSWD|API_?KEY", re.IGNORECASE)
 
@@ -87,7 +91,8 @@ def is_node(service: dict) -> bool:
 
 def check_service(name: str, service: dict) -> None:
     """The rules every service keeps, on a rendered service or one read from compose.yaml."""
-    node = is_node(service)
+    foreign = name in FOREIGN_CODE
+    node = is_node(service) and not foreign
     assert service.get("cap_drop") == ["ALL"], f"{name}: cap_drop must be [ALL]"
     allowed = NODE_CAPS if node else set()
     extra = set(service.get("cap_add") or ()) - allowed
@@ -117,10 +122,13 @@ def check_service(name: str, service: dict) -> None:
             assert key.endswith("__FILE") and str(value).startswith("/run/secrets/"), (
                 f"{name}: {key} looks like a secret in an environment variable "
                 f"(docker inspect shows those); hand it over as a secret file")
+    secrets = {secret if isinstance(secret, str) else secret.get("source")
+               for secret in service.get("secrets") or ()}
     if node:
-        targets = {secret if isinstance(secret, str) else secret.get("source")
-                   for secret in service.get("secrets") or ()}
-        assert CREDENTIAL_SECRET in targets, f"{name}: node machines get {CREDENTIAL_SECRET}"
+        assert CREDENTIAL_SECRET in secrets, f"{name}: node machines get {CREDENTIAL_SECRET}"
+    else:
+        assert CREDENTIAL_SECRET not in secrets, (
+            f"{name}: only node machines running distlab's own code hold the credential")
     if "grafana" in name:
         assert "GF_SECURITY_ADMIN_PASSWORD" not in environment, (
             f"{name}: admin password in the environment")
