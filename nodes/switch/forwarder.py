@@ -15,9 +15,9 @@ removed; picks a backend (BackendPool.candidates + the policy); gives the
 attempt min(the caller's time left, the per-try timeout); applies this
 node's outbound fault rules for that backend, like every node's outgoing
 calls; and answers with the backend's response, or its status code, details
-and trailing metadata unchanged. Idempotent methods are retried on UNAVAILABLE or a per-try
-timeout, on a different backend, within the attempt limit, the caller's
-deadline and the retry budget.
+and trailing metadata unchanged. Idempotent methods are retried on
+UNAVAILABLE or a per-try timeout, on a different backend, within the attempt
+limit, the caller's deadline and the retry budget.
 
 Kept short on purpose (it is benchmarked against HAProxy): no thread, no
 log line and no channel created per request; handlers are built once per
