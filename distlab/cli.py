@@ -17,6 +17,7 @@ import click
 from rich.live import Live
 from rich.table import Table
 
+from distlab import credential
 from distlab.console import err, fail, out
 from distlab.control import ControlError
 from distlab.errors import DistlabError, UsageError
@@ -147,7 +148,8 @@ def up(lab: str | None, scale: tuple[str, ...], timeout: float) -> None:
     _print_status(testbed)
     out.print(f"\nPrometheus  {PROMETHEUS_URL}")
     if testbed.grafana_image():
-        out.print(f"Grafana     {GRAFANA_URL}  (dashboards in folder 'distlab')")
+        out.print(f"Grafana     {GRAFANA_URL}  (dashboards in folder 'distlab'; user admin, "
+                  f"password in {credential.GRAFANA_PASSWORD_PATH})")
     else:
         out.print("Grafana     skipped: its image cannot be pulled on this machine "
                       "(dashboards are verified against Prometheus by `make test`)")

@@ -1,4 +1,8 @@
-"""The lab credential on the host: made once, kept owner-only, handed to machines as a file.
+"""The lab's secrets on the host: made once, kept owner-only, handed to machines as files.
+
+Two files under `.distlab/secrets/`, which compose.yaml names as Compose secrets:
+`credential` (below) and `grafana-admin-password` (Grafana's admin password, so it is
+never the default admin/admin; `distlab up` says where it is).
 
 Every administrative and internal RPC of a lab (Control, the data master's membership
 calls, replica-to-replica and Chord peer-only calls) wants this token as gRPC metadata
@@ -23,7 +27,9 @@ from pathlib import Path
 from distlab.errors import DistlabError
 from nodes.common.auth import Credential, CredentialError
 
-RELATIVE_PATH = Path(".distlab") / "secrets" / "credential"
+SECRETS_DIR = Path(".distlab") / "secrets"
+RELATIVE_PATH = SECRETS_DIR / "credential"
+GRAFANA_PASSWORD_PATH = SECRETS_DIR / "grafana-admin-password"
 
 
 def path_of(root: Path) -> Path:
@@ -31,20 +37,27 @@ def path_of(root: Path) -> Path:
 
 
 def ensure(root: Path) -> Path:
-    """The credential file of the checkout at `root`, made now if there is none."""
+    """Make the secrets of the checkout at `root` that do not exist yet; the credential's
+    path."""
     path = path_of(root)
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    if not path.exists():
-        temporary = path.with_suffix(".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_hex(32) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o444)
-        temporary.replace(path)
+    _make(path, secrets.token_hex(32))
+    _make(root / GRAFANA_PASSWORD_PATH, secrets.token_urlsafe(18))
     return path
+
+
+def _make(path: Path, value: str) -> None:
+    if path.exists():
+        return
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(temporary, 0o444)
+    temporary.replace(path)
 
 
 def read(root: Path) -> Credential | None:
@@ -61,3 +74,4 @@ def read(root: Path) -> Credential | None:
 
 def remove(root: Path) -> None:
     path_of(root).unlink(missing_ok=True)
+    (root / GRAFANA_PASSWORD_PATH).unlink(missing_ok=True)

@@ -167,10 +167,11 @@ class ScenarioParser(Reader):
         order = list(self.catalogue.labs)
         for index, workload in enumerate(workloads):
             labs = self.registry.labs_serving(workload.type, order)
-            if lab not in labs and index < len(items):
-                self.problem(items[index], f"workloads[{index}].type",
-                             f"a {workload.type} workload runs against the "
-                             f"{' or '.join(labs)} lab, not {lab}")
+            if lab in labs or index >= len(items):
+                continue
+            where = f"the {' or '.join(labs)} lab" if labs else "no lab yet"
+            self.problem(items[index], f"workloads[{index}].type",
+                         f"a {workload.type} workload runs against {where}, not {lab}")
 
     def lab_field(self, top: Entries, root: Node) -> str:
         node = top["lab"][1] if "lab" in top else None

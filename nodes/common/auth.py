@@ -26,7 +26,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -195,7 +195,7 @@ class _AttachCredential(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
         self._metadata = credential.metadata()
 
     def _with_metadata(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        return _CallDetails(details.method, details.timeout,
+        return CallDetails(details.method, details.timeout,
                             [*(details.metadata or ()), *self._metadata], details.credentials,
                             getattr(details, "wait_for_ready", None),
                             getattr(details, "compression", None))
@@ -213,15 +213,15 @@ class _AttachCredential(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
         return continuation(self._with_metadata(client_call_details), request_iterator)
 
 
-class _CallDetails(grpc.ClientCallDetails):
-    def __init__(self, method, timeout, metadata, credentials, wait_for_ready,
-                 compression) -> None:
-        self.method = method
-        self.timeout = timeout
-        self.metadata = metadata
-        self.credentials = credentials
-        self.wait_for_ready = wait_for_ready
-        self.compression = compression
+class CallDetails(NamedTuple):
+    """A client call's details, as a client interceptor hands them on (changed)."""
+
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: Any
+    compression: Any
 
 
 def with_credential(channel: grpc.Channel, credential: Credential | None) -> grpc.Channel:

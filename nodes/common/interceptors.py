@@ -15,11 +15,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import grpc
 
-from nodes.common.auth import Credential
+from nodes.common.auth import CallDetails, Credential
 from nodes.common.faults import Decision, FaultRules
 from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
@@ -159,15 +159,6 @@ def _wait_while_active(context: grpc.ServicerContext, seconds: float) -> None:
     gone.wait(seconds)
 
 
-class _CallDetails(NamedTuple):
-    method: str
-    timeout: float | None
-    metadata: Any
-    credentials: Any
-    wait_for_ready: Any
-    compression: Any
-
-
 class InjectedFailure(grpc.RpcError, grpc.Call, grpc.Future):
     """A call an outbound fault rule failed before it left this node."""
 
@@ -255,7 +246,7 @@ class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
         # Time an outbound delay rule held the call is part of the caller's deadline.
         remaining = timeout - (time.perf_counter() - started)
         metadata = [*(details.metadata or ()), *self._added_metadata]
-        details = _CallDetails(method, remaining, metadata, details.credentials,
+        details = CallDetails(method, remaining, metadata, details.credentials,
                                getattr(details, "wait_for_ready", None),
                                getattr(details, "compression", None))
         call = continuation(details, request)

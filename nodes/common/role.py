@@ -79,8 +79,8 @@ class RoleNode:
 
     #: Full names of the services `register` adds, for health and reflection.
     service_names: tuple[str, ...] = ()
-    #: False when the role answers reflection itself (the switch forwards it to
-    #: the services behind it), so the node must not register its own.
+    #: False when the role answers reflection itself (the switch does, listing
+    #: only the services it forwards), so the node must not register its own.
     serves_own_reflection: bool = True
 
     def register(self, server: grpc.Server) -> None:

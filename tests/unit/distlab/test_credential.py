@@ -35,11 +35,19 @@ def test_ensure_keeps_the_token_a_running_lab_was_given(tmp_path):
     assert credential.read(tmp_path).metadata() == token
 
 
+def test_grafana_gets_a_password_of_its_own_not_the_default(tmp_path):
+    credential.ensure(tmp_path)
+    password = (tmp_path / credential.GRAFANA_PASSWORD_PATH).read_text().strip()
+    assert len(password) >= 20 and password != "admin"
+    assert mode(tmp_path / credential.GRAFANA_PASSWORD_PATH) == 0o444
+
+
 def test_no_credential_before_the_first_up_and_none_after_clean(tmp_path):
     assert credential.read(tmp_path) is None
     credential.ensure(tmp_path)
     credential.remove(tmp_path)
     assert credential.read(tmp_path) is None
+    assert not (tmp_path / credential.GRAFANA_PASSWORD_PATH).exists()
     credential.remove(tmp_path)  # twice is fine
 
 
