@@ -195,7 +195,7 @@ def _print_status(testbed: Testbed) -> None:
     for column in ("machine", "lab", "role", "state", "health", "address", "faults", "detail"):
         table.add_column(column)
     statuses = {machine.name: _status(machine) for machine in machines}
-    balancer_view = _balancer_view(statuses)
+    balancer_view = _balancer_view(statuses, {m.name: m.info.role for m in machines})
     for machine in machines:
         info = machine.info
         faults = ", ".join(r.kind for r in active if info.name in r.machines)
@@ -206,15 +206,16 @@ def _print_status(testbed: Testbed) -> None:
     out.print(table)
 
 
-def _balancer_view(statuses: dict[str, control_pb2.StatusReply | str]) -> dict[str, str]:
-    """{backend machine: "switch: ejected"}: what a switch says of each of its backends
-    ("backend.app-2" = "ejected" in its state), shown on the backend's own row."""
+def _balancer_view(statuses: dict[str, control_pb2.StatusReply | str],
+                   roles: dict[str, str]) -> dict[str, str]:
+    """{backend machine: "switch: ejected"}: what a balancing machine says of each of its
+    backends ("backend.app-2" = "ejected" in its state), shown on the backend's own row."""
     view = {}
-    for status in statuses.values():
+    for name, status in statuses.items():
         if isinstance(status, control_pb2.StatusReply):
             for key, value in status.state.items():
                 if key.startswith("backend.") and value:
-                    view[key.removeprefix("backend.")] = f"switch: {value.split(',')[0]}"
+                    view[key.removeprefix("backend.")] = f"{roles[name]}: {value.split(',')[0]}"
     return view
 
 
