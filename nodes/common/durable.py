@@ -65,7 +65,9 @@ class AppendFailed(Exception):
 
 
 class LogCorrupt(Exception):
-    """A log damaged in the middle: starting would drop records that may be acknowledged."""
+    """A log that cannot be replayed without losing bytes unseen: damaged in the middle
+    (starting would drop records that may be acknowledged), or with a torn tail that
+    could not be kept aside. The node refuses to start; the message says what to do."""
 
 
 def fsync_directory(path: Path) -> None:
@@ -148,7 +150,13 @@ class LogFile:
                     f"may have been acknowledged. The file is left as it is; to start anyway, "
                     f"move it aside (a kv node then starts empty, a chain replica re-syncs "
                     f"from the tail)")
-            self._drop_torn_tail(data, intact)
+            try:
+                self._drop_torn_tail(data, intact)
+            except OSError as exc:
+                raise LogCorrupt(
+                    f"{self.path}: a torn tail of {len(data) - intact} bytes at byte {intact} "
+                    f"could not be kept aside ({describe_os_error(exc)}); refusing to drop it "
+                    f"unseen. Free some space, or move the file aside") from exc
         self._good_size = intact
         return records
 
@@ -229,9 +237,14 @@ class LogFile:
                 temporary.unlink()
             raise AppendFailed(f"not replaced: writing {temporary.name} failed: "
                                f"{describe_os_error(exc)}", maybe_written=False) from exc
+        try:
+            reopened = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:  # the old descriptor stays open; stopped, it is never written
+            self._stop(f"reopening {self.path.name} after replacing it failed: "
+                       f"{describe_os_error(exc)}")
+            return
         os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        self._good_size = size
+        self._fd, self._good_size = reopened, size
         try:
             fsync_directory(self.path.parent)
         except OSError as exc:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nodes.common import durable
 from nodes.common.durable import AppendFailed, LogCorrupt, LogFile
 from nodes.common.logs import EventLog
 from nodes.kv.store import PUT, Record, decode_record
@@ -197,3 +198,21 @@ def test_every_acknowledged_record_survives_any_sequence_of_disk_errors(faults):
         _, replayed = open_log(path)
         assert replayed in (acknowledged, acknowledged + maybe)
         assert len(maybe) <= 1 and not set(definite) & set(replayed)
+
+
+def test_a_torn_tail_that_cannot_be_kept_aside_is_not_dropped(tmp_path, monkeypatch):
+    path = tmp_path / "kv.wal"
+    log, _ = open_log(path)
+    log.append(record(1).encode())
+    log.close()
+    with open(path, "ab") as out:
+        out.write(b"torn")
+    before = path.read_bytes()
+
+    def disk_full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(durable, "write_atomically", disk_full)
+    with pytest.raises(LogCorrupt, match="could not be kept aside.*ENOSPC"):
+        open_log(path)
+    assert path.read_bytes() == before
