@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from nodes.data.client import DataUnavailable
 from nodes.rpc import chain_pb2
 from tests.integration.chain_support import Writer, put, start_tier
 from tests.support.disk import FailingDisk
@@ -63,3 +64,48 @@ def test_the_head_answers_a_txn_its_log_could_not_take_as_not_applied(lab):
     reply = tier.data("data-2").Read(chain_pb2.ReadRequest(keys=["k"]), timeout=5)
     assert [entry.value for entry in reply.found] == [b"before"]
     assert client.txn(put(("k", b"after"))).succeeded
+
+
+def balances(client) -> dict[str, tuple[int, int]]:
+    reply = client.read(chain_pb2.ReadRequest(keys=["a", "b"]))
+    return {entry.key: (int(entry.value), entry.version) for entry in reply.found}
+
+
+def test_transfers_keep_the_total_and_every_acknowledged_one_through_disk_errors(lab):
+    """The bank invariant: transfers move 1 from a to b, each guarded by compares on both
+    versions, while the middle's disk fills up and then the head's fsync fails."""
+    tier = start_tier(lab, master_env=NEVER_REMOVE)
+    client = tier.client(timeout=2, attempts=4)
+    client.txn(put(("a", b"100"), ("b", b"0")))
+    acked = maybe = acked_after_restart = 0
+    with FailingDisk(wal_directory(tier, "data-2"), "chain.wal") as middle, \
+            FailingDisk(wal_directory(tier, "data-1"), "chain.wal") as head:
+        for n in range(40):
+            if n == 10:
+                middle.fail_next_write(errno.ENOSPC, after_bytes=4)
+            if n == 20:
+                head.fail_next_fsync(errno.EIO)
+            if n == 25:  # the head stopped acknowledging: restart it in place
+                tier.kill("data-1")
+                tier.start_replica("data-1")
+                tier.wait_for_chain(["data-1", "data-2", "data-3"])
+            try:
+                now = balances(client)
+                (a, a_version), (b, b_version) = now["a"], now["b"]
+                reply = client.txn(chain_pb2.TxnRequest(
+                    compares=[chain_pb2.Compare(key="a", target=chain_pb2.Compare.VERSION,
+                                                version=a_version),
+                              chain_pb2.Compare(key="b", target=chain_pb2.Compare.VERSION,
+                                                version=b_version)],
+                    puts=[chain_pb2.KeyValue(key="a", value=b"%d" % (a - 1)),
+                          chain_pb2.KeyValue(key="b", value=b"%d" % (b + 1))]))
+            except DataUnavailable as exc:
+                maybe += not exc.definite
+                continue
+            acked += reply.succeeded
+            acked_after_restart += reply.succeeded and n >= 25
+    assert middle.failed_calls == ["write ENOSPC"] and head.failed_calls == ["fsync EIO"]
+    final = balances(tier.client())
+    assert final["a"][0] + final["b"][0] == 100
+    assert acked <= final["b"][0] <= acked + maybe
+    assert acked_after_restart > 0  # the restarted head took transfers again
