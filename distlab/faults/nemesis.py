@@ -26,6 +26,7 @@ from distlab.control import ControlError, ControlRefused
 from distlab.errors import DistlabError, FaultError, UsageError
 from distlab.faults import network
 from distlab.machine import Machine
+from nodes.common.durable import fsync_directory
 from nodes.rpc import control_pb2
 
 RPC_ACTIONS = {"delay": control_pb2.FaultRule.DELAY, "error": control_pb2.FaultRule.ERROR,
@@ -108,7 +109,7 @@ class Journal:
         copy = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
         try:
             os.replace(self.path, copy)
-            _fsync_directory(self.path.parent)
+            fsync_directory(self.path.parent)
             kept = f"kept as {copy}"
         except OSError as exc:
             kept = f"could not be kept as {copy} ({exc}) and will be overwritten"
@@ -137,15 +138,7 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
-        _fsync_directory(self.path.parent)
-
-
-def _fsync_directory(path: Path) -> None:
-    directory = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        fsync_directory(self.path.parent)
 
 
 class Nemesis:
