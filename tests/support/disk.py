@@ -59,30 +59,36 @@ class FailingDisk:
 
     def _write(self, fd: int, data) -> int:
         with self._lock:
-            if self._write_failure is None or not self._targets(fd):
-                return self._real["write"](fd, data)
-            code, before = self._write_failure
-            if before > 0:
-                self._write_failure = (code, 0)
-                return self._real["write"](fd, bytes(data[:before]))
-            self._write_failure = None
-            self.failed_calls.append(f"write {errno.errorcode[code]}")
+            armed = self._write_failure if self._write_failure and self._targets(fd) else None
+            if armed is not None:
+                code, before = armed
+                self._write_failure = (code, 0) if before > 0 else None
+                if before == 0:
+                    self.failed_calls.append(f"write {errno.errorcode[code]}")
+        if armed is None:
+            return self._real["write"](fd, data)
+        if before > 0:  # a full disk takes part of a write, then fails the rest
+            return self._real["write"](fd, bytes(data[:before]))
         raise OSError(code, os.strerror(code))
 
     def _fsync(self, fd: int) -> None:
         with self._lock:
-            if not self._fsync_failures or not self._targets(fd):
-                return self._real["fsync"](fd)
-            code = self._fsync_failures.pop(0)
-            self.failed_calls.append(f"fsync {errno.errorcode[code]}")
+            code = self._fsync_failures.pop(0) if self._fsync_failures and self._targets(fd) \
+                else None
+            if code is not None:
+                self.failed_calls.append(f"fsync {errno.errorcode[code]}")
+        if code is None:
+            return self._real["fsync"](fd)
         raise OSError(code, os.strerror(code))
 
     def _ftruncate(self, fd: int, length: int) -> None:
         with self._lock:
-            if self._truncate_failure is None or not self._targets(fd):
-                return self._real["ftruncate"](fd, length)
-            code = self._truncate_failure
-            self.failed_calls.append(f"ftruncate {errno.errorcode[code]}")
+            code = self._truncate_failure if self._truncate_failure and self._targets(fd) \
+                else None
+            if code is not None:
+                self.failed_calls.append(f"ftruncate {errno.errorcode[code]}")
+        if code is None:
+            return self._real["ftruncate"](fd, length)
         raise OSError(code, os.strerror(code))
 
     def __enter__(self) -> FailingDisk:
