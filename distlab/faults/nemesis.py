@@ -4,15 +4,21 @@ Process faults act through the runtime (kill -9, stop, pause, restart);
 network faults run the plans of `distlab.faults.network` inside machines
 (iptables, tc); RPC faults are rules given to a node's Control service. Each
 fault is journaled (start, end, how to undo it) in `.distlab/faults.json`,
-so `distlab heal` in a later process undoes what `distlab chaos` did.
+so `distlab heal` in a later process undoes what `distlab chaos` did; the
+journal is locked and fsync'd (`Journal`), and a damaged one never stops a heal.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
+import os
 import random
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +26,7 @@ from distlab.control import ControlError, ControlRefused
 from distlab.errors import DistlabError, FaultError, UsageError
 from distlab.faults import network
 from distlab.machine import Machine
+from nodes.common.durable import fsync_directory
 from nodes.rpc import control_pb2
 
 RPC_ACTIONS = {"delay": control_pb2.FaultRule.DELAY, "error": control_pb2.FaultRule.ERROR,
@@ -27,6 +34,7 @@ RPC_ACTIONS = {"delay": control_pb2.FaultRule.DELAY, "error": control_pb2.FaultR
 MARKED_KINDS = ("partition", "loss", "bandwidth", "delay")
 NETEM_MISSING = "Specified qdisc kind is unknown"
 NO_LAB = "none (is a lab up? distlab up)"
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,21 +53,92 @@ class FaultRecord:
 
 
 class Journal:
-    """Every fault applied, active or ended, kept in one JSON file."""
+    """Every fault applied, active or ended, kept in one JSON file that processes share.
+
+    `distlab chaos` in one shell and a scenario or `distlab heal` in another
+    may write it at once: every read and write holds an exclusive lock
+    (fcntl.flock on `<journal>.lock`), and `update` holds it from load to save
+    so no record is lost between them. A save writes a temporary file of its
+    own, fsyncs it, renames it over the journal and fsyncs the directory: a
+    crash leaves the old journal or the new one. A journal that does not
+    parse is moved aside (kept as `<journal>.corrupt-<UTC time>`), reported in
+    `set_aside` and the log, and read as empty, so `heal` still sweeps.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        #: What was found unreadable and where it was kept, one message each.
+        self.set_aside: list[str] = []
 
     def load(self) -> list[FaultRecord]:
-        if not self.path.exists():
-            return []
-        return [FaultRecord(**entry) for entry in json.loads(self.path.read_text())]
+        with self._locked():
+            return self._read()
 
     def save(self, records: list[FaultRecord]) -> None:
+        with self._locked():
+            self._write(records)
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[list[FaultRecord]]:
+        """The records to change in place; saved on leaving, with no writer in between."""
+        with self._locked():
+            records = self._read()
+            yield records
+            self._write(records)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps([asdict(r) for r in records], indent=1))
-        temporary.replace(self.path)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even on a crash
+            yield
+
+    def _read(self) -> list[FaultRecord]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        try:
+            return [FaultRecord(**entry) for entry in json.loads(raw)]
+        except (ValueError, TypeError) as exc:  # not JSON, or not a list of fault records
+            self._set_aside(exc)
+            return []
+
+    def _set_aside(self, problem: Exception) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        copy = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
+        try:
+            os.replace(self.path, copy)
+            fsync_directory(self.path.parent)
+            kept = f"kept as {copy}"
+        except OSError as exc:
+            kept = f"could not be kept as {copy} ({exc}) and will be overwritten"
+        message = (f"the fault journal {self.path} was unreadable ({problem}); {kept}. "
+                   f"The faults it recorded were not undone one by one, only by the sweep of "
+                   f"every machine")
+        LOG.warning(message)
+        self.set_aside.append(message)
+
+    def take_set_aside(self) -> list[str]:
+        """What was set aside since the last call (each reported once)."""
+        taken, self.set_aside = self.set_aside, []
+        return taken
+
+    def _write(self, records: list[FaultRecord]) -> None:
+        text = json.dumps([asdict(r) for r in records], indent=1)
+        descriptor, temporary = tempfile.mkstemp(dir=self.path.parent,
+                                                 prefix=self.path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "w") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        fsync_directory(self.path.parent)
 
 
 class Nemesis:
@@ -79,13 +158,12 @@ class Nemesis:
 
     def _record(self, kind: str, machines: Sequence[Machine], params: dict,
                 undo: list[list], *, instant: bool = False) -> FaultRecord:
-        records = self.journal.load()
-        now = self._clock()
-        record = FaultRecord(id=f"f{len(records) + 1}-{kind}", kind=kind,
-                             machines=[m.name for m in machines], params=params, started=now,
-                             ended=now if instant else None, undo=undo)
-        records.append(record)
-        self.journal.save(records)
+        with self.journal.update() as records:
+            now = self._clock()
+            record = FaultRecord(id=f"f{len(records) + 1}-{kind}", kind=kind,
+                                 machines=[m.name for m in machines], params=params,
+                                 started=now, ended=now if instant else None, undo=undo)
+            records.append(record)
         if kind in MARKED_KINDS:
             for machine in machines:
                 _mark(machine, record.id, kind, True)
@@ -249,14 +327,24 @@ class Nemesis:
     # -- heal ------------------------------------------------------------------------------
 
     def heal(self) -> list[str]:
-        """Undo every recorded fault, then sweep every machine clean; return what failed."""
+        """Undo every recorded fault, then sweep every machine clean; return what failed.
+
+        The undoing runs without the journal's lock (it can take a while); the records
+        it ended are marked so afterwards, next to whatever was recorded meanwhile."""
         problems: list[str] = []
         known = self._by_name()
-        records = self.journal.load()
+        try:
+            records = self.journal.load()
+        except OSError as exc:
+            records = []
+            problems.append(f"the fault journal {self.journal.path} could not be read: {exc}")
+        undone = []
         for record in reversed(records):
             if record.active:
                 problems += self._undo(record, known)
-        self.journal.save(records)
+                undone.append(record)
+        problems += self._save_ended(undone)
+        problems += self.journal.take_set_aside()
         problems += self._sweep()
         return problems
 
@@ -267,9 +355,24 @@ class Nemesis:
         if record is None:
             raise UsageError(f"no fault {fault_id!r} in the journal",
                              hint="distlab chaos list shows the faults")
-        problems = self._undo(record, self._by_name()) if record.active else []
-        self.journal.save(records)
-        return problems
+        if not record.active:
+            return []
+        problems = self._undo(record, self._by_name())
+        return problems + self._save_ended([record])
+
+    def _save_ended(self, ended: list[FaultRecord]) -> list[str]:
+        """Mark `ended` (undone from an earlier load) ended in the journal as it is now."""
+        if not ended:
+            return []
+        when = {record.id: record.ended for record in ended}
+        try:
+            with self.journal.update() as records:
+                for record in records:
+                    if record.active and record.id in when:
+                        record.ended = when[record.id]
+        except OSError as exc:
+            return [f"the fault journal {self.journal.path} could not be written: {exc}"]
+        return []
 
     def _undo(self, record: FaultRecord, known: dict[str, Machine]) -> list[str]:
         """Run a record's undo steps, newest first, and mark it ended."""
@@ -330,11 +433,10 @@ class Nemesis:
         return None
 
     def _end_where(self, predicate: Callable[[FaultRecord], bool]) -> None:
-        records = self.journal.load()
-        for record in records:
-            if record.active and predicate(record):
-                record.ended = self._clock()
-        self.journal.save(records)
+        with self.journal.update() as records:
+            for record in records:
+                if record.active and predicate(record):
+                    record.ended = self._clock()
 
 
 def _mark(machine: Machine, fault_id: str, kind: str, active: bool) -> None:

@@ -52,6 +52,7 @@ from nodes.common.config import (
     load_settings,
 )
 from nodes.common.control import ControlService
+from nodes.common.durable import LogCorrupt
 from nodes.common.faults import FaultRules
 from nodes.common.interceptors import ServerInterceptor
 from nodes.common.logs import EventLog
@@ -211,6 +212,9 @@ def main(spec: RoleSpec, argv: Sequence[str] | None = None,
     except ConfigError as exc:
         print(f"nodes.{spec.name}: bad configuration: {exc}", file=sys.stderr)
         return 2
+    except LogCorrupt as exc:
+        print(f"nodes.{spec.name}: cannot start: {exc}", file=sys.stderr)
+        return 1
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())

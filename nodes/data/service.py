@@ -19,11 +19,20 @@ master for the configuration: a removed head learns it is out and the
 client is told the write was NOT applied (FAILED_PRECONDITION).
 
 What the head answers a Txn: OK; FAILED_PRECONDITION (not the head: not
-applied); ABORTED (an earlier update is still not through the chain: this
-one was not applied); UNAVAILABLE (applied at the head but not confirmed by
-the chain: it may still take effect). A failed compare is answered from the
+applied); ABORTED (an earlier update is still not through the chain, or the
+head's log could not take this one: not applied); UNAVAILABLE (applied at
+the head but not confirmed by the chain, or in the head's log after a failed
+fsync: it may still take effect). A failed compare is answered from the
 head's state without a chain round trip; a head removed without knowing it
 (partitioned away) can thus report a stale "compare failed", never a write.
+
+Disk errors (the policy is nodes.common.durable's): a replica whose log
+could not take an update applies nothing and answers its predecessor
+UNAVAILABLE, so the head never acknowledges what a replica does not hold
+durably. After a failed fsync its log is stopped: it holds every update and
+install back (UNAVAILABLE), says why in Status (`wal_stopped`), and the
+chain writes nothing until it is restarted (it then replays and is re-used
+in place) or taken out (stopping its machine makes the data-master do so).
 
 Reads are served at the tail under the same lock as applies, so a Read of
 many keys or a prefix sees one state, and its seq says which.
@@ -56,7 +65,7 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from nodes.common.config import ConfigError, own_ip
-from nodes.common.durable import read_file, write_atomically
+from nodes.common.durable import AppendFailed, read_file, write_atomically
 from nodes.common.metrics import LATENCY_BUCKETS
 from nodes.common.role import NodeContext, RoleError, RoleNode
 from nodes.data.chain import POSITIONS, Adoption, ForwardKind, NotReady, ReplicaCore, StaleEpoch
@@ -162,7 +171,8 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         self._core = ReplicaCore(ctx.name, recent_capacity=config["DATA_RECENT_UPDATES"],
                                  member_epoch=self._read_marker())
         self._define_metrics(ctx)
-        self._wal = ChainLog(ctx.data_dir / "chain.wal", on_fsync=self._fsync_seconds.observe)
+        self._wal = ChainLog(ctx.data_dir / "chain.wal", on_fsync=self._fsync_seconds.observe,
+                             log=ctx.log)
         replayed = self._wal.replay()
         applied = self._core.restore(replayed.snapshot, replayed.snapshot_seq, replayed.updates)
         ctx.log.info("chain_recovered", snapshot_seq=replayed.snapshot_seq, updates=applied,
@@ -242,6 +252,8 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
                      "chain": ",".join(self._core.names())}
         if self._ack_at != ACK_AT_TAIL:  # the correct mode's status stays as it always was
             state["ack_at"] = self._ack_at
+        if self._wal.stopped_because:
+            state["wal_stopped"] = self._wal.stopped_because
         return state
 
     def reconfigure(self, settings: dict[str, str]) -> dict[str, str]:
@@ -305,7 +317,15 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
                                       seq=self._core.last_seq if outcome.holds else 0)
         update = outcome.update
         update.epoch = self._core.epoch
-        self._append_and_apply(update)
+        try:
+            self._append_and_apply(update)
+        except AppendFailed as exc:
+            if exc.maybe_written:  # a restart replays it, and the chain then passes it on
+                self._refuse_txn(context, grpc.StatusCode.UNAVAILABLE,
+                                 f"update {update.seq} may be in the head's log: {exc}; it may "
+                                 f"still take effect")
+            else:
+                self._refuse_txn(context, grpc.StatusCode.ABORTED, f"not applied: {exc}; retry")
         if self._ack_at == ACK_AT_HEAD and self._core.successor() is not None:
             # The deliberate bug: the rest of the chain (and the tail, where reads are
             # served) does not hold this update yet. The committer passes it on.
@@ -363,7 +383,11 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
             if kind is ForwardKind.GAP or (request.probe and kind is ForwardKind.APPLY):
                 return chain_pb2.ForwardReply(last_seq=self._core.last_seq)  # send me more
             if kind is ForwardKind.APPLY:
-                self._append_and_apply(request)
+                try:
+                    self._append_and_apply(request)
+                except AppendFailed as exc:
+                    context.abort(grpc.StatusCode.UNAVAILABLE,
+                                  f"update {request.seq} not held here: {exc}")
             self._pass_on(request.seq, deadline, context)
             return chain_pb2.ForwardReply(last_seq=self._core.last_seq)
 
@@ -381,7 +405,11 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
             self._catch_up_on_epoch(chunks[0].epoch, deadline, context)
             # Never step back: a predecessor holds a superset of what its successor holds.
             if chunks[0].seq > self._core.last_seq:
-                self._install(chunks)
+                try:
+                    self._install(chunks)
+                except AppendFailed as exc:
+                    context.abort(grpc.StatusCode.UNAVAILABLE,
+                                  f"state at seq {chunks[0].seq} not installed: {exc}")
             self._pass_on(self._core.last_seq, deadline, context)
             return chain_pb2.ForwardReply(last_seq=self._core.last_seq)
 
@@ -449,6 +477,8 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
     # -- the write path (chain lock held) --------------------------------------------------
 
     def _append_and_apply(self, update: chain_pb2.Update) -> None:
+        """Log `update` durably, then apply it; AppendFailed (nothing applied) when the log
+        could not take it."""
         if self._closed:
             raise ChainBroken("this replica is shutting down")
         self._wal.append(update)  # durable before anyone can learn of it
@@ -458,7 +488,10 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         # cost per update stays constant however large the state grows.
         if self._wal.updates_since_snapshot >= max(self._compact_after, len(self._core.store)):
             entries, seq = self._core.store.snapshot()
-            self._wal.replace(chunk_entries(entries, seq, self._budget))
+            try:
+                self._wal.replace(chunk_entries(entries, seq, self._budget))
+            except AppendFailed as exc:  # the update is durable all the same: the old log holds it
+                self._log.warning("wal_compaction_failed", problem=str(exc))
 
     def _install(self, chunks: list[chain_pb2.SyncChunk]) -> None:
         if self._closed:
@@ -626,7 +659,7 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
                 problem = ""
             except grpc.RpcError as exc:
                 problem = f"{exc.code().name}: {exc.details()}"
-            except ChainBroken as exc:
+            except (ChainBroken, AppendFailed) as exc:
                 problem = str(exc)
             if problem != self._last_problem:
                 if problem:

@@ -12,18 +12,19 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from nodes.common.durable import decode_all
+
 MAX_KEY_LENGTH = 256
-PUT, DELETE = 1, 2
+# CHECKPOINT changes no key: it carries the store's version into a compacted log or a
+# snapshot, so versions never go back after the records that raised them are dropped.
+PUT, DELETE, CHECKPOINT = 1, 2, 3
+OPS = (PUT, DELETE, CHECKPOINT)
 _HEADER = struct.Struct(">BQHI")  # op, version, key length, value length
 _FRAME = struct.Struct(">II")  # crc32 of the payload, payload length
 
 
 class KVError(ValueError):
     """A request the store refuses; the message says why."""
-
-
-class CorruptRecord(ValueError):
-    """Bytes that are not a whole, intact record (a torn write at the log's tail)."""
 
 
 @dataclass(frozen=True)
@@ -39,29 +40,34 @@ class Record:
         return _FRAME.pack(zlib.crc32(payload), len(payload)) + payload
 
 
+def decode_record(data: bytes, offset: int) -> tuple[Record, int] | None:
+    """The whole, intact record starting at `offset` and the offset after it, else None."""
+    if offset + _FRAME.size > len(data):
+        return None
+    crc, length = _FRAME.unpack_from(data, offset)
+    start, end = offset + _FRAME.size, offset + _FRAME.size + length
+    if end > len(data) or length < _HEADER.size:
+        return None
+    payload = data[start:end]
+    if zlib.crc32(payload) != crc:
+        return None
+    op, version, key_length, value_length = _HEADER.unpack_from(payload)
+    if op not in OPS or _HEADER.size + key_length + value_length != length:
+        return None
+    try:
+        key = payload[_HEADER.size:_HEADER.size + key_length].decode()
+    except UnicodeDecodeError:  # a crafted frame: its checksum holds, its key is not text
+        return None
+    return Record(op, version, key, payload[_HEADER.size + key_length:]), end
+
+
 def decode_records(data: bytes) -> tuple[list[Record], int]:
     """Every intact record from the start of `data`, and the length they cover.
 
-    Decoding stops at the first incomplete or corrupt frame: everything after
-    it was never acknowledged (acks wait for fsync), so it is dropped.
+    Decoding stops at the first incomplete or corrupt frame; what to do about the
+    bytes after it is the log's decision (nodes.common.durable.LogFile.recover).
     """
-    records, offset = [], 0
-    while offset + _FRAME.size <= len(data):
-        crc, length = _FRAME.unpack_from(data, offset)
-        start, end = offset + _FRAME.size, offset + _FRAME.size + length
-        payload = data[start:end]
-        if len(payload) < length or zlib.crc32(payload) != crc or length < _HEADER.size:
-            break
-        op, version, key_length, value_length = _HEADER.unpack_from(payload)
-        if op not in (PUT, DELETE) or _HEADER.size + key_length + value_length != length:
-            break
-        try:
-            key = payload[_HEADER.size:_HEADER.size + key_length].decode()
-        except UnicodeDecodeError:  # a crafted frame: its checksum holds, its key is not text
-            break
-        records.append(Record(op, version, key, payload[_HEADER.size + key_length:]))
-        offset = end
-    return records, offset
+    return decode_all(data, decode_record)
 
 
 def check_key(key: str) -> None:
@@ -95,13 +101,15 @@ class KVStore:
         return Record(DELETE, self.version + 1, key) if key in self._data else None
 
     def apply(self, record: Record) -> None:
+        self.version = max(self.version, record.version)
+        if record.op == CHECKPOINT:
+            return
         old = self._data.pop(record.key, None)
         if old is not None:
             self.value_bytes -= len(old[0])
         if record.op == PUT:
             self._data[record.key] = (record.value, record.version)
             self.value_bytes += len(record.value)
-        self.version = max(self.version, record.version)
 
     def get(self, key: str) -> tuple[bytes, int] | None:
         check_key(key)
@@ -112,6 +120,8 @@ class KVStore:
         return matching[:limit], len(matching) > limit
 
     def records(self) -> list[Record]:
-        """The current state as PUT records: a snapshot, and a compacted log."""
-        return [Record(PUT, version, key, value)
-                for key, (value, version) in sorted(self._data.items())]
+        """The current state as records (a snapshot, and a compacted log): its version,
+        then one PUT per key."""
+        return [Record(CHECKPOINT, self.version, ""),
+                *(Record(PUT, version, key, value)
+                  for key, (value, version) in sorted(self._data.items()))]

@@ -7,13 +7,16 @@ can say "no DROP rule is left" the way a user would find out: packets still bein
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+import threading
+from pathlib import Path
 
 import grpc
 import pytest
 
 from distlab.errors import DistlabError, FaultError, UsageError
 from distlab.faults import network
-from distlab.faults.nemesis import Journal, Nemesis
+from distlab.faults.nemesis import FaultRecord, Journal, Nemesis
 from nodes.rpc import control_pb2, control_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 IP = {"kv-1": "172.20.0.11", "kv-2": "172.20.0.12", "kv-3": "172.20.0.13",
@@ -246,6 +249,79 @@ def test_the_journal_lets_another_process_heal_what_chaos_did(kv_lab, machines_o
     assert Nemesis(machines_of(kv_lab), Journal(journal)).active() == []
     assert len(Nemesis(machines_of(kv_lab), Journal(journal)).records()) == 2
 
+
+
+def _append_records(path: str, writer: str, count: int) -> None:
+    """One process's share of the concurrent-writers test: `count` load-modify-saves."""
+    journal = Journal(Path(path))
+    for n in range(count):
+        with journal.update() as records:
+            records.append(FaultRecord(id=f"{writer}-{n}", kind="restart", machines=[],
+                                       params={}, started=float(n)))
+
+
+def test_two_processes_appending_at_once_lose_no_record(tmp_path):
+    path = tmp_path / ".distlab" / "faults.json"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_append_records, args=(str(path), name, 200))
+               for name in ("chaos", "scenario")]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=60)
+    assert [writer.exitcode for writer in writers] == [0, 0]
+    records = Journal(path).load()
+    assert len(records) == 400 and len({r.id for r in records}) == 400
+    assert sorted(p.name for p in path.parent.iterdir()) == ["faults.json", "faults.json.lock"]
+
+
+def test_two_nemeses_recording_at_once_lose_no_fault_and_reuse_no_id(kv_lab, machines_of,
+                                                                     tmp_path):
+    path = tmp_path / "faults.json"
+    nemeses = [Nemesis(machines_of(kv_lab), Journal(path)) for _ in range(2)]
+    threads = [threading.Thread(target=lambda n=n: [n.restart("kv-1") for _ in range(200)])
+               for n in nemeses]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    records = Journal(path).load()
+    assert len(records) == 400 and len({r.id for r in records}) == 400
+
+
+@pytest.mark.parametrize("damage", ["{not json", "[1, 2]", '{"id": "f1"}', "\xff\xfe"])
+def test_a_corrupt_journal_is_kept_aside_reported_and_heal_still_sweeps(
+        nemesis, kv_lab, tmp_path, damage):
+    journal = tmp_path / "faults.json"
+    nemesis.pause("kv-3")
+    journal.write_bytes(damage.encode("latin-1"))
+    kv_lab.signal("distlab-kv-2", "SIGKILL")
+
+    problems = nemesis.heal()
+    assert [kv_lab.state(f"distlab-kv-{n}") for n in (1, 2, 3)] == ["running"] * 3
+    assert sorted(w for w, argv in kv_lab.execs if argv in HEAL) == \
+        ["distlab-kv-1", "distlab-kv-2", "distlab-kv-3"]
+    (problem,) = problems
+    (copy,) = tmp_path.glob("faults.json.corrupt-*")
+    assert "unreadable" in problem and str(copy) in problem
+    assert copy.read_bytes() == damage.encode("latin-1")
+    assert nemesis.records() == [] and nemesis.heal() == []  # reported once; usable again
+    assert nemesis.kill("kv-1").id == "f1-kill"
+
+
+def test_a_heal_keeps_a_fault_recorded_while_it_ran(nemesis, kv_lab, machines_of, tmp_path):
+    nemesis.pause("kv-3")
+    other = Nemesis(machines_of(kv_lab), Journal(tmp_path / "faults.json"))
+    unpause = kv_lab.unpause
+
+    def unpause_while_another_process_records(container):
+        other.kill("kv-1")  # recorded after this heal loaded the journal
+        unpause(container)
+
+    kv_lab.unpause = unpause_while_another_process_records
+    nemesis.heal()
+    kinds = {r.kind: r.active for r in nemesis.records()}
+    assert kinds == {"pause": False, "kill": True}
 
 # -- RPC-level faults, against a real node served in this process ----------------------------
 

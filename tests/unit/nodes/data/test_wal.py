@@ -1,6 +1,8 @@
 """nodes/data/wal.py: what was appended (or replaced) is what a restart replays."""
 
-from nodes.common.durable import read_file, write_atomically
+import pytest
+
+from nodes.common.durable import LogCorrupt, read_file, write_atomically
 from nodes.data.wal import ChainLog, decode_log
 from nodes.rpc import chain_pb2
 
@@ -77,3 +79,23 @@ def test_write_atomically_replaces_a_small_file(tmp_path):
     write_atomically(path, b"two")
     assert read_file(path) == b"two"
     assert [p.name for p in path.parent.iterdir()] == ["marker.json"]
+
+
+def test_a_torn_tail_is_kept_as_a_copy_and_damage_in_the_middle_refuses_the_replay(tmp_path):
+    path = tmp_path / "chain.wal"
+    log = ChainLog(path)
+    for update in UPDATES:
+        log.append(update)
+    log.close()
+    whole = path.read_bytes()
+    path.write_bytes(whole + b"\x00\x01\x02")
+    ChainLog(path).replay()
+    (copy,) = tmp_path.glob("chain.wal.torn-*")
+    assert copy.read_bytes() == b"\x00\x01\x02" and path.read_bytes() == whole
+
+    damaged = bytearray(whole)
+    damaged[len(damaged) // 2] ^= 0xFF  # the second of three updates
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(LogCorrupt, match="damage in the middle"):
+        ChainLog(path).replay()
+    assert path.read_bytes() == bytes(damaged)

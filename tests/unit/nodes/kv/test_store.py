@@ -157,3 +157,15 @@ def test_checksummed_frame_with_a_non_utf8_key_stops_decoding():
 ])
 def test_checksummed_frame_that_is_not_a_record_stops_decoding(payload):
     assert decode_records(frame(payload)) == ([], 0)
+
+
+def test_records_carry_the_version_past_deleted_keys():
+    store = KVStore(max_value_bytes=10)
+    store.apply(store.prepare_put("kept", b"1"))
+    store.apply(store.prepare_put("gone", b"2"))
+    store.apply(store.prepare_delete("gone"))
+    copy = KVStore(max_value_bytes=10)
+    for record in store.records():
+        copy.apply(record)
+    assert copy.version == store.version == 3  # the next write is 4, never a reused 3
+    assert (len(copy), copy.value_bytes) == (1, 1)

@@ -101,3 +101,16 @@ def test_append_returns_only_after_fsync_of_the_written_bytes(tmp_path, monkeypa
     wal.append(RECORDS[0])
     assert synced_sizes == [len(RECORDS[0].encode())]  # the record was on disk when fsync'd
     wal.close()
+
+
+def test_bytes_since_snapshot_count_what_a_compaction_would_save(tmp_path):
+    wal = WriteAheadLog(tmp_path / "kv.wal")
+    wal.replay()
+    for record in RECORDS:
+        wal.append(record)
+    assert wal.bytes_since_snapshot == wal.size == sum(len(r.encode()) for r in RECORDS)
+    wal.replace([RECORDS[1]])
+    assert (wal.size, wal.bytes_since_snapshot) == (len(RECORDS[1].encode()), 0)
+    wal.append(RECORDS[0])
+    assert wal.bytes_since_snapshot == len(RECORDS[0].encode())
+    wal.close()
