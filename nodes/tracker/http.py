@@ -154,10 +154,12 @@ class TrackerRequestHandler(BaseHTTPRequestHandler):
         self.close_connection = True
 
     def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
         if len(self.raw_requestline) > MAX_REQUEST_LINE:
             self.send_error(414, f"request line over {MAX_REQUEST_LINE} bytes")
             return False
-        return super().parse_request()
+        return True
 
     def do_GET(self) -> None:
         started = time.perf_counter()

@@ -73,6 +73,8 @@ def parse_announce(query: Query, endpoint_ip: IPv4Address, *, default_numwant: i
     if not 1 <= port <= 65535:
         raise RequestRefused("bad_port", f"port {port} is not between 1 and 65535")
     event = (_first(query, b"event") or b"").decode("latin-1")
+    if event == "empty":  # BEP 3's wording ("or empty") taken literally by some clients
+        event = ""
     if event not in EVENTS:
         raise RequestRefused("unknown_event", f"unknown event {event[:20]!r}; expected "
                              f"started, completed, stopped, paused or none")

@@ -124,6 +124,7 @@ def test_bad_announces_are_refused_with_a_reason(fields, reason, fragment):
 def test_every_known_event_is_accepted():
     for event in ("started", "completed", "stopped", "paused", ""):
         assert announce(query(event=event))[0].event == event
+    assert announce(query(event="empty"))[0].event == ""
 
 
 def reply_with(*peers: Peer) -> AnnounceReply:
