@@ -9,12 +9,13 @@ from nodes.tracker.service import TrackerNode
 
 SPEC = RoleSpec(
     name="tracker",
-    summary="a BitTorrent HTTP tracker: announce (BEP 3, compact peers BEP 23) and scrape "
-            "(BEP 48) on TRACKER_HTTP_PORT, swarms in memory, peers forgotten after missed "
-            "announces; swarm status over gRPC.",
+    summary="a BitTorrent tracker: HTTP announce (BEP 3, compact peers BEP 23) and scrape "
+            "(BEP 48) on TRACKER_HTTP_PORT, UDP (BEP 15) on TRACKER_UDP_PORT; swarms in "
+            "memory, peers forgotten after missed announces; swarm status over gRPC.",
     settings=(
         Setting("TRACKER_HTTP_PORT", int, 6969, "port of the HTTP tracker (/announce, "
                 "/scrape)", port),
+        Setting("TRACKER_UDP_PORT", int, 6969, "port of the UDP tracker (BEP 15)", port),
         Setting("TRACKER_INTERVAL_SECONDS", int, 120, "`interval` told to clients: seconds "
                 "between their announces", positive),
         Setting("TRACKER_MIN_INTERVAL_SECONDS", int, 30, "`min interval` told to clients",

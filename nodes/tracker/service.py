@@ -20,6 +20,7 @@ from nodes.common.role import NodeContext, RoleNode
 from nodes.rpc import tracker_pb2, tracker_pb2_grpc
 from nodes.tracker.http import TrackerHTTPServer, TrackerMetrics, TrackerPolicy
 from nodes.tracker.swarm import Tracker
+from nodes.tracker.udp import UDPTrackerProtocol, UDPTrackerServer
 
 SERVICE_NAME = tracker_pb2.DESCRIPTOR.services_by_name["Tracker"].full_name
 LIST_LIMIT = 1000
@@ -47,6 +48,7 @@ class TrackerNode(RoleNode, tracker_pb2_grpc.TrackerServicer):
         self._stopping = threading.Event()
         self._sweeper: threading.Thread | None = None
         self.http: TrackerHTTPServer | None = None
+        self.udp: UDPTrackerServer | None = None
         Gauge("distlab_tracker_swarms", "Swarms (torrents) with at least one peer.",
               registry=ctx.registry).set_function(lambda: self.tracker.totals().swarms)
         peers = Gauge("distlab_tracker_peers", "Peers in every swarm, by state.", ["state"],
@@ -64,11 +66,15 @@ class TrackerNode(RoleNode, tracker_pb2_grpc.TrackerServicer):
             policy=self.policy, metrics=self.metrics, log=self._ctx.log,
             timeout=config["TRACKER_HTTP_TIMEOUT_SECONDS"],
             max_connections=config["TRACKER_HTTP_MAX_CONNECTIONS"])
-        threading.Thread(target=self.http.serve_forever, name="tracker-http",
-                         daemon=True).start()
+        self.udp = UDPTrackerServer(
+            ("0.0.0.0", config["TRACKER_UDP_PORT"]),
+            protocol=UDPTrackerProtocol(self.tracker, self.policy), metrics=self.metrics,
+            log=self._ctx.log)
+        for name, server in (("tracker-http", self.http), ("tracker-udp", self.udp)):
+            threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
         self._sweeper = threading.Thread(target=self._sweep, name="tracker-sweep", daemon=True)
         self._sweeper.start()
-        self._ctx.log.info("tracker_http_started", http_port=self.http.port,
+        self._ctx.log.info("tracker_started", http_port=self.http.port, udp_port=self.udp.port,
                            interval_seconds=self.policy.interval,
                            peer_timeout_seconds=self.tracker.peer_timeout)
 
@@ -83,10 +89,14 @@ class TrackerNode(RoleNode, tracker_pb2_grpc.TrackerServicer):
         totals = self.tracker.totals()
         return {"swarms": str(totals.swarms), "seeders": str(totals.seeders),
                 "leechers": str(totals.leechers),
-                "http_port": str(self.http.port if self.http else 0)}
+                "http_port": str(self.http.port if self.http else 0),
+                "udp_port": str(self.udp.port if self.udp else 0)}
 
     def close(self) -> None:
         self._stopping.set()
+        if self.udp is not None:
+            self.udp.shutdown()  # a datagram being answered finishes first
+            self.udp.server_close()
         if self.http is not None:
             self.http.drain(self._ctx.config["GRACE_SECONDS"])
         if self._sweeper is not None:
@@ -102,7 +112,7 @@ class TrackerNode(RoleNode, tracker_pb2_grpc.TrackerServicer):
                                       leechers=swarm.incomplete, completed=swarm.downloaded)
                     for swarm in counts[:limit]],
             truncated=len(counts) > limit, http_port=self.http.port if self.http else 0,
-            interval_seconds=self.policy.interval)
+            udp_port=self.udp.port if self.udp else 0, interval_seconds=self.policy.interval)
 
     def Peers(self, request, context):
         limit = _limit(request.limit, context)

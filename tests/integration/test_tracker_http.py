@@ -21,7 +21,7 @@ SPACEY = b" +&=%" + bytes(range(250, 256)) + b"\x00" * 9  # bytes that need esca
 
 
 def start_tracker(lab, name="tracker-1", **env):
-    return lab.start(name, spec=TRACKER_SPEC, TRACKER_HTTP_PORT=0, **env)
+    return lab.start(name, spec=TRACKER_SPEC, TRACKER_HTTP_PORT=0, TRACKER_UDP_PORT=0, **env)
 
 
 @pytest.fixture
@@ -201,6 +201,7 @@ def test_grpc_status_is_open_and_read_only(lab, tracker):
     assert [(s.info_hash, s.seeders, s.leechers, s.completed) for s in swarms.swarms] == [
         (TORRENT.hex(), 1, 1, 1)]
     assert swarms.http_port == tracker.role.http.port and swarms.interval_seconds == 120
+    assert swarms.udp_port == tracker.role.udp.port
     peers = stub.Peers(tracker_pb2.PeersRequest(info_hash=TORRENT.hex()), timeout=5).peers
     assert [(p.peer_id, p.ip, p.port, p.seeder, p.left) for p in peers] == [
         (b"-DL0001-000000000001", "127.0.0.1", 6881, False, 1000),
@@ -217,7 +218,8 @@ def test_grpc_status_is_open_and_read_only(lab, tracker):
         assert refused.value.code().name == code and refused.value.details()
     status = lab.control(tracker).Status(control_pb2.StatusRequest(), timeout=5).state
     assert dict(status) == {"swarms": "1", "seeders": "1", "leechers": "1",
-                            "http_port": str(tracker.role.http.port)}
+                            "http_port": str(tracker.role.http.port),
+                            "udp_port": str(tracker.role.udp.port)}
 
 
 def test_reflection_lists_the_tracker_service(lab, tracker):

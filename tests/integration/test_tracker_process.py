@@ -16,7 +16,8 @@ from tests.integration.conftest import credential_file
 
 def tracker_env(tmp_path, **overrides) -> dict[str, str]:
     env = {**os.environ, "NODE_NAME": "tracker-9", "GRPC_PORT": "0", "METRICS_PORT": "0",
-           "TRACKER_HTTP_PORT": "0", "DATA_DIR": str(tmp_path), "GRACE_SECONDS": "5",
+           "TRACKER_HTTP_PORT": "0", "TRACKER_UDP_PORT": "0", "DATA_DIR": str(tmp_path),
+           "GRACE_SECONDS": "5",
            "CREDENTIAL_FILE": credential_file(tmp_path)}
     env.update(overrides)
     return env
@@ -48,7 +49,7 @@ def test_sigterm_finishes_the_announce_in_flight_then_exits_0(tmp_path):
         while "node_started" not in events:
             line = json.loads(process.stdout.readline())
             events[line["event"]] = line
-        port = events["tracker_http_started"]["http_port"]
+        port = events["tracker_started"]["http_port"]
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             conn.sendall(b"GET /announce?info_hash=" + b"%41" * 20)  # half a request
             process.send_signal(signal.SIGTERM)
