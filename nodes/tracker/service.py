@@ -16,6 +16,7 @@ import threading
 import grpc
 from prometheus_client import Gauge
 
+from nodes.common.config import ConfigError
 from nodes.common.role import NodeContext, RoleNode
 from nodes.rpc import tracker_pb2, tracker_pb2_grpc
 from nodes.tracker.http import TrackerHTTPServer, TrackerMetrics, TrackerPolicy
@@ -34,6 +35,11 @@ class TrackerNode(RoleNode, tracker_pb2_grpc.TrackerServicer):
         config = ctx.config
         self._ctx = ctx
         interval = config["TRACKER_INTERVAL_SECONDS"]
+        if config["TRACKER_MIN_INTERVAL_SECONDS"] > interval:
+            raise ConfigError("TRACKER_MIN_INTERVAL_SECONDS must not exceed "
+                              "TRACKER_INTERVAL_SECONDS")
+        if config["TRACKER_DEFAULT_NUMWANT"] > config["TRACKER_MAX_NUMWANT"]:
+            raise ConfigError("TRACKER_DEFAULT_NUMWANT must not exceed TRACKER_MAX_NUMWANT")
         peer_timeout = interval * (config["TRACKER_MISSED_ANNOUNCES"] + 1)
         self.tracker = Tracker(peer_timeout=peer_timeout,
                                max_swarms=config["TRACKER_MAX_SWARMS"],

@@ -34,7 +34,8 @@ def test_help_lists_the_tracker_settings(tmp_path):
 
 def test_a_bad_variable_exits_2_naming_it(tmp_path):
     for name, value in (("TRACKER_HTTP_PORT", "70000"), ("TRACKER_INTERVAL_SECONDS", "0"),
-                        ("TRACKER_MAX_NUMWANT", "many")):
+                        ("TRACKER_MAX_NUMWANT", "many"), ("TRACKER_MIN_INTERVAL_SECONDS", "600"),
+                        ("TRACKER_DEFAULT_NUMWANT", "500")):
         done = subprocess.run([sys.executable, "-m", "nodes.tracker"], capture_output=True,
                               text=True, env=tracker_env(tmp_path, **{name: value}), timeout=30)
         assert done.returncode == 2, (name, done.stderr)
