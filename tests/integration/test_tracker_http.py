@@ -147,10 +147,11 @@ def test_bad_announces_get_a_failure_reason(shared_tracker, query, fragment):
 
 
 def test_huge_numwant_is_capped(lab):
-    node = start_tracker(lab, TRACKER_MAX_NUMWANT=3)
+    node = start_tracker(lab, TRACKER_DEFAULT_NUMWANT=2, TRACKER_MAX_NUMWANT=3)
     for n in range(1, 8):
         announce(node, peer=n, event="started")
     assert len(announce(node, peer=1, numwant=10**12)[b"peers"]) == 3 * 6
+    assert len(announce(node, peer=1)[b"peers"]) == 2 * 6
 
 
 def test_other_paths_methods_and_oversized_requests(tracker):
