@@ -223,6 +223,9 @@ def main(spec: RoleSpec, argv: Sequence[str] | None = None,
     except (OSError, RuntimeError) as exc:
         print(f"nodes.{spec.name}: cannot start: {exc}", file=sys.stderr)
         return 1
-    stopping.wait()
+    # With a timeout: a signal the kernel hands to another thread (a role's HTTP server,
+    # say) only runs its Python handler once this thread wakes; an endless wait never does.
+    while not stopping.wait(timeout=0.5):
+        pass
     node.stop()
     return 0
