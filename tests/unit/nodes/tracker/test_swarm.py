@@ -14,19 +14,6 @@ TORRENT = b"T" * 20
 OTHER = b"O" * 20
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 @pytest.fixture
 def tracker(clock):
     return Tracker(peer_timeout=90, clock=clock, rng=random.Random(7))

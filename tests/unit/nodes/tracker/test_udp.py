@@ -21,19 +21,6 @@ POLICY = TrackerPolicy(interval=120, min_interval=30, default_numwant=50, max_nu
                        max_scrape_hashes=3)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 @pytest.fixture
 def udp(clock):
     tracker = Tracker(peer_timeout=360, clock=clock, rng=random.Random(1))
