@@ -8,14 +8,18 @@ question "which one is more resource efficient?":
 
 - iterative: one call at a time. The node has ONE RPC thread, shared by the
   Bank, Control and health services: while a Work call runs, a health check
-  or a Control.Status waits its turn. That is what iterative means (and why a
-  long Work can make the machine look unhealthy).
+  or a Control.Status waits its turn, and so does the next call (none is
+  refused). That is what iterative means (and why a long Work can make the
+  machine look unhealthy).
 - threaded (default): APP_WORKERS threads; a call waiting for the data tier
-  or in Work's wait holds its thread.
+  or in Work's wait holds its thread. One more call than APP_WORKERS (or
+  MAX_CONCURRENT_RPCS) is refused RESOURCE_EXHAUSTED at once, while health
+  and Control keep threads of their own.
 - async: a grpc.aio server; Bank calls are coroutines on one event loop using
   AsyncDataClient, so waiting holds no thread, but Work's CPU part stops
   every other call. Control and health keep their blocking servicers and run
-  in APP_WORKERS threads beside the loop (nodes.common.aio).
+  in APP_WORKERS threads beside the loop (nodes.common.aio). It takes up to
+  MAX_CONCURRENT_RPCS calls at once (default 256).
 - process: APP_PROCESSES processes share the port (nodes.app.processes), each
   a threaded node: CPU work runs on several cores at once.
 
@@ -52,6 +56,7 @@ KV_SERVICE_NAME = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name
 ARCHITECTURES = ("iterative", "threaded", "async", "process")
 TRANSFER_RESULTS = ("committed", "replayed", "rejected", "failed", "unknown")
 MAX_PROCESSES = 64
+ASYNC_MAX_CONCURRENT_RPCS = 256
 STATUS_TIMEOUT_SECONDS = 2.0
 # Refusals of the request itself; every other error left the transfer undone for the
 # bank's own reasons (data tier down, contention), or its outcome unknown.
@@ -116,9 +121,13 @@ def limits_from(config: dict[str, Any]) -> Limits:
 
 def server_mode_for(architecture: str, workers: int) -> ServerMode:
     if architecture == "iterative":
-        return ServerMode(workers=1)
-    return ServerMode(workers=workers, asyncio=architecture == "async",
-                      reuse_port=architecture == "process")
+        # One thread for everything, health included, and no refusals: that is the lesson.
+        return ServerMode(workers=1, reserved_threads=0)
+    if architecture == "async":
+        # Waiting holds no thread here, so the limit is well above the pool's size.
+        return ServerMode(workers=workers, asyncio=True,
+                          max_concurrent_rpcs=ASYNC_MAX_CONCURRENT_RPCS)
+    return ServerMode(workers=workers, reuse_port=architecture == "process")
 
 
 class BankMetrics:

@@ -14,13 +14,20 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
 
 from nodes.common.faults import FaultRules
-from nodes.common.interceptors import ServerInterceptor, drop_seconds
+from nodes.common.interceptors import (
+    KINDS,
+    Admission,
+    ServerInterceptor,
+    Undecodable,
+    drop_seconds,
+    tolerant,
+)
 from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
 
@@ -88,10 +95,12 @@ class _MigratedContext:
 
 
 class AioServerInterceptor(grpc.aio.ServerInterceptor):
-    """`ServerInterceptor`'s metrics, fault rules and bug mapping, for a grpc.aio server."""
+    """`ServerInterceptor`'s metrics, limit, request check, fault rules and bug mapping, for a
+    grpc.aio server."""
 
-    def __init__(self, metrics: NodeMetrics, rules: FaultRules, log: EventLog) -> None:
-        self._blocking = ServerInterceptor(metrics, rules, log)
+    def __init__(self, metrics: NodeMetrics, rules: FaultRules, log: EventLog,
+                 admission: Admission) -> None:
+        self._blocking = ServerInterceptor(metrics, rules, log, admission)
         self._meter = self._blocking.meter
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -99,48 +108,91 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        for kind, streams_out in (("unary_unary", False), ("unary_stream", True),
-                                  ("stream_unary", False), ("stream_stream", True)):
+        handler = handler._replace(request_deserializer=tolerant(handler.request_deserializer))
+        for kind, streams_in, streams_out in KINDS:
             behavior = getattr(handler, kind)
             if behavior is not None:
-                return handler._replace(**{kind: self._wrap(behavior, method, streams_out)})
+                return handler._replace(**{kind: self._wrap(behavior, method, streams_in,
+                                                            streams_out)})
         return handler
 
-    def _wrap(self, behavior: Callable, method: str, streams_out: bool) -> Callable:
+    def _wrap(self, behavior: Callable, method: str, streams_in: bool,
+              streams_out: bool) -> Callable:
         # grpc.aio runs a coroutine or async-generator behavior on the loop and any
         # other in its migration thread pool: each wrapper keeps the kind it wraps.
         if inspect.isasyncgenfunction(behavior):
-            return self._wrap_async_generator(behavior, method)
+            return self._wrap_async_generator(behavior, method, streams_in)
         if inspect.iscoroutinefunction(behavior):
-            return self._wrap_coroutine(behavior, method)
-        wrapped = self._blocking.wrap(behavior, method, streams_out)
+            return self._wrap_coroutine(behavior, method, streams_in)
+        wrapped = self._blocking.wrap(behavior, method, streams_in, streams_out)
         return lambda request, context: wrapped(request, _MigratedContext(context))
 
-    def _wrap_coroutine(self, behavior: Callable[..., Awaitable], method: str) -> Callable:
+    def _wrap_coroutine(self, behavior: Callable[..., Awaitable], method: str,
+                        streams_in: bool) -> Callable:
+        bounded = self._meter.admission.bounds(method)
+
         async def metered(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = self._meter.begin()
+            started = await self._begin(method, context, request, bounded)
             try:
                 await self._inject(method, context)
-                result = await behavior(request, context)
+                result = await behavior(self._arguments(request, method, context, streams_in),
+                                        context)
             except BaseException as exc:  # noqa: BLE001 - every ending is recorded
                 await self._fail(method, context, started, exc)
+            finally:
+                if bounded:
+                    self._meter.admission.leave()
             self._meter.record(method, started, context.code() or grpc.StatusCode.OK)
             return result
 
         return metered
 
-    def _wrap_async_generator(self, behavior: Callable, method: str) -> Callable:
+    def _wrap_async_generator(self, behavior: Callable, method: str,
+                              streams_in: bool) -> Callable:
+        bounded = self._meter.admission.bounds(method)
+
         async def metered(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = self._meter.begin()
+            started = await self._begin(method, context, request, bounded)
             try:
                 await self._inject(method, context)
-                async for response in behavior(request, context):
+                async for response in behavior(
+                        self._arguments(request, method, context, streams_in), context):
                     yield response
             except BaseException as exc:  # noqa: BLE001
                 await self._fail(method, context, started, exc)
+            finally:
+                if bounded:
+                    self._meter.admission.leave()
             self._meter.record(method, started, context.code() or grpc.StatusCode.OK)
 
         return metered
+
+    async def _begin(self, method: str, context: grpc.aio.ServicerContext, request: Any,
+                     bounded: bool) -> float:
+        """Start metering; refuse the call (raises) when undecodable or over the limit."""
+        started = self._meter.begin()
+        if isinstance(request, Undecodable):
+            message = self._meter.undecodable(method, request)
+            self._meter.record(method, started, grpc.StatusCode.INVALID_ARGUMENT)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        if bounded and not self._meter.admission.try_enter():
+            message = self._meter.overloaded(method)
+            self._meter.record(method, started, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        return started
+
+    def _arguments(self, request: Any, method: str, context: grpc.aio.ServicerContext,
+                   streams_in: bool) -> Any:
+        return self._decoded(request, method, context) if streams_in else request
+
+    async def _decoded(self, requests: AsyncIterator[Any], method: str,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """A request stream that ends the call INVALID_ARGUMENT at its first undecodable one."""
+        async for request in requests:
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    self._meter.undecodable(method, request))
+            yield request
 
     async def _inject(self, method: str, context: grpc.aio.ServicerContext) -> None:
         decision = self._meter.fault(method, context)

@@ -126,6 +126,11 @@ COMMON_SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_MESSAGE_BYTES", int, 4 * 1024 * 1024, "largest gRPC message accepted or sent",
             positive),
     Setting("WORKERS", int, 16, "threads serving RPCs", positive),
+    Setting("MAX_CONCURRENT_RPCS", int, 0,
+            "calls of the role's services worked on at once; one more is refused "
+            "RESOURCE_EXHAUSTED at once (health, Control and reflection are never refused "
+            "and have threads of their own); 0: the role's default (one per worker thread)",
+            non_negative),
     Setting("RPC_TIMEOUT_SECONDS", float, 2.0, "default deadline of outgoing RPCs", positive),
     Setting("PEERS", comma_list, (), "DNS names whose addresses are this node's peers "
             "(a Compose service name gives every replica)"),

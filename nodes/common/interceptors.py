@@ -1,10 +1,14 @@
-"""gRPC interceptors that give every RPC, served or sent, metrics and fault rules.
+"""gRPC interceptors that give every RPC, served or sent, metrics, limits and fault rules.
 
 `ServerInterceptor` wraps every handler of a node's server: it counts and
-times the call, applies inbound fault rules, and turns an unexpected
-exception into INTERNAL with a one-line message (never a stack trace to the
-caller). `ServerCallMeter` is the part of that which does no waiting, shared
-with the asyncio server's interceptor (nodes.common.aio). `ClientInterceptor`
+times the call, refuses it RESOURCE_EXHAUSTED when the node already works on
+MAX_CONCURRENT_RPCS calls (`Admission`; health, Control and reflection are
+never refused), refuses an undecodable request body INVALID_ARGUMENT (the
+caller's fault, logged without a traceback), applies inbound fault rules,
+and turns an unexpected exception into INTERNAL with a one-line message
+(never a stack trace to the caller). `ServerCallMeter` is the part of that
+which does no waiting, shared with the asyncio server's interceptor
+(nodes.common.aio). `ClientInterceptor`
 does the same for one outgoing channel to one peer, adds a default deadline,
 says who is calling (`x-distlab-node`) and presents the lab credential when
 it has one (nodes.common.auth).
@@ -14,7 +18,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -26,6 +31,9 @@ from nodes.common.metrics import NodeMetrics
 
 CALLER_METADATA_KEY = "x-distlab-node"
 DROP_WAIT_CAP_SECONDS = 300.0
+# A handler's kinds: (attribute of grpc.RpcMethodHandler, streams requests, streams responses).
+KINDS = (("unary_unary", False, False), ("unary_stream", False, True),
+         ("stream_unary", True, False), ("stream_stream", True, True))
 
 
 def caller_of(context: grpc.ServicerContext) -> str:
@@ -39,6 +47,68 @@ def _method_name(method: str | bytes) -> str:
     return method.decode() if isinstance(method, bytes) else method
 
 
+class Admission:
+    """How many calls of the role's services the node works on at once; one more is refused.
+
+    Refusing at once, rather than queueing, keeps an overloaded node's answers
+    fast (a caller or the switch can go elsewhere) and its memory flat. Calls
+    of `unbounded_services` (health, Control, reflection) are neither counted
+    nor refused: a node that is busy must still say it is alive and still obey
+    its operator.
+    """
+
+    def __init__(self, limit: int, unbounded_services: tuple[str, ...]) -> None:
+        if limit < 1:
+            raise ValueError("the concurrency limit must be at least 1")
+        self.limit = limit
+        self._unbounded = tuple(f"/{service}/" for service in unbounded_services)
+        self._working = 0
+        self._lock = threading.Lock()
+
+    def bounds(self, method: str) -> bool:
+        return not method.startswith(self._unbounded)
+
+    def try_enter(self) -> bool:
+        with self._lock:
+            if self._working >= self.limit:
+                return False
+            self._working += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._working -= 1
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """What a tolerant deserializer hands the handler instead of a message it could not parse."""
+
+    message_type: str
+    error: str
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, returning `Undecodable` instead of raising.
+
+    grpc turns a deserializer's exception into INTERNAL (UNKNOWN on grpc.aio)
+    and logs a traceback; the interceptor answers INVALID_ARGUMENT instead.
+    """
+    if deserializer is None:
+        return None
+    message_class = getattr(deserializer, "__self__", None)
+    message_type = getattr(getattr(message_class, "DESCRIPTOR", None), "full_name",
+                           "request message")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - whatever the bytes were, they are the caller's
+            return Undecodable(message_type, f"{type(exc).__name__}: {exc}")
+
+    return deserialize
+
+
 class ServerCallMeter:
     """What every server interceptor does around a call, waiting aside.
 
@@ -48,14 +118,30 @@ class ServerCallMeter:
     and apply the same rules.
     """
 
-    def __init__(self, metrics: NodeMetrics, rules: FaultRules, log: EventLog) -> None:
+    def __init__(self, metrics: NodeMetrics, rules: FaultRules, log: EventLog,
+                 admission: Admission) -> None:
         self._metrics = metrics
         self._rules = rules
         self._log = log
+        self.admission = admission
+        metrics.server_concurrency_limit.set(admission.limit)
 
     def begin(self) -> float:
         self._metrics.server_in_flight.inc()
         return time.perf_counter()
+
+    def overloaded(self, method: str) -> str:
+        """Count a call refused for overload; return what its caller is told."""
+        self._metrics.server_overloaded.labels(method=method).inc()
+        return (f"overloaded: this node already works on {self.admission.limit} calls "
+                f"(its MAX_CONCURRENT_RPCS); try again later or another node")
+
+    def undecodable(self, method: str, request: Undecodable) -> str:
+        """Count and log (one line, no traceback) a request body that did not decode; return
+        what its caller is told."""
+        self._metrics.server_undecodable.labels(method=method).inc()
+        self._log.info("rpc_request_undecodable", method=method, error=request.error)
+        return f"the request body is not a valid {request.message_type}"
 
     def fault(self, method: str, context: Any) -> Decision | None:
         """The inbound fault rule acting on this call, if any; counted as injected."""
@@ -81,53 +167,92 @@ def drop_seconds(remaining: float | None) -> float:
 
 
 class ServerInterceptor(grpc.ServerInterceptor):
-    def __init__(self, metrics: NodeMetrics, rules: FaultRules, log: EventLog) -> None:
-        self.meter = ServerCallMeter(metrics, rules, log)
+    def __init__(self, metrics: NodeMetrics, rules: FaultRules, log: EventLog,
+                 admission: Admission) -> None:
+        self.meter = ServerCallMeter(metrics, rules, log, admission)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self.wrap(handler.unary_unary, method, False))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self.wrap(handler.unary_stream, method, True))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self.wrap(handler.stream_unary, method, False))
-        return handler._replace(stream_stream=self.wrap(handler.stream_stream, method, True))
+        handler = handler._replace(request_deserializer=tolerant(handler.request_deserializer))
+        for kind, streams_in, streams_out in KINDS:
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                return handler._replace(**{kind: self.wrap(behavior, method, streams_in,
+                                                           streams_out)})
+        return handler
 
-    def wrap(self, behavior: Callable, method: str, streams_out: bool) -> Callable:
-        """`behavior` (a plain function or generator handler) metered and fault-injected."""
+    def wrap(self, behavior: Callable, method: str, streams_in: bool,
+             streams_out: bool) -> Callable:
+        """`behavior` (a plain function or generator handler) metered, bounded, checked and
+        fault-injected."""
+        bounded = self.meter.admission.bounds(method)
+
+        def arguments(request: Any, context: grpc.ServicerContext) -> Any:
+            return self._decoded(request, method, context) if streams_in else request
+
         def unary_result(request: Any, context: grpc.ServicerContext) -> Any:
-            started = self._begin(method, context)
+            started = self._begin(method, context, request, bounded)
             try:
-                result = behavior(request, context)
+                result = behavior(arguments(request, context), context)
             except Exception as exc:  # noqa: BLE001 - every failure is recorded and mapped
                 self._fail(method, context, started, exc)
+            finally:
+                if bounded:
+                    self.meter.admission.leave()
             self._end(method, context, started)
             return result
 
         def streamed_result(request: Any, context: grpc.ServicerContext) -> Any:
-            started = self._begin(method, context)
+            started = self._begin(method, context, request, bounded)
             try:
-                yield from behavior(request, context)
+                yield from behavior(arguments(request, context), context)
             except Exception as exc:  # noqa: BLE001
                 self._fail(method, context, started, exc)
+            finally:  # also when the caller goes away and the generator is closed
+                if bounded:
+                    self.meter.admission.leave()
             self._end(method, context, started)
 
         return streamed_result if streams_out else unary_result
 
-    def _begin(self, method: str, context: grpc.ServicerContext) -> float:
+    def _begin(self, method: str, context: grpc.ServicerContext, request: Any,
+               bounded: bool) -> float:
+        """Start metering the call; refuse it (raises) when undecodable or over the limit.
+
+        Once this returns, a bounded call holds one place of the admission limit.
+        """
         started = self.meter.begin()
+        if isinstance(request, Undecodable):
+            message = self.meter.undecodable(method, request)
+            self.meter.record(method, started, grpc.StatusCode.INVALID_ARGUMENT)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+        if bounded and not self.meter.admission.try_enter():
+            message = self.meter.overloaded(method)
+            self.meter.record(method, started, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         decision = self.meter.fault(method, context)
         if decision is not None:
             try:
                 self._inject(context, decision)
             except Exception:
                 self.meter.record(method, started, context.code() or grpc.StatusCode.UNKNOWN)
+                if bounded:
+                    self.meter.admission.leave()
                 raise
         return started
+
+    def _decoded(self, requests: Iterator[Any], method: str,
+                 context: grpc.ServicerContext) -> Iterator[Any]:
+        """A request stream that ends the call INVALID_ARGUMENT at its first undecodable
+        message (the handler sees the abort as an exception, and `_fail` records it)."""
+        for request in requests:
+            if isinstance(request, Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              self.meter.undecodable(method, request))
+            yield request
 
     def _inject(self, context: grpc.ServicerContext, decision: Decision) -> None:
         if decision.action == "delay":

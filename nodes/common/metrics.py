@@ -154,6 +154,18 @@ class NodeMetrics:
             ["method"], buckets=LATENCY_BUCKETS, registry=registry), method=methods)
         self.server_in_flight = Gauge(
             "distlab_rpc_server_in_flight", "RPCs being served right now.", registry=registry)
+        self.server_concurrency_limit = Gauge(
+            "distlab_rpc_server_concurrency_limit",
+            "MAX_CONCURRENT_RPCS: calls of the role's services this node works on at once.",
+            registry=registry)
+        self.server_overloaded = BoundedLabels(Counter(
+            "distlab_rpc_server_overloaded_total",
+            "Calls refused RESOURCE_EXHAUSTED on arrival because MAX_CONCURRENT_RPCS calls "
+            "were already in progress.", ["method"], registry=registry), method=methods)
+        self.server_undecodable = BoundedLabels(Counter(
+            "distlab_rpc_server_undecodable_total",
+            "Calls refused INVALID_ARGUMENT because their request body did not decode.",
+            ["method"], registry=registry), method=methods)
         self.client_handled = BoundedLabels(Counter(
             "distlab_rpc_client_handled_total", "RPCs this node sent, by peer and final status.",
             ["method", "peer", "code"], registry=registry), method=methods, peer=peers, code=codes)

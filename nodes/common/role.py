@@ -64,11 +64,17 @@ class ServerMode:
     asyncio: serve with grpc.aio on an event loop thread.
     reuse_port: set SO_REUSEPORT, so processes serving the same port share it
       (the kernel spreads connections among them).
+    max_concurrent_rpcs: the role's default for MAX_CONCURRENT_RPCS (None: one
+      call per thread, which is what a thread-pool server can work on at once).
+    reserved_threads: threads beyond the limit, so health checks, Control and
+      refusals never wait behind the role's work (0: they wait their turn).
     """
 
     workers: int | None = None
     asyncio: bool = False
     reuse_port: bool = False
+    max_concurrent_rpcs: int | None = None
+    reserved_threads: int = 4
 
 
 class RoleNode:

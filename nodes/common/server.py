@@ -12,9 +12,15 @@ Protected methods (Control's and the role's `RoleSpec.protected`) need the
 lab credential (nodes.common.auth); health, reflection and the rest of the
 role's services stay open.
 
+Overload: the node works on at most MAX_CONCURRENT_RPCS calls of the role's
+services at once and refuses one more RESOURCE_EXHAUSTED at once
+(nodes.common.interceptors.Admission). A thread-pool server has threads for
+all of them plus `ServerMode.reserved_threads`, so health checks, Control
+and the refusals themselves never queue behind the role's work.
+
 A role may ask for another kind of server with its `server_mode`
-(`ServerMode`, nodes.common.role): its own thread count, SO_REUSEPORT so several processes share
-the port, or asyncio mode, where a grpc.aio server runs on an event loop
+(`ServerMode`, nodes.common.role): its own thread count and limit, SO_REUSEPORT so several
+processes share the port, or asyncio mode, where a grpc.aio server runs on an event loop
 thread of the node's own (see nodes.common.aio). In asyncio mode the role's
 `register` runs on that loop's thread and `close` is called while the loop
 still runs, so a role can make and close grpc.aio objects there.
@@ -54,7 +60,7 @@ from nodes.common.config import (
 from nodes.common.control import ControlService
 from nodes.common.durable import LogCorrupt
 from nodes.common.faults import FaultRules
-from nodes.common.interceptors import ServerInterceptor
+from nodes.common.interceptors import Admission, ServerInterceptor
 from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
 from nodes.common.peers import FailureDetector, Heartbeat
@@ -64,6 +70,9 @@ from nodes.rpc import control_pb2, control_pb2_grpc
 VERSION = "0.1.0"
 CONTROL_SERVICE = control_pb2.DESCRIPTOR.services_by_name["Control"].full_name
 CONTROL_METHODS = service_methods(control_pb2.DESCRIPTOR.services_by_name["Control"])
+# What a busy node must still answer: whether it is alive, what it is, and its operator.
+UNBOUNDED_SERVICES = (health.SERVICE_NAME, CONTROL_SERVICE, reflection.SERVICE_NAME,
+                      "grpc.reflection.v1.ServerReflection")
 
 
 class NodeServer:
@@ -124,16 +133,22 @@ class NodeServer:
         options = [("grpc.max_receive_message_length", limit),
                    ("grpc.max_send_message_length", limit),
                    ("grpc.so_reuseport", int(mode.reuse_port))]
-        self._pool = pool = futures.ThreadPoolExecutor(
-            max_workers=mode.workers or self.config["WORKERS"], thread_name_prefix="rpc")
+        threads = mode.workers or self.config["WORKERS"]
+        admission = Admission(
+            self.config["MAX_CONCURRENT_RPCS"] or mode.max_concurrent_rpcs or threads,
+            UNBOUNDED_SERVICES)
+        if not mode.asyncio:  # every admitted call holds a thread: there must be one for each
+            threads = max(threads, admission.limit) + mode.reserved_threads
+        self._pool = pool = futures.ThreadPoolExecutor(max_workers=threads,
+                                                       thread_name_prefix="rpc")
         address = f"0.0.0.0:{self.config['GRPC_PORT']}"
         if mode.asyncio:
             self._loop = EventLoopThread(f"{self.name}-loop")
             self._server, services, self.grpc_port = self._loop.run(
-                self._build_aio_server(pool, options, address))
+                self._build_aio_server(pool, options, address, admission))
         else:
             self._server = grpc.server(pool, options=options, interceptors=[
-                ServerInterceptor(self.metrics, self.rules, self.log),
+                ServerInterceptor(self.metrics, self.rules, self.log, admission),
                 CredentialInterceptor(self.credential_check)])
             services = self._add_services(self._server)
             self.grpc_port = self._server.add_insecure_port(address)
@@ -152,9 +167,10 @@ class NodeServer:
                       services=list(services), peers=list(self.config["PEERS"]))
 
     async def _build_aio_server(self, pool: futures.ThreadPoolExecutor, options: list,
-                                address: str) -> tuple[grpc.aio.Server, tuple[str, ...], int]:
+                                address: str, admission: Admission,
+                                ) -> tuple[grpc.aio.Server, tuple[str, ...], int]:
         server = grpc.aio.server(migration_thread_pool=pool, options=options, interceptors=[
-            AioServerInterceptor(self.metrics, self.rules, self.log),
+            AioServerInterceptor(self.metrics, self.rules, self.log, admission),
             AioCredentialInterceptor(self.credential_check)])
         services = self._add_services(server)
         return server, services, server.add_insecure_port(address)

@@ -79,6 +79,23 @@ def test_every_architecture_serves_work_bounds_limits_and_the_contract(lab, arch
     assert metrics.value("distlab_bank_cursors_open") == 0
 
 
+@pytest.mark.parametrize("architecture", ["iterative", "threaded", "async", "process"])
+def test_an_undecodable_request_is_invalid_argument_and_the_node_serves_on(lab, architecture):
+    node = start_app(lab, "app-1", architecture)
+    raw_work = lab.channel(node).unary_unary(WORK)
+    for garbage in (b"\xff\xff\xff\xff", b"\x0a\xff\x01", bytes(range(256))):
+        error = failure(raw_work, garbage)
+        assert (error.code(), error.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the request body is not a valid distlab.bank.WorkRequest")
+    assert bank(lab, node).Work(bank_pb2.WorkRequest(), timeout=5).served_by == "app-1"
+    metrics = lab.scrape(node)
+    assert metrics.value("distlab_rpc_server_undecodable_total", method=WORK) == 3
+    assert metrics.value("distlab_rpc_server_handled_total", method=WORK,
+                         code="INVALID_ARGUMENT") == 3
+    assert metrics.value("distlab_rpc_server_in_flight") == 0
+
+
 def reflected_services(lab, node) -> set[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(lab.channel(node))
     replies = stub.ServerReflectionInfo(

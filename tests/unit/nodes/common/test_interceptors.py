@@ -1,0 +1,40 @@
+"""The server interceptors' pure parts: the concurrency limit and the tolerant deserializer."""
+
+from __future__ import annotations
+
+import pytest
+
+from nodes.common.interceptors import Admission, Undecodable, tolerant
+from nodes.rpc import bank_pb2
+
+HEALTH = "grpc.health.v1.Health"
+
+
+def test_admission_refuses_past_the_limit_and_frees_places_as_calls_end():
+    admission = Admission(2, (HEALTH,))
+    assert admission.try_enter() and admission.try_enter()
+    assert not admission.try_enter()
+    admission.leave()
+    assert admission.try_enter()
+
+
+def test_admission_never_bounds_the_unbounded_services():
+    admission = Admission(1, (HEALTH,))
+    assert not admission.bounds("/grpc.health.v1.Health/Check")
+    assert admission.bounds("/distlab.bank.Bank/Work")
+    assert admission.bounds("/grpc.health.v1.HealthX/Check")
+
+
+def test_a_limit_below_one_is_a_mistake():
+    with pytest.raises(ValueError):
+        Admission(0, ())
+
+
+def test_tolerant_deserializer_names_the_message_instead_of_raising():
+    deserialize = tolerant(bank_pb2.WorkRequest.FromString)
+    assert deserialize(bank_pb2.WorkRequest(io_millis=5).SerializeToString()).io_millis == 5
+    refused = deserialize(b"\xff\xff\xff garbage")
+    assert isinstance(refused, Undecodable)
+    assert refused.message_type == "distlab.bank.WorkRequest"
+    assert "DecodeError" in refused.error
+    assert tolerant(None) is None  # raw-bytes handlers (the switch's) have nothing to decode
