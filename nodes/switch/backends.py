@@ -18,9 +18,19 @@ Who takes traffic, best tier first:
    moves load away from a backend, it never makes the switch refuse a call.
 An unknown backend that fails `fall` checks in a row becomes unhealthy.
 
+Panic (Envoy's panic threshold): when fewer than `panic_threshold_percent` %
+of the set look healthy (healthy or still unknown, and not ejected), the
+tiers are ignored and every backend takes calls, unhealthy and ejected ones
+included. Checks that fail everywhere at once say more often that the
+backends are busy, or the checks' own path is broken, than that every one
+of them is down; refusing every call then turns a partial outage into a full
+one. 0 turns panic off.
+
 Ejection (like Envoy's outlier detection): after `eject_after` consecutive
 gateway failures (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL; an application
-error such as NOT_FOUND resets the count) a backend is ejected for
+error such as NOT_FOUND resets the count; a status that is the caller's
+fault, such as INVALID_ARGUMENT, or says the caller gave up, leaves it
+as it was) a backend is ejected for
 `eject_seconds` x the number of its recent ejections (capped at
 MAX_EJECTION_SECONDS; each `eject_seconds` spent back without an ejection
 forgets one). At most `max_ejected_percent` % of the set, rounded down, is
@@ -44,8 +54,11 @@ from nodes.common.peers import FailureDetector
 UNKNOWN, HEALTHY, UNHEALTHY, EJECTED = "unknown", "healthy", "unhealthy", "ejected"
 GATEWAY_FAILURES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                               grpc.StatusCode.INTERNAL})
-# The caller gave up: says nothing about the backend either way.
-NEUTRAL_CODES = frozenset({grpc.StatusCode.CANCELLED})
+# The caller gave up, or sent what no backend could serve: says nothing about the backend
+# either way, so a client sending garbage can neither eject a backend nor hide a failing one.
+NEUTRAL_CODES = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.INVALID_ARGUMENT,
+                           grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.UNAUTHENTICATED,
+                           grpc.StatusCode.PERMISSION_DENIED})
 MAX_EJECTION_SECONDS = 300.0
 
 
@@ -79,18 +92,24 @@ class SetChange:
 
 class BackendPool:
     def __init__(self, *, rise: int, fall: int, eject_after: int, eject_seconds: float,
-                 max_ejected_percent: int, clock: Callable[[], float] = time.monotonic) -> None:
-        if eject_after < 1 or eject_seconds <= 0 or not 0 <= max_ejected_percent <= 100:
-            raise ValueError("eject_after >= 1, eject_seconds > 0, max_ejected_percent in 0-100")
+                 max_ejected_percent: int, panic_threshold_percent: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if (eject_after < 1 or eject_seconds <= 0 or not 0 <= max_ejected_percent <= 100
+                or not 0 <= panic_threshold_percent <= 100):
+            raise ValueError("eject_after >= 1, eject_seconds > 0, max_ejected_percent and "
+                             "panic_threshold_percent in 0-100")
         self._rise = rise
         self._fall = fall
         self._eject_after = eject_after
         self._eject_seconds = eject_seconds
         self._max_ejected_percent = max_ejected_percent
+        self._panic_threshold_percent = panic_threshold_percent
         self._clock = clock
         self._backends: dict[str, Backend] = {}
         self._tiers: tuple[tuple[Backend, ...], ...] = ((), (), ())
         self._routable: tuple[Backend, ...] = ()
+        #: True while too few backends look healthy and every one takes calls.
+        self.panic = False
         self._lock = threading.Lock()
 
     # -- the set -----------------------------------------------------------------------------
@@ -221,6 +240,12 @@ class BackendPool:
     def _retier(self) -> None:
         ordered = sorted(self._backends.values(), key=lambda backend: backend.name)
         in_service = [backend for backend in ordered if backend.ejected_until is None]
+        looking_healthy = sum(1 for backend in in_service if backend.health != UNHEALTHY)
+        self.panic = looking_healthy * 100 < len(ordered) * self._panic_threshold_percent
+        if self.panic:
+            self._tiers = (tuple(ordered),)
+            self._routable = self._tiers[0]
+            return
         self._tiers = (
             tuple(backend for backend in in_service if backend.health == HEALTHY),
             tuple(backend for backend in in_service if backend.health == UNKNOWN),

@@ -154,11 +154,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SWITCH_HEALTH_FALL", int, 3, "failed checks in a row before it is unhealthy",
             positive),
     Setting("SWITCH_EJECT_CONSECUTIVE_FAILURES", int, 3,
-            "UNAVAILABLE/DEADLINE_EXCEEDED/INTERNAL answers in a row that eject a backend",
+            "UNAVAILABLE/DEADLINE_EXCEEDED/INTERNAL answers in a row that eject a backend "
+            "(a caller's fault, such as INVALID_ARGUMENT, never counts)",
             positive),
     Setting("SWITCH_EJECT_SECONDS", float, 5.0,
             "first ejection's length; each repeated ejection lasts one more of these",
             positive),
     Setting("SWITCH_MAX_EJECTED_PERCENT", int, 50,
             "most backends ejected at once, in % of the set (rounded down)", percent),
+    Setting("SWITCH_PANIC_THRESHOLD_PERCENT", int, 50,
+            "when fewer than this % of the backends look healthy (passing or not yet "
+            "checked, not ejected), every backend takes calls rather than the switch "
+            "refusing them (Envoy's panic threshold); 0: never", percent),
 )

@@ -57,6 +57,10 @@ class SwitchMetrics:
             "distlab_switch_refused_total",
             "Calls answered UNIMPLEMENTED because their method is not one the switch forwards.",
             registry=registry)
+        self.panic = Gauge(
+            "distlab_switch_panic",
+            "1 while too few backends look healthy (SWITCH_PANIC_THRESHOLD_PERCENT) and every "
+            "backend takes calls, else 0.", registry=registry)
         self.no_backend = Counter(
             "distlab_switch_no_backend_total",
             "Calls refused with UNAVAILABLE because no backend could take them.",

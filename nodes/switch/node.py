@@ -11,10 +11,13 @@ server answers, runs two background threads around the sans-I/O BackendPool:
 - health: a grpc.health.v1 Check to every backend each
   SWITCH_HEALTH_INTERVAL_SECONDS through the node's Channels (so checks show
   in the client metrics and obey outbound fault rules), and ejected backends
-  whose time is up come back.
+  whose time is up come back. It logs when panic routing (fewer than
+  SWITCH_PANIC_THRESHOLD_PERCENT of the backends look healthy, so all take
+  calls; nodes/switch/backends.py) starts and stops.
 
 Control.Reconfigure({"backends": "...", "policy": "..."}) re-points the switch
-at run time (migration uses it); Control.Status shows every backend's state.
+at run time (migration uses it); Control.Status shows every backend's state
+and whether the switch is in panic.
 
 What it forwards is configuration (SWITCH_SERVICES, the bank and KV services
 by default), checked at start against the descriptors compiled into the
@@ -45,7 +48,7 @@ from nodes.common.config import ConfigError
 from nodes.common.logs import EventLog
 from nodes.common.peers import discover, machine_name_of, own_targets
 from nodes.common.role import NodeContext, RoleError, RoleNode
-from nodes.switch.backends import HEALTHY, Backend, BackendPool
+from nodes.switch.backends import HEALTHY, UNKNOWN, Backend, BackendPool
 from nodes.switch.config import BACKEND_PORT, CONTROL_SERVICE, forwarded_methods, parse_backends
 from nodes.switch.forwarder import BackendLink, Forwarder, ForwardingRules
 from nodes.switch.metrics import SwitchMetrics
@@ -110,8 +113,11 @@ class SwitchNode(RoleNode):
             rise=config["SWITCH_HEALTH_RISE"], fall=config["SWITCH_HEALTH_FALL"],
             eject_after=config["SWITCH_EJECT_CONSECUTIVE_FAILURES"],
             eject_seconds=config["SWITCH_EJECT_SECONDS"],
-            max_ejected_percent=config["SWITCH_MAX_EJECTED_PERCENT"])
+            max_ejected_percent=config["SWITCH_MAX_EJECTED_PERCENT"],
+            panic_threshold_percent=config["SWITCH_PANIC_THRESHOLD_PERCENT"])
         self._metrics = SwitchMetrics(ctx.registry)
+        self._metrics.panic.set_function(lambda: 1 if self._pool.panic else 0)
+        self._was_panicking = False
         self._forwarder = Forwarder(
             node=ctx.name, pool=self._pool,
             policy=make_policy(config["SWITCH_POLICY"], rng=self._rng),
@@ -229,6 +235,24 @@ class SwitchNode(RoleNode):
         for backend in self._pool.expire():
             self._ctx.log.info("backend_returned", backend=backend.name,
                                ejections=backend.ejections)
+        self._log_panic_change()
+
+    def _log_panic_change(self) -> None:
+        """One log line when panic routing starts or stops (an ejection between two rounds
+        shows at the next round)."""
+        panic = self._pool.panic
+        if panic == self._was_panicking:
+            return
+        self._was_panicking = panic
+        backends = self._pool.backends()
+        self._ctx.log.warning("switch_panic" if panic else "switch_panic_over",
+                              looking_healthy=self._looking_healthy(backends),
+                              backends=len(backends),
+                              threshold_percent=self._ctx.config["SWITCH_PANIC_THRESHOLD_PERCENT"])
+
+    @staticmethod
+    def _looking_healthy(backends: list[Backend]) -> int:
+        return sum(1 for backend in backends if backend.state in (HEALTHY, UNKNOWN))
 
     # -- Control --------------------------------------------------------------------------------
 
@@ -237,10 +261,18 @@ class SwitchNode(RoleNode):
         healthy = sum(1 for backend in backends if backend.state == HEALTHY)
         state = {"policy": self._forwarder.policy.name, "entries": ",".join(self._entries),
                  "backends": f"{healthy}/{len(backends)}",
+                 "panic": self._panic_status(backends),
                  "in_flight": str(sum(backend.outstanding for backend in backends))}
         for backend in backends:
             state[f"backend.{backend.name}"] = backend.state
         return state
+
+    def _panic_status(self, backends: list[Backend]) -> str:
+        if not self._pool.panic:
+            return "no"
+        return (f"yes: {self._looking_healthy(backends)}/{len(backends)} look healthy, under "
+                f"{self._ctx.config['SWITCH_PANIC_THRESHOLD_PERCENT']}%; every backend "
+                f"takes calls")
 
     def reconfigure(self, settings: dict[str, str]) -> dict[str, str]:
         unknown = sorted(set(settings) - set(RECONFIGURABLE))

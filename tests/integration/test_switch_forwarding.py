@@ -203,7 +203,8 @@ def test_a_backend_that_never_answers_is_marked_unhealthy_then_refused(lab):
     backend = lab.start("echo-1", spec=ECHO_SPEC)
     address = lab.address(backend)
     lab.stop(backend)
-    switch = start_switch(lab, SWITCH_BACKENDS=address)
+    # Panic off: otherwise a set with no healthy backend routes to all of them (below).
+    switch = start_switch(lab, SWITCH_BACKENDS=address, SWITCH_PANIC_THRESHOLD_PERCENT=0)
     lab.wait_until(lambda: switch_state(lab, switch)[f"backend.{address}"] == "unhealthy",
                    what="the dead backend unhealthy")
     with pytest.raises(grpc.RpcError) as caught:
@@ -212,3 +213,26 @@ def test_a_backend_that_never_answers_is_marked_unhealthy_then_refused(lab):
     assert caught.value.details() == ("no healthy backend: none of the 1 known backends may "
                                       "take calls")
     assert switch_state(lab, switch)["backends"] == "0/1"
+
+
+def test_in_panic_every_backend_takes_calls_when_too_few_look_healthy(lab):
+    backends = [lab.start(f"echo-{n}", spec=ECHO_SPEC) for n in (1, 2, 3)]
+    switch = start_switch(lab, *backends)
+    wait_all_healthy(lab, switch, 3)
+    assert switch_state(lab, switch)["panic"] == "no"
+    assert lab.scrape(switch).value("distlab_switch_panic") == 0
+    # Two of three fail their health checks (a fault rule on the switch's checks only),
+    # though they serve calls: under 50 % healthy, the switch routes to all three.
+    for backend in backends[:2]:
+        lab.control(switch).AddFaultRule(Rule(method="/grpc.health.v1.Health/Check",
+                                              peer=lab.address(backend), action=Rule.ERROR,
+                                              direction=Rule.OUTBOUND), timeout=5)
+    lab.wait_until(lambda: switch_state(lab, switch)["backends"] == "1/3",
+                   what="two backends unhealthy")
+    state = switch_state(lab, switch)
+    assert state["panic"].startswith("yes: 1/3 look healthy, under 50%")
+    assert lab.scrape(switch).value("distlab_switch_panic") == 1
+    served = Counter(echo(lab.kv(switch))["node"] for _ in range(9))
+    assert served == {"echo-1": 3, "echo-2": 3, "echo-3": 3}
+    lab.control(switch).ClearFaultRules(control_pb2.ClearFaultRulesRequest(), timeout=5)
+    lab.wait_until(lambda: switch_state(lab, switch)["panic"] == "no", what="panic over")

@@ -24,7 +24,8 @@ class Clock:
 
 
 def make_pool(clock=None, *, count: int = 0, **overrides) -> BackendPool:
-    settings = dict(rise=2, fall=3, eject_after=3, eject_seconds=5.0, max_ejected_percent=50)
+    settings = dict(rise=2, fall=3, eject_after=3, eject_seconds=5.0, max_ejected_percent=50,
+                    panic_threshold_percent=0)
     settings.update(overrides)
     pool = BackendPool(clock=clock or Clock(), **settings)
     found = {f"app-{n}": f"10.0.0.{n}:50051" for n in range(1, count + 1)}
@@ -164,8 +165,8 @@ def test_consecutive_gateway_failures_eject_for_a_while(code):
     assert fail(pool, "app-1", 2) == [False, False]  # the count starts over once back
 
 
-@pytest.mark.parametrize("code", [Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND,
-                                  Code.FAILED_PRECONDITION, Code.ALREADY_EXISTS])
+@pytest.mark.parametrize("code", [Code.OK, Code.NOT_FOUND, Code.FAILED_PRECONDITION,
+                                  Code.ALREADY_EXISTS, Code.RESOURCE_EXHAUSTED])
 def test_an_answer_that_is_not_a_gateway_failure_resets_the_count(code):
     pool = make_pool(count=2)
     fail(pool, "app-1", 2)
@@ -174,11 +175,50 @@ def test_an_answer_that_is_not_a_gateway_failure_resets_the_count(code):
     assert by_name(pool)["app-1"].state != EJECTED
 
 
-def test_a_cancelled_call_neither_counts_nor_resets():
+@pytest.mark.parametrize("code", [Code.CANCELLED, Code.INVALID_ARGUMENT, Code.OUT_OF_RANGE,
+                                  Code.UNAUTHENTICATED, Code.PERMISSION_DENIED])
+def test_a_cancelled_call_or_the_callers_fault_neither_counts_nor_resets(code):
     pool = make_pool(count=2)
     fail(pool, "app-1", 2)
-    fail(pool, "app-1", 5, Code.CANCELLED)
+    fail(pool, "app-1", 12, code)
+    assert by_name(pool)["app-1"].state != EJECTED
     assert fail(pool, "app-1", 1) == [True]
+
+
+# -- panic -----------------------------------------------------------------------------------------
+
+def test_under_the_panic_threshold_every_backend_takes_calls():
+    pool = make_pool(count=4, panic_threshold_percent=50)
+    check(pool, "++")
+    check(pool, "---", "app-1", "app-2")
+    assert not pool.panic and names(pool.candidates()) == ["app-3", "app-4"]  # 50 %: not under
+    check(pool, "---", "app-3")
+    assert pool.panic
+    assert names(pool.candidates()) == ["app-1", "app-2", "app-3", "app-4"]
+    assert names(pool.candidates(exclude=[by_name(pool)["app-4"]])) == ["app-1", "app-2",
+                                                                        "app-3"]
+    check(pool, "++", "app-3")
+    assert not pool.panic and names(pool.candidates()) == ["app-3", "app-4"]
+
+
+def test_ejected_backends_count_as_unhealthy_for_panic():
+    pool = make_pool(count=3, panic_threshold_percent=50, max_ejected_percent=100)
+    check(pool, "++")
+    fail(pool, "app-1", 3)
+    assert not pool.panic
+    fail(pool, "app-2", 3)
+    assert pool.panic and names(pool.candidates()) == ["app-1", "app-2", "app-3"]
+
+
+def test_backends_not_checked_yet_do_not_start_a_panic():
+    pool = make_pool(count=3, panic_threshold_percent=100)
+    assert not pool.panic and names(pool.candidates()) == ["app-1", "app-2", "app-3"]
+
+
+def test_panic_off_keeps_refusing_unhealthy_backends():
+    pool = make_pool(count=2, panic_threshold_percent=0)
+    check(pool, "---")
+    assert not pool.panic and pool.candidates() == ()
 
 
 def test_never_more_than_the_capped_share_is_ejected():

@@ -10,7 +10,8 @@ from nodes.switch.metrics import SwitchMetrics
 def test_backends_past_the_label_limit_count_under_other_and_export_no_gauges():
     registry = CollectorRegistry()
     metrics = SwitchMetrics(registry)
-    pool = BackendPool(rise=1, fall=1, eject_after=3, eject_seconds=5, max_ejected_percent=50)
+    pool = BackendPool(rise=1, fall=1, eject_after=3, eject_seconds=5, max_ejected_percent=50,
+                       panic_threshold_percent=50)
     backends = [pool.new_backend(f"app-{n}", f"10.0.0.{n}:50051")
                 for n in range(MAX_PEER_LABELS + 6)]
     for backend in backends:
