@@ -11,9 +11,12 @@ requested, endgame: the remaining blocks are requested from every peer that has
 them too, and `block_received` names the duplicates to cancel.
 
 The picker also remembers who sent each block of a piece: when the store finds the
-piece's SHA-1 wrong, `piece_failed` returns those peers (the caller bans them) and
-the piece is fetched again. A peer that disconnects (`remove_peer`) or chokes us
-(`peer_choked`: BEP 3 peers drop our requests then) gives its requests back.
+piece's SHA-1 wrong, `piece_failed` returns those peers and the piece is fetched
+again. One sender is the culprit (the caller bans it); among several, the caller
+puts each on `parole`, as libtorrent does: a peer on parole only downloads whole
+pieces by itself, so its next bad piece names it alone. A peer that disconnects
+(`remove_peer`) or chokes us (`peer_choked`: BEP 3 peers drop our requests then)
+gives its requests back.
 
 Callers: the session (nodes.bittorrent.session). Peers are any hashable key; the
 random source is injected. No I/O; memory is per piece and per outstanding request.
@@ -34,6 +37,7 @@ PeerKey = Hashable
 class _Progress:
     """A started piece: the blocks still missing, who has each requested, who sent each."""
     missing: set[Block]
+    owner: PeerKey | None = None  # a peer on parole, downloading this piece alone
     requested: dict[Block, set[PeerKey]] = field(default_factory=dict)
     senders: dict[Block, PeerKey] = field(default_factory=dict)
 
@@ -56,6 +60,7 @@ class Picker:
         self._peer_pieces: dict[PeerKey, set[int]] = {}
         self._outstanding: dict[PeerKey, set[Block]] = {}
         self._started: dict[int, _Progress] = {}
+        self._on_parole: set[PeerKey] = set()
         # Blocks of missing pieces that no peer has been asked for: endgame starts at 0.
         self._unrequested = sum(len(layout.blocks(index)) for index in self.missing())
 
@@ -93,8 +98,16 @@ class Picker:
             known.add(index)
             self._availability[index] += 1
 
+    def parole(self, peer: PeerKey) -> None:
+        """From now on `peer` downloads only pieces no one else sends blocks of."""
+        self._on_parole.add(peer)
+
     def remove_peer(self, peer: PeerKey) -> None:
         self.peer_choked(peer)
+        self._on_parole.discard(peer)
+        for progress in self._started.values():
+            if progress.owner == peer:
+                progress.owner = None
         for index in self._peer_pieces.pop(peer, ()):
             self._availability[index] -= 1
         self._outstanding.pop(peer, None)
@@ -125,7 +138,9 @@ class Picker:
 
     def _next_block(self, peer: PeerKey) -> Block | None:
         theirs = self._peer_pieces[peer]
-        started = [index for index in self._started if index in theirs]
+        owner = peer if peer in self._on_parole else None
+        started = [index for index in self._started
+                   if index in theirs and self._started[index].owner == owner]
         # Pieces closest to done first: they become shareable soonest.
         started.sort(key=lambda index: len(self._started[index].missing))
         for index in started:
@@ -134,7 +149,7 @@ class Picker:
                     return block
         index = self._new_piece(theirs)
         if index is not None:
-            self._started[index] = _Progress(missing=set(self.layout.blocks(index)))
+            self._started[index] = _Progress(missing=set(self.layout.blocks(index)), owner=owner)
             return self.layout.blocks(index)[0]
         if self.endgame:
             mine = self._outstanding[peer]

@@ -151,3 +151,21 @@ def test_a_whole_download_from_three_peers_ends_complete():
             p.piece_verified(block.index)
     assert p.have == set(ALL) and not p.endgame
     assert all(p.outstanding(peer) == set() for peer in "abc")
+
+
+def test_a_peer_on_parole_downloads_whole_pieces_alone():
+    p = picker(pipeline_depth=3)
+    p.add_peer("suspect", ALL)
+    p.add_peer("other", ALL)
+    p.parole("suspect")
+    mine = p.requests_for("suspect")
+    (piece,) = {block.index for block in mine}
+    theirs = p.requests_for("other")
+    assert piece not in {block.index for block in theirs}  # its 4th block is left to it
+    p.block_received("suspect", mine[0])
+    assert [block.index for block in p.requests_for("suspect")] == [piece]
+    # once it is gone, what it started is anyone's
+    p.remove_peer("suspect")
+    for block in theirs:
+        p.block_received("other", block)
+    assert {block.index for block in p.requests_for("other")} >= {piece}
