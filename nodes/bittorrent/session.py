@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from nodes.bittorrent.choker import Choker
 from nodes.bittorrent.layout import Layout
@@ -75,7 +75,6 @@ class Connection:
     peer_choking: bool = True
     peer_interested: bool = False
     bitfield_allowed: bool = True  # only as the first message after the handshake
-    their_pieces: set[int] = field(default_factory=set)
     uploaded: int = 0
     downloaded: int = 0
 
@@ -176,10 +175,10 @@ class TorrentSession:
                 self._close(peer, "bitfield after the first message")
                 return
             for index in message.pieces():
-                self._peer_has(peer, connection, index)
+                self.picker.peer_has(peer, index)
             self._update_interest(peer, connection)
         elif isinstance(message, Have):
-            self._peer_has(peer, connection, message.index)
+            self.picker.peer_has(peer, message.index)
             self._update_interest(peer, connection)
         elif isinstance(message, Choke):
             connection.peer_choking = True
@@ -196,10 +195,6 @@ class TorrentSession:
             self._receive(peer, connection, message)
         # Cancel has nothing to cancel, as requests are answered at once; Port is for a
         # DHT we do not run.
-
-    def _peer_has(self, peer: PeerKey, connection: Connection, index: int) -> None:
-        connection.their_pieces.add(index)
-        self.picker.peer_has(peer, index)
 
     def _serve(self, peer: PeerKey, connection: Connection, request: Request) -> None:
         if connection.am_choking or request.block.index not in self.picker.have:
