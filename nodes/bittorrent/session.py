@@ -13,18 +13,25 @@ our handshake and bitfield go out at once; the peer's bitfield is accepted only 
 its first message (keep-alives aside). Requests from a peer we choke are dropped,
 as BEP 3 says, and requests for pieces we lack are ignored. A connection that sends nothing for
 `idle_timeout_seconds` is closed; we send a keep-alive after `keepalive_seconds` of
-our own silence. Uploads are answered at once: pacing them (rate limits) is the
-adapter's job, on the socket. Clock and randomness are injected.
+our own silence.
+
+Uploads are pulled, not pushed: a peer's requests wait in a queue (cancel removes
+one, a choke drops them all; more than `max_queued_requests` closes the connection,
+so a flood of 17-byte requests cannot make us hold gigabytes), and the adapter calls
+`serve(peer, max_bytes)` when the socket can take more and its rate limit allows.
+A failing disk (`StoreError`) is not a peer's fault: it propagates to the adapter.
+Clock and randomness are injected.
 """
 
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nodes.bittorrent.choker import Choker
-from nodes.bittorrent.layout import Layout
+from nodes.bittorrent.layout import Block, Layout
 from nodes.bittorrent.picker import Picker
 from nodes.bittorrent.store import PieceStore
 from nodes.bittorrent.wire import (
@@ -75,6 +82,7 @@ class Connection:
     peer_choking: bool = True
     peer_interested: bool = False
     bitfield_allowed: bool = True  # only as the first message after the handshake
+    requests: deque[Block] = field(default_factory=deque)  # theirs, waiting for `serve`
     uploaded: int = 0
     downloaded: int = 0
 
@@ -83,13 +91,15 @@ class TorrentSession:
     """`store` must be opened: the session starts from the pieces it verified."""
 
     def __init__(self, store: PieceStore, *, peer_id: bytes, clock: Callable[[], float],
-                 rng: random.Random, pipeline_depth: int = 8, keepalive_seconds: float = 90,
-                 idle_timeout_seconds: float = 180, choker: Choker | None = None) -> None:
+                 rng: random.Random, pipeline_depth: int = 8, max_queued_requests: int = 500,
+                 keepalive_seconds: float = 90, idle_timeout_seconds: float = 180,
+                 choker: Choker | None = None) -> None:
         self.store = store
         self.metainfo = store.metainfo
         self.layout = Layout.of(store.metainfo)
         self.peer_id = peer_id
         self.clock = clock
+        self.max_queued_requests = max_queued_requests
         self.keepalive_seconds = keepalive_seconds
         self.idle_timeout_seconds = idle_timeout_seconds
         self.picker = Picker(self.layout, rng=rng, have=store.have,
@@ -133,6 +143,20 @@ class TorrentSession:
                 return
             self._handle(peer, connection, message)
 
+    def serve(self, peer: PeerKey, max_bytes: int) -> int:
+        """Answer `peer`'s queued requests, whole blocks up to `max_bytes`; the bytes sent."""
+        connection = self.connections.get(peer)
+        sent = 0
+        while connection and connection.requests and \
+                sent + connection.requests[0].length <= max_bytes:
+            block = connection.requests.popleft()
+            self._send(peer, Piece(block.index, block.begin, self.store.read_block(block)))
+            sent += block.length
+        if sent:
+            connection.uploaded += sent
+            self.choker.uploaded(peer, sent)
+        return sent
+
     def connection_lost(self, peer: PeerKey) -> None:
         if peer in self.connections:
             self._forget(peer)
@@ -154,6 +178,7 @@ class TorrentSession:
                 self._send(peer, Unchoke())
             elif not connection.am_choking and peer not in unchoked:
                 connection.am_choking = True
+                connection.requests.clear()  # BEP 3: a choke discards their requests
                 self._send(peer, Choke())
 
     # -- messages ------------------------------------------------------------------------
@@ -190,19 +215,21 @@ class TorrentSession:
             connection.peer_interested = isinstance(message, Interested)
             self.choker.set_interested(peer, connection.peer_interested)
         elif isinstance(message, Request):
-            self._serve(peer, connection, message)
+            self._queue_request(peer, connection, message.block)
+        elif isinstance(message, Cancel):
+            if message.block in connection.requests:
+                connection.requests.remove(message.block)
         elif isinstance(message, Piece):
             self._receive(peer, connection, message)
-        # Cancel has nothing to cancel, as requests are answered at once; Port is for a
-        # DHT we do not run.
+        # Port is for a DHT we do not run.
 
-    def _serve(self, peer: PeerKey, connection: Connection, request: Request) -> None:
-        if connection.am_choking or request.block.index not in self.picker.have:
+    def _queue_request(self, peer: PeerKey, connection: Connection, block: Block) -> None:
+        if connection.am_choking or block.index not in self.picker.have:
             return
-        block = request.block
-        self._send(peer, Piece(block.index, block.begin, self.store.read_block(block)))
-        connection.uploaded += block.length
-        self.choker.uploaded(peer, block.length)
+        if len(connection.requests) >= self.max_queued_requests:
+            self._close(peer, f"more than {self.max_queued_requests} requests queued")
+            return
+        connection.requests.append(block)
 
     def _receive(self, peer: PeerKey, connection: Connection, piece: Piece) -> None:
         received = self.picker.block_received(peer, piece.block)

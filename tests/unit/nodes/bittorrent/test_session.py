@@ -16,6 +16,7 @@ from nodes.bittorrent.session import Close, Send, TorrentSession
 from nodes.bittorrent.store import PieceStore
 from nodes.bittorrent.wire import (
     Bitfield,
+    Cancel,
     Handshake,
     Have,
     Interested,
@@ -95,6 +96,9 @@ class Network:
         moved = True
         while moved:
             moved = False
+            for (sender, target) in list(self.pipes):
+                if sender in self.sessions and budget[sender] > 0:
+                    self.sessions[sender].serve(target, budget[sender])
             self.collect()
             for (sender, target), pipe in list(self.pipes.items()):
                 if not pipe or budget[sender] <= 0 or (sender, target) not in self.pipes:
@@ -251,9 +255,24 @@ def test_a_seeder_greets_with_its_bitfield_and_serves_an_unchoked_peer(x, torren
     x.session.tick()
     assert x.replies() == [Unchoke()]
     x.send(encode(Request(block)))
+    assert x.replies() == []  # queued until the adapter says the socket can take more
+    assert x.session.serve("x", BLOCK_SIZE - 1) == 0
+    assert x.session.serve("x", BLOCK_SIZE) == BLOCK_SIZE
     (piece,) = x.replies()
     start = 3 * PIECE + BLOCK_SIZE
     assert piece.data == (seed_dir / "movie.bin").read_bytes()[start:start + BLOCK_SIZE]
+
+
+def test_a_flood_of_requests_closes_the_connection_and_a_cancel_unqueues(x):
+    x.hello()
+    x.send(encode(Interested()))
+    x.session.tick()
+    block = Block(0, 0, BLOCK_SIZE)
+    x.send(encode(Request(block)) + encode(Cancel(block)))
+    assert x.session.serve("x", 10**9) == 0
+    x.replies()
+    x.send(encode(Request(block)) * 501)
+    assert any(isinstance(a, Close) and "requests queued" in a.reason for a in x.replies())
 
 
 @pytest.mark.parametrize("data, reason", [
