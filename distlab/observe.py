@@ -24,7 +24,7 @@ METRICS_PORT = 9100
 def targets_document(machines: Iterable[MachineInfo]) -> bytes:
     groups = [{"targets": [f"{m.container}:{METRICS_PORT}"],
                "labels": {"machine": m.name, "role": m.role, "lab": m.lab}}
-              for m in machines if m.lab != "common"]
+              for m in machines if m.lab != "common" and m.contract]
     return json.dumps(groups, indent=1).encode()
 
 

@@ -6,6 +6,8 @@
 #   node        images/node/Dockerfile FROM that base
 #   prometheus  prom/prometheus (pinned) if it can be pulled, else Debian's package on the base
 #   grafana     grafana/grafana (pinned) if it can be pulled, else skipped (said so)
+#   btclients   images/btclients/Dockerfile FROM that base: aria2 and libtorrent, the real
+#               BitTorrent clients of the bittorrent lab (Debian's packages)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .distlab/logs
@@ -13,6 +15,7 @@ mkdir -p .distlab/logs
 REGISTRY_BASE=python:3.11-slim
 OFFLINE_BASE=distlab/base:bookworm
 NODE_IMAGE=distlab/node:dev
+BTCLIENTS_IMAGE=distlab/btclients:dev
 REGISTRY_PROMETHEUS=prom/prometheus:v2.53.2
 OFFLINE_PROMETHEUS=distlab/prometheus:debian
 REGISTRY_GRAFANA=grafana/grafana:11.3.0
@@ -62,6 +65,9 @@ fi
 say node "building $NODE_IMAGE FROM $base"
 build_logged node --build-arg "BASE=$base" -t "$NODE_IMAGE" -f images/node/Dockerfile .
 
+say btclients "building $BTCLIENTS_IMAGE FROM $base"
+build_logged btclients --build-arg "BASE=$base" -t "$BTCLIENTS_IMAGE" -f images/btclients/Dockerfile .
+
 if pullable "$REGISTRY_PROMETHEUS"; then
   prometheus=$REGISTRY_PROMETHEUS
   say prometheus "$REGISTRY_PROMETHEUS (from the registry)"
@@ -90,6 +96,7 @@ cat > .distlab/images.env <<ENV
 # Written by scripts/images.sh ($(date -u +%FT%TZ)); read by distlab when it runs Compose.
 DISTLAB_BASE_IMAGE=$base
 DISTLAB_NODE_IMAGE=$NODE_IMAGE
+DISTLAB_BTCLIENTS_IMAGE=$BTCLIENTS_IMAGE
 DISTLAB_PROMETHEUS_IMAGE=$prometheus
 DISTLAB_GRAFANA_IMAGE=$grafana
 ENV

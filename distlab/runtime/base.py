@@ -29,6 +29,9 @@ class MachineInfo:
     # The host's own address on each of those networks (the bridge gateway): where a
     # host-side server is reachable from the lab's containers and from nowhere else.
     gateways: tuple[str, ...] = ()
+    # False for a machine that does not keep the node contract (a real BitTorrent client):
+    # no gRPC admin, no metrics port, so nothing asks it for either.
+    contract: bool = True
 
 
 @dataclass(frozen=True)

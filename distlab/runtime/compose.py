@@ -23,6 +23,7 @@ from distlab.runtime.base import GRPC_PORT, CleanReport, MachineInfo, Runtime
 
 LAB_LABEL = "distlab.lab"
 ROLE_LABEL = "distlab.role"
+CONTRACT_LABEL = "distlab.contract"  # "none": the machine does not keep the node contract
 PROJECT = "distlab"
 IMAGES_ENV = Path(".distlab") / "images.env"  # written by scripts/images.sh
 
@@ -172,7 +173,8 @@ class ComposeRuntime(Runtime):
             role=labels.get(ROLE_LABEL, ""),
             service=labels.get("com.docker.compose.service", short),
             state=status, health=health, addresses=addresses,
-            grpc_endpoint=endpoint if status == "running" else None, gateways=gateways)
+            grpc_endpoint=endpoint if status == "running" else None, gateways=gateways,
+            contract=labels.get(CONTRACT_LABEL) != "none")
 
 
 def _machine_order(info: MachineInfo) -> tuple:

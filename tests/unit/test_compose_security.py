@@ -38,9 +38,12 @@ WITHOUT_NO_NEW_PRIVILEGES = "node machines (the image of the x-node anchor)"
 #: Services whose root filesystem may stay writable, and why. None today.
 WRITABLE_ROOT: dict[str, str] = {}
 #: Services that run code their operator did not write line by line (a serverless
-#: function, a MapReduce job, a real BitTorrent client), and what they run. None today.
+#: function, a MapReduce job, a real BitTorrent client), and what they run.
 #: They must not hold the lab credential or NET_ADMIN, and keep no-new-privileges.
-FOREIGN_CODE: dict[str, str] = {}
+FOREIGN_CODE: dict[str, str] = {
+    "aria2": "aria2c, a real BitTorrent client (Debian's package)",
+    "libtorrent": "libtorrent-rasterbar, a real BitTorrent client (Debian's package)",
+}
 # An environment variable that looks like it carries a secret itself.
 _SECRET_NAME = re.compile(r"CREDENTIAL|SECRET|TOKEN|PASSWORD|PASSWD|API_?KEY", re.IGNORECASE)
 

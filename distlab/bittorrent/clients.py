@@ -1,0 +1,80 @@
+"""The real BitTorrent clients of the lab (aria2, libtorrent), seen from the host.
+
+A client machine (images/btclients) takes a torrent dropped into its /data/torrents and
+checks and seeds whatever payload is already in /data/downloads; it writes what its client
+reports to /data/status.json. This module does the dropping and the reading, through the
+Testbed's runtime (so it works wherever the machines run). Used by the e2e tests, and by
+the workloads and commands that put real clients into a swarm.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from distlab.errors import DistlabError
+from distlab.testbed import Testbed
+from nodes.bittorrent.metainfo import Metainfo
+
+TORRENTS = "/data/torrents"
+DOWNLOADS = "/data/downloads"
+STATUS = "/data/status.json"
+CLIENT_ROLES = ("aria2", "libtorrent")
+
+
+@dataclass(frozen=True)
+class ClientTorrent:
+    """One torrent as a real client reports it."""
+
+    info_hash: str
+    state: str
+    progress: float
+    done: int
+    total: int
+    uploaded: int
+    download_rate: int
+    upload_rate: int
+    peers: int
+    seeding: bool
+
+
+class ClientMachine:
+    """One real-client machine of a running lab, by name (`aria2-1`)."""
+
+    def __init__(self, testbed: Testbed, name: str) -> None:
+        machine = testbed.machine(name)
+        if machine.info.role not in CLIENT_ROLES:
+            raise DistlabError(f"{name} is not a real BitTorrent client",
+                               hint=f"client machines have the roles {', '.join(CLIENT_ROLES)}")
+        self.name, self.container, self.runtime = machine.name, machine.container, \
+            testbed.runtime
+
+    def add(self, torrent: bytes, payload: bytes | None = None) -> Metainfo:
+        """Give the client a single-file torrent; with its payload, the client checks it
+        and seeds, without it the client downloads."""
+        metainfo = Metainfo.from_bytes(torrent)
+        if metainfo.multi_file:
+            raise DistlabError("only single-file torrents are handed to real clients here")
+        if payload is not None:
+            self.runtime.put_file(self.container, f"{DOWNLOADS}/{metainfo.name}", payload)
+        self.runtime.put_file(self.container, f"{TORRENTS}/{metainfo.info_hash.hex()}.torrent",
+                              torrent)
+        return metainfo
+
+    def torrents(self) -> dict[str, ClientTorrent]:
+        """{infohash hex: what the client says of it}; empty until its first status."""
+        result = self.runtime.exec(self.container, ["cat", STATUS], check=False)
+        if result.returncode != 0:
+            return {}
+        try:
+            reported = json.loads(result.output)["torrents"]
+        except (ValueError, KeyError):
+            return {}
+        fields = ClientTorrent.__dataclass_fields__
+        return {item["info_hash"]: ClientTorrent(**{k: item[k] for k in fields})
+                for item in reported}
+
+    def sha1(self, metainfo: Metainfo) -> str:
+        """The SHA-1 of the file the client has written for `metainfo`."""
+        result = self.runtime.exec(self.container, ["sha1sum", f"{DOWNLOADS}/{metainfo.name}"])
+        return result.output.split()[0]
