@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import grpc
+
 from distlab.control import ControlError, ControlRefused
 from distlab.errors import DistlabError, FaultError, UsageError
 from distlab.faults import network
@@ -314,8 +316,11 @@ class Nemesis:
             with machine.control() as control:
                 rule_id = control.add_fault_rule(rule)
         except ControlRefused as exc:
+            full = exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED
             raise UsageError(f"{name} refused the rule: {exc.details}",
-                             hint="distlab chaos rpc --help") from None
+                             hint=("distlab chaos list shows the faults in force; distlab heal "
+                                   "clears them" if full else "distlab chaos rpc --help")
+                             ) from None
         except ControlError as exc:
             raise FaultError(f"{name} did not take the rule: {exc.code.name}",
                              hint=exc.hint) from None
