@@ -30,9 +30,10 @@ Disk errors (the policy is nodes.common.durable's): a replica whose log
 could not take an update applies nothing and answers its predecessor
 UNAVAILABLE, so the head never acknowledges what a replica does not hold
 durably. After a failed fsync its log is stopped: it holds every update and
-install back (UNAVAILABLE), says why in Status (`wal_stopped`), and the
-chain writes nothing until it is restarted (it then replays and is re-used
-in place) or taken out (stopping its machine makes the data-master do so).
+install back (UNAVAILABLE), says why in Status (`wal_stopped`), and reports
+NOT_SERVING in grpc.health, so the data-master takes it out of the chain
+after CHAIN_CHECK_FALL checks and the chain goes on without it. Restarted,
+it replays its log and registers again (re-used in place while still listed).
 
 Reads are served at the tail under the same lock as applies, so a Read of
 many keys or a prefix sees one state, and its seq says which.
@@ -204,8 +205,10 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         self._core = ReplicaCore(ctx.name, recent_capacity=config["DATA_RECENT_UPDATES"],
                                  member_epoch=self._read_marker())
         self._define_metrics(ctx)
+        # A stopped log holds every update back: NOT_SERVING makes the data-master take this
+        # replica out, so the chain goes on without it instead of stalling behind it.
         self._wal = ChainLog(ctx.data_dir / "chain.wal", on_fsync=self._fsync_seconds.observe,
-                             log=ctx.log)
+                             log=ctx.log, on_stop=ctx.set_not_serving)
         replayed = self._wal.replay()
         applied = self._core.restore(replayed.snapshot, replayed.snapshot_seq, replayed.updates)
         ctx.log.info("chain_recovered", snapshot_seq=replayed.snapshot_seq, updates=applied,
