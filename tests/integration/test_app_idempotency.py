@@ -13,6 +13,8 @@ import time
 import grpc
 import pytest
 
+from distlab.history import INFO, Op
+from distlab.tiers.bank import BankConfig, BankWorkload
 from nodes.app import bank as bank_core
 from nodes.rpc import bank_pb2, bank_pb2_grpc, chain_pb2, control_pb2
 from tests.integration.app_support import AppTier
@@ -65,3 +67,22 @@ def test_records_are_swept_after_their_window_and_a_late_retry_is_refused(lab, m
     assert caught.value.details().startswith(bank_core.IDEMPOTENCY_EXPIRED)
     balances = stub.Audit(bank_pb2.AuditRequest(), timeout=10).balances
     assert (balances["a"], balances["b"]) == (980, 1020)  # applied once each, never again
+
+
+def test_the_bank_workload_leaves_a_transfer_past_its_window_unresolved(lab, monkeypatch):
+    """An indefinite transfer whose window passed before the settle replayed it: the bank
+    can no longer say whether it applied, so the checker must say unknown, not count it
+    as not applied (which could call a correct bank invalid, or miss a lost transfer)."""
+    monkeypatch.setattr(bank_core, "IDEMPOTENCY_GRACE_SECONDS", 0.5)
+    tier = APP_TIER.start_tier(lab, ("data-1",))
+    app = APP_TIER.start_app(lab, tier, "app-1")
+    workload = BankWorkload(lab.channel(app), BankConfig(accounts=2, max_ops=1, seconds=5))
+    workload.setup()
+    source, target = workload.accounts
+    args = {"from": source, "to": target, "amount": 5, "key": "timed-out-long-ago",
+            "issued_at_ms": int(time.time() * 1000) - 10_000}
+    workload.history.add(Op(0, "transfer", args, 0.0, 1.0, INFO, error="DEADLINE_EXCEEDED"))
+
+    outcome = workload.settle(deadline_seconds=10)
+    assert outcome.unresolved == [args] and outcome.applied == []
+    assert workload.check().valid is None
