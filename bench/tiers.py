@@ -120,7 +120,9 @@ def failover(testbed: Testbed) -> dict[str, Any]:
 
         def deposit(serial: int) -> None:
             stub.Deposit(bank_pb2.DepositRequest(account="bench-a", amount_cents=1,
-                                                 idempotency_key=f"{prefix}-{serial}"), timeout=5)
+                                                 idempotency_key=f"{prefix}-{serial}",
+                                                 issued_at_unix_ms=int(time.time() * 1000)),
+                         timeout=5)
 
         return deposit
 

@@ -22,9 +22,11 @@ from nodes.rpc import control_pb2, control_pb2_grpc
 
 LOOK_SECONDS = 2.0    # Status, ListFaultRules, MarkFault: nothing waits on them
 CHANGE_SECONDS = 5.0  # Reconfigure, AddFaultRule, ClearFaultRules, Snapshot, Restore
+# Control is never behind the concurrency limit, so RESOURCE_EXHAUSTED from it is a cap
+# (fault rules, markers, message size) refusing this request: nothing was done.
 REFUSED_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
-                           grpc.StatusCode.ALREADY_EXISTS})
+                           grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.RESOURCE_EXHAUSTED})
 # Refused before the handler ran: nothing happened.
 NOT_RUN_CODES = REFUSED_CODES | {grpc.StatusCode.UNAUTHENTICATED,
                                  grpc.StatusCode.PERMISSION_DENIED,

@@ -5,6 +5,14 @@ ran it, what it was, when it was invoked and when it completed (seconds since
 the history began), the result, and its type — `ok` (it happened), `fail`
 (it certainly did not happen) or `info` (indefinite: a timed-out write may or
 may not have happened). Thread-safe; written as JSON lines (`history.jsonl`).
+
+Bounded: a history holds at most `max_ops` operations (a workload is bounded
+in count already; this is the backstop) and `add` past it raises
+HistoryFull, so a runaway workload fails loudly instead of growing without
+end. A file is written whole under its lock, fsync'd and renamed into place
+(distlab.files, as the fault journal is), so two writers never interleave
+and a crash leaves the old file or the new one; `read` refuses a file with
+more than `max_ops` lines and says which line of it does not parse.
 """
 
 from __future__ import annotations
@@ -17,7 +25,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distlab.errors import DistlabError
+from distlab.files import locked, replace_durably
+
 OK, FAIL, INFO = "ok", "fail", "info"
+#: A bank or register run of the lab's sizes holds tens of thousands; a million ops is
+#: some hundreds of MB of Python objects: past it something is unbounded.
+DEFAULT_MAX_OPS = 1_000_000
+
+
+class HistoryFull(DistlabError):
+    """A history reached its bound (`max_ops`)."""
+
+
+class HistoryUnreadable(DistlabError):
+    """A history file that does not parse, or is past the bound."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +64,7 @@ class History:
     _started: float = field(default_factory=time.monotonic)
     _ops: list[Op] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    max_ops: int = DEFAULT_MAX_OPS
 
     def now(self) -> float:
         """Seconds since the history began: the clock of `invoke` and `complete`."""
@@ -57,6 +80,9 @@ class History:
 
     def add(self, op: Op) -> None:
         with self._lock:
+            if len(self._ops) >= self.max_ops:
+                raise HistoryFull(f"the history already holds {self.max_ops} operations, its "
+                                  f"bound; bound the workload's count (ops) and duration")
             self._ops.append(op)
 
     def __iter__(self) -> Iterator[Op]:
@@ -79,15 +105,30 @@ class History:
         return table
 
     def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as out:
-            for op in sorted(self, key=lambda o: o.invoke):
-                out.write(json.dumps(asdict(op), sort_keys=True) + "\n")
+        """Write every operation to `path` (JSON lines, by invoke time): locked, fsync'd,
+        replaced atomically."""
+        ops = sorted(self, key=lambda o: o.invoke)
+        with locked(path):
+            replace_durably(path, (json.dumps(asdict(op), sort_keys=True) + "\n"
+                                   for op in ops))
 
     @classmethod
-    def read(cls, path: Path) -> History:
-        return cls.of_ops(Op(**json.loads(line)) for line in path.read_text().splitlines()
-                          if line.strip())
+    def read(cls, path: Path, *, max_ops: int = DEFAULT_MAX_OPS) -> History:
+        history = cls(max_ops=max_ops)
+        # No lock: a write replaces the file whole, so a reader sees the old or the new one.
+        with path.open() as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                if len(history) >= max_ops:
+                    raise HistoryUnreadable(f"{path} holds more than {max_ops} operations, "
+                                            f"the bound of a history")
+                try:
+                    history.add(Op(**json.loads(line)))
+                except (ValueError, TypeError) as exc:
+                    raise HistoryUnreadable(f"{path} line {number} is not an operation: "
+                                            f"{exc}") from None
+        return history
 
     @classmethod
     def of_ops(cls, ops: Iterable[Op]) -> History:

@@ -11,20 +11,21 @@ journal is locked and fsync'd (`Journal`), and a damaged one never stops a heal.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import grpc
+
 from distlab.control import ControlError, ControlRefused
 from distlab.errors import DistlabError, FaultError, UsageError
 from distlab.faults import network
+from distlab.files import locked, replace_durably
 from distlab.machine import Machine
 from nodes.common.durable import fsync_directory
 from nodes.rpc import control_pb2
@@ -60,7 +61,7 @@ class Journal:
     (fcntl.flock on `<journal>.lock`), and `update` holds it from load to save
     so no record is lost between them. A save writes a temporary file of its
     own, fsyncs it, renames it over the journal and fsyncs the directory: a
-    crash leaves the old journal or the new one. A journal that does not
+    crash leaves the old journal or the new one (both: distlab.files). A journal that does not
     parse is moved aside (kept as `<journal>.corrupt-<UTC time>`), reported in
     `set_aside` and the log, and read as empty, so `heal` still sweeps.
     """
@@ -86,12 +87,8 @@ class Journal:
             yield records
             self._write(records)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even on a crash
-            yield
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked(self.path)
 
     def _read(self) -> list[FaultRecord]:
         try:
@@ -125,20 +122,7 @@ class Journal:
         return taken
 
     def _write(self, records: list[FaultRecord]) -> None:
-        text = json.dumps([asdict(r) for r in records], indent=1)
-        descriptor, temporary = tempfile.mkstemp(dir=self.path.parent,
-                                                 prefix=self.path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "w") as out:
-                out.write(text)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
-        fsync_directory(self.path.parent)
+        replace_durably(self.path, [json.dumps([asdict(r) for r in records], indent=1)])
 
 
 class Nemesis:
@@ -314,8 +298,11 @@ class Nemesis:
             with machine.control() as control:
                 rule_id = control.add_fault_rule(rule)
         except ControlRefused as exc:
+            full = exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED
             raise UsageError(f"{name} refused the rule: {exc.details}",
-                             hint="distlab chaos rpc --help") from None
+                             hint=("distlab chaos list shows the faults in force; distlab heal "
+                                   "clears them" if full else "distlab chaos rpc --help")
+                             ) from None
         except ControlError as exc:
             raise FaultError(f"{name} did not take the rule: {exc.code.name}",
                              hint=exc.hint) from None

@@ -10,6 +10,10 @@ have happened (deadline, UNAVAILABLE, ...) is `info`, never `fail`.
 with its idempotency key (the bank applies a key once, so a replay says
 whether it had happened, or makes it happen now) and takes a final audit, so
 the checker can compare the final balances with every applied transfer.
+A transfer carries when it was first issued (`issued_at_ms`, in its args and
+history line), and a replay sends that same time: the bank remembers a key
+only for its idempotency window, and refuses a replay past it. Such a
+transfer stays unresolved (the verdict becomes unknown), never "not applied".
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from distlab.workloads.clients import (
     describe,
 )
 from distlab.workloads.pacing import Pacer
+from nodes.app.bank import IDEMPOTENCY_EXPIRED
 from nodes.rpc import bank_pb2, bank_pb2_grpc
 
 
@@ -117,7 +122,8 @@ class BankWorkload(ClientWorkload):
                 serial += 1
                 args = {"from": source, "to": target,
                         "amount": rng.randint(1, self.config.max_amount_cents),
-                        "key": f"{self.run_id}-{process}-{serial}"}
+                        "key": f"{self.run_id}-{process}-{serial}",
+                        "issued_at_ms": int(time.time() * 1000)}
                 self._transfer(process, args)
             elif name == "balance":
                 self._read(process, "balance", {"account": rng.choice(self.accounts)}, metadata)
@@ -162,6 +168,8 @@ class BankWorkload(ClientWorkload):
                 self.stub.Transfer(_transfer_request(args), timeout=self.config.timeout)
                 return True
             except grpc.RpcError as exc:
+                if (exc.details() or "").startswith(IDEMPOTENCY_EXPIRED):
+                    return None  # the bank no longer knows whether it applied this key
                 if exc.code() in DEFINITE_CODES:
                     return False
                 time.sleep(0.2)
@@ -170,7 +178,8 @@ class BankWorkload(ClientWorkload):
 
 def _transfer_request(args: dict) -> bank_pb2.TransferRequest:
     return bank_pb2.TransferRequest(from_account=args["from"], to_account=args["to"],
-                                    amount_cents=args["amount"], idempotency_key=args["key"])
+                                    amount_cents=args["amount"], idempotency_key=args["key"],
+                                    issued_at_unix_ms=args["issued_at_ms"])
 
 
 def _until_definite(call: Callable, deadline_seconds: float, *,

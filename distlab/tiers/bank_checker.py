@@ -5,7 +5,8 @@
 - no lost transfer: the final balances equal the opening balances plus every
   applied transfer (the acknowledged ones, and the indefinite ones a replay of
   their idempotency key proved applied). Indefinite transfers nothing could
-  resolve make the verdict unknown rather than invalid.
+  resolve (the bank unreachable, or the key's idempotency window passed
+  before the replay) make the verdict unknown rather than invalid.
 Pure: reads the history and the outcome it is given.
 """
 

@@ -22,7 +22,11 @@ Keys in the data tier (values are compact JSON):
   bank/idempotency/<sha256(key)>      {"key": the idempotency key,
                                        "digest": sha256 of the request,
                                        "nonce": the call that applied it,
-                                       "reply": the reply's fields}
+                                       "reply": the reply's fields,
+                                       "expires_ms": see below}
+  bank/idempotency-expiry/<expires_ms:015d>/<sha256(key)>
+                                      empty: the record's entry in an index
+                                      sorted by expiry, for the sweep
 
 How a write stays correct:
 - An account record and its new history lines change in ONE Txn that
@@ -34,7 +38,19 @@ How a write stays correct:
   once: a repeat gets the stored reply (replayed=true), the same key with
   another payload gets ALREADY_EXISTS. Only applied requests are recorded, so
   a refused one (overdraft, unknown account) may be retried with its key.
-  Idempotency records are kept for ever (a real bank expires them after days).
+- Idempotency records expire (bounded state). A request carries when it was
+  first issued (issued_at_unix_ms, kept on every retry, part of its digest):
+  one older than the window (`Limits.idempotency_window_seconds`, reported
+  in every Deposit and Transfer reply) is refused FAILED_PRECONDITION before
+  anything is read, and the check is repeated before each Txn is sent. Its
+  record, written with expires_ms = issued + window, is deleted by
+  `sweep_idempotency` only IDEMPOTENCY_GRACE_SECONDS after that: longer than
+  a Txn can stay in flight (the head drops one whose caller's deadline
+  passed) plus the clock difference between app servers. So no request that
+  could still be accepted ever finds its record swept: a retry is answered
+  from the record or refused, never applied twice. (Stripe instead treats a
+  key used after its record was pruned as new; that re-applies a late retry.)
+  Every app server must run with the same window.
 - When the data tier may have applied a Txn without saying so
   (`DataTierDown(definite=False)`) the same Txn is sent again: if the first
   one applied, the compares fail and the re-read finds the records this call
@@ -49,6 +65,7 @@ import json
 import random
 import re
 import secrets
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -61,6 +78,16 @@ from nodes.rpc import bank_pb2, chain_pb2
 ACCOUNT_PREFIX = "bank/account/"
 HISTORY_PREFIX = "bank/history/"
 IDEMPOTENCY_PREFIX = "bank/idempotency/"
+IDEMPOTENCY_EXPIRY_PREFIX = "bank/idempotency-expiry/"
+DEFAULT_IDEMPOTENCY_WINDOW_SECONDS = 300.0
+# A record outlives its window by this much before the sweep may delete it: more than a
+# Txn can stay in flight (the data tier's head drops one whose caller stopped waiting,
+# within DATA_TRANSFER_TIMEOUT_SECONDS, 30 s by default) plus the clocks of two app
+# servers disagreeing. It is also how far in the future issued_at may lie.
+IDEMPOTENCY_GRACE_SECONDS = 60.0
+# How a refusal for an expired window starts: clients (the bank workload's settle) tell
+# it from other FAILED_PRECONDITIONs by it, as "outcome unknown", not "not applied".
+IDEMPOTENCY_EXPIRED = "idempotency window passed"
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 MAX_IDEMPOTENCY_KEY_CHARS = 128
 MAX_CURSOR_CHARS = 64
@@ -124,6 +151,7 @@ class Limits:
     max_audit_accounts: int = 5000
     txn_attempts: int = 8          # reads + Txns per write while compares keep failing
     unknown_resends: int = 2       # resends of a Txn whose outcome was left unknown
+    idempotency_window_seconds: float = DEFAULT_IDEMPOTENCY_WINDOW_SECONDS
 
     def complaint(self) -> str | None:
         """Why these limits cannot work together, or None."""
@@ -167,6 +195,11 @@ def history_key(account: str, number: int) -> str:
 def idempotency_key(key: str) -> str:
     # Hashed: a client's key may hold any characters and be up to 128 long.
     return IDEMPOTENCY_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+
+
+def idempotency_expiry_key(record_key: str, expires_ms: int) -> str:
+    # Zero-padded, so the index's key order is expiry order and a sweep reads oldest first.
+    return f"{IDEMPOTENCY_EXPIRY_PREFIX}{expires_ms:015d}/{record_key[len(IDEMPOTENCY_PREFIX):]}"
 
 
 def request_digest(operation: str, *fields: object) -> str:
@@ -229,12 +262,16 @@ def _history_line(account: Account, kind: str, amount: int, counterparty: str,
 
 
 class Bank:
-    """The Bank service's operations; one instance serves every call of an app server."""
+    """The Bank service's operations; one instance serves every call of an app server.
+
+    `clock` is wall-clock time (seconds since the epoch), what issued_at is measured in.
+    """
 
     def __init__(self, limits: Limits, cursors: CursorTable, *, served_by: str,
                  new_nonce: Callable[[], str] = lambda: secrets.token_hex(8),
                  on_conflict: Callable[[str], None] = lambda operation: None,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] = random.random,
+                 clock: Callable[[], float] = time.time) -> None:
         complaint = limits.complaint()
         if complaint:
             raise ValueError(complaint)
@@ -244,6 +281,8 @@ class Bank:
         self._new_nonce = new_nonce
         self._on_conflict = on_conflict
         self._jitter = jitter
+        self._clock = clock
+        self.window_seconds = int(limits.idempotency_window_seconds)
 
     # -- checks shared by the operations -----------------------------------------------------
 
@@ -258,6 +297,33 @@ class Bank:
             raise BankError(grpc.StatusCode.INVALID_ARGUMENT,
                             f"{what} is above the cap of {self.limits.max_balance_cents} cents")
         return cents
+
+    def _check_issued(self, issued_ms: int) -> int:
+        """When a request's window closes (ms), unless it is closed or issued_at is absurd."""
+        if issued_ms <= 0:
+            raise BankError(grpc.StatusCode.INVALID_ARGUMENT,
+                            "issued_at_unix_ms is required: when the request was first issued "
+                            "(milliseconds since the epoch), the same on every retry")
+        now_ms = self._clock() * 1000
+        if issued_ms > now_ms + IDEMPOTENCY_GRACE_SECONDS * 1000:
+            raise BankError(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"issued_at_unix_ms {issued_ms} is {(issued_ms - now_ms) / 1000:.0f} s "
+                            f"in the future (at most {IDEMPOTENCY_GRACE_SECONDS:.0f} s of clock "
+                            f"difference is allowed)")
+        closes_ms = issued_ms + self.window_seconds * 1000
+        self._check_open(closes_ms, issued_ms)
+        return closes_ms
+
+    def _check_open(self, closes_ms: int, issued_ms: int) -> None:
+        now_ms = self._clock() * 1000
+        if now_ms > closes_ms:
+            raise BankError(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"{IDEMPOTENCY_EXPIRED}: this request was first issued "
+                            f"{(now_ms - issued_ms) / 1000:.0f} s ago, longer than the "
+                            f"{self.window_seconds} s a key is remembered, so it is refused "
+                            f"rather than risk applying it twice; nothing was changed. Look "
+                            f"at the account's Statement to learn whether it was applied, "
+                            f"and send a new request (new key, new issued_at) if it was not")
 
     # -- talking to the data tier ------------------------------------------------------------
 
@@ -279,12 +345,13 @@ class Bank:
 
     def _write(self, operation: str, keys: list[str],
                decide: Callable[[dict[str, chain_pb2.KeyValue], bool], _Done | _Attempt],
-               ) -> Operation[Any]:
+               *, closes_ms: float | None = None) -> Operation[Any]:
         """Read `keys`, let `decide` plan the Txn, commit it; re-read and retry on conflict.
 
         `decide(found, uncertain)` returns the final reply (`_Done`) or the Txn
         to try (`_Attempt`), or raises BankError; `uncertain` is True once a
-        Txn of this call may have been applied unseen.
+        Txn of this call may have been applied unseen. Past `closes_ms` (the
+        request's idempotency window) no Txn is resent: its record may be swept.
         """
         uncertain = False
         for attempt in range(self.limits.txn_attempts):
@@ -305,6 +372,9 @@ class Bank:
                     uncertain = True
                     if resends == self.limits.unknown_resends:
                         raise _unknown(operation, f"data tier unavailable: {down}") from None
+                    if closes_ms is not None and self._clock() * 1000 > closes_ms:
+                        raise _unknown(operation, f"data tier unavailable: {down}, and the "
+                                       f"request's idempotency window has passed") from None
                     resends += 1
             if result.succeeded:
                 return decision.reply
@@ -350,15 +420,20 @@ class Bank:
         name = check_account(request.account)
         amount = self._check_amount(request.amount_cents, "amount_cents")
         key = check_idempotency_key(request.idempotency_key)
-        digest = request_digest("deposit", name, amount)
+        issued = request.issued_at_unix_ms
+        closes_ms = self._check_issued(issued)
+        digest = request_digest("deposit", name, amount, issued)
         nonce = self._new_nonce()
         record_key, idem_key = account_key(name), idempotency_key(key)
+        window = self.window_seconds
 
         def decide(found: dict[str, chain_pb2.KeyValue], uncertain: bool) -> _Done | _Attempt:
             stored = _stored_reply(found.get(idem_key), key, digest)
             if stored is not None:
                 return _Done(bank_pb2.AccountReply(account=name,
-                                                   balance_cents=stored["reply"]["balance"]))
+                                                   balance_cents=stored["reply"]["balance"],
+                                                   idempotency_window_seconds=window))
+            self._check_open(closes_ms, issued)
             account = _account(found, name)
             balance = self._check_cap(account.balance + amount,
                                       f"the balance of {name!r} after this deposit")
@@ -366,11 +441,14 @@ class Bank:
                 compares=[_unchanged(record_key, account.version), _absent(idem_key)],
                 puts=[_account_update(account, balance),
                       _history_line(account, "deposit", amount, "", balance),
-                      _put(idem_key, {"key": key, "digest": digest, "nonce": nonce,
-                                      "reply": {"balance": balance}})]),
-                bank_pb2.AccountReply(account=name, balance_cents=balance))
+                      *_idempotency_record(idem_key, closes_ms,
+                                           {"key": key, "digest": digest, "nonce": nonce,
+                                            "reply": {"balance": balance}})]),
+                bank_pb2.AccountReply(account=name, balance_cents=balance,
+                                      idempotency_window_seconds=window))
 
-        return (yield from self._write("deposit", [record_key, idem_key], decide))
+        return (yield from self._write("deposit", [record_key, idem_key], decide,
+                                       closes_ms=closes_ms))
 
     def transfer(self, request: bank_pb2.TransferRequest) -> Operation[bank_pb2.TransferReply]:
         source = check_account(request.from_account, "from_account")
@@ -381,9 +459,12 @@ class Bank:
                             f"a transfer needs two accounts")
         amount = self._check_amount(request.amount_cents, "amount_cents")
         key = check_idempotency_key(request.idempotency_key)
-        digest = request_digest("transfer", source, target, amount)
+        issued = request.issued_at_unix_ms
+        closes_ms = self._check_issued(issued)
+        digest = request_digest("transfer", source, target, amount, issued)
         nonce = self._new_nonce()
         idem_key = idempotency_key(key)
+        window = self.window_seconds
 
         def decide(found: dict[str, chain_pb2.KeyValue], uncertain: bool) -> _Done | _Attempt:
             stored = _stored_reply(found.get(idem_key), key, digest)
@@ -391,7 +472,8 @@ class Bank:
                 return _Done(bank_pb2.TransferReply(
                     from_balance_cents=stored["reply"]["from_balance"],
                     to_balance_cents=stored["reply"]["to_balance"],
-                    replayed=stored["nonce"] != nonce))
+                    replayed=stored["nonce"] != nonce, idempotency_window_seconds=window))
+            self._check_open(closes_ms, issued)
             paying, paid = _account(found, source), _account(found, target)
             if paying.balance < amount:
                 raise BankError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -406,14 +488,52 @@ class Bank:
                       _account_update(paid, to_balance),
                       _history_line(paying, "transfer_out", -amount, target, from_balance),
                       _history_line(paid, "transfer_in", amount, source, to_balance),
-                      _put(idem_key, {"key": key, "digest": digest, "nonce": nonce,
-                                      "reply": {"from_balance": from_balance,
-                                                "to_balance": to_balance}})]),
+                      *_idempotency_record(idem_key, closes_ms,
+                                           {"key": key, "digest": digest, "nonce": nonce,
+                                            "reply": {"from_balance": from_balance,
+                                                      "to_balance": to_balance}})]),
                 bank_pb2.TransferReply(from_balance_cents=from_balance,
-                                       to_balance_cents=to_balance))
+                                       to_balance_cents=to_balance,
+                                       idempotency_window_seconds=window))
 
         return (yield from self._write(
-            "transfer", [account_key(source), account_key(target), idem_key], decide))
+            "transfer", [account_key(source), account_key(target), idem_key], decide,
+            closes_ms=closes_ms))
+
+    def sweep_idempotency(self, *, records: int, per_txn: int) -> Operation[int]:
+        """Delete up to `records` idempotency records whose window closed more than
+        IDEMPOTENCY_GRACE_SECONDS ago, oldest first, `per_txn` to a Txn; return how many
+        went. Each deletion compares that the index entry and the record are still the
+        ones written together (same version), so two sweepers racing, or a key reused
+        after its record went, never delete a live record. Stops at the first failure:
+        the next pass reads again."""
+        cutoff_ms = (self._clock() - IDEMPOTENCY_GRACE_SECONDS) * 1000
+        reply = yield from self._read(chain_pb2.ReadRequest(prefix=IDEMPOTENCY_EXPIRY_PREFIX,
+                                                            limit=records))
+        expired = []
+        for entry in reply.found:  # key order is expiry order
+            expires, _, digest = entry.key[len(IDEMPOTENCY_EXPIRY_PREFIX):].partition("/")
+            if not expires.isdigit():
+                continue  # not written by this code: left alone
+            if int(expires) > cutoff_ms:
+                break
+            expired.append((entry, IDEMPOTENCY_PREFIX + digest))
+        deleted = 0
+        for start in range(0, len(expired), per_txn):
+            group = expired[start:start + per_txn]
+            txn = chain_pb2.TxnRequest(
+                compares=[compare for entry, record in group
+                          for compare in (_unchanged(entry.key, entry.version),
+                                          _unchanged(record, entry.version))],
+                deletes=[key for entry, record in group for key in (entry.key, record)])
+            try:
+                result = yield txn
+            except DataTierDown:
+                break
+            if not result.succeeded:
+                break
+            deleted += len(group)
+        return deleted
 
     def balance(self, request: bank_pb2.BalanceRequest) -> Operation[bank_pb2.AccountReply]:
         name = check_account(request.account)
@@ -501,6 +621,14 @@ def _parse_account(record: chain_pb2.KeyValue) -> Account:
     except (KeyError, TypeError, ValueError):
         raise BankError(grpc.StatusCode.DATA_LOSS,
                         f"data-tier record {record.key!r} is corrupt") from None
+
+
+def _idempotency_record(record_key: str, closes_ms: int,
+                        record: dict[str, Any]) -> list[chain_pb2.KeyValue]:
+    """The record and its expiry-index entry: put in one Txn, so both get its version."""
+    expires_ms = int(closes_ms)
+    return [_put(record_key, {**record, "expires_ms": expires_ms}),
+            chain_pb2.KeyValue(key=idempotency_expiry_key(record_key, expires_ms))]
 
 
 def _stored_reply(found: chain_pb2.KeyValue | None, key: str,

@@ -29,11 +29,19 @@ the register workload's linearizability checks.
 
 The servicers touch nothing but the core, the data-tier client and the
 metrics; the only state of an app server is its Statement cursors.
+
+Idempotency records expire: a key is remembered APP_IDEMPOTENCY_WINDOW_SECONDS
+(default 300; every reply of Deposit and Transfer states it, and so does
+Control.Status) from the request's issued_at (see nodes.app.bank for why that
+is safe). A sweeper thread deletes expired records every
+APP_IDEMPOTENCY_SWEEP_SECONDS, at most APP_IDEMPOTENCY_SWEEP_RECORDS a pass,
+so the data tier holds about one window's worth of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +49,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from nodes.app.bank import Bank, BankError, Limits, Operation
+from nodes.app.bank import DEFAULT_IDEMPOTENCY_WINDOW_SECONDS, Bank, BankError, Limits, Operation
 from nodes.app.cursors import CursorTable
 from nodes.app.drivers import run, run_async
 from nodes.app.registers import Registers
@@ -104,6 +112,18 @@ SETTINGS = (
             "Statement cursors kept open; one more forgets the least recently used", positive),
     Setting("APP_CURSOR_IDLE_SECONDS", float, 300.0,
             "a Statement cursor unused this long is forgotten", positive),
+    Setting("APP_IDEMPOTENCY_WINDOW_SECONDS", float, DEFAULT_IDEMPOTENCY_WINDOW_SECONDS,
+            "how long after a Deposit or Transfer was first issued (its issued_at_unix_ms) "
+            "a retry of it is answered; an older one is refused FAILED_PRECONDITION, and its "
+            "record is deleted a minute later; the same on every app server", positive),
+    Setting("APP_IDEMPOTENCY_SWEEP_SECONDS", float, 2.0,
+            "how often this server deletes expired idempotency records", positive),
+    Setting("APP_IDEMPOTENCY_SWEEP_RECORDS", int, 512,
+            "most idempotency records one sweep deletes (at most the data tier's "
+            "DATA_MAX_READ_LIMIT)", positive),
+    Setting("APP_IDEMPOTENCY_SWEEP_TXN_RECORDS", int, 32,
+            "records deleted per data-tier Txn (4 operations each: at most a quarter of "
+            "DATA_MAX_TXN_OPS)", positive),
 )
 
 
@@ -111,7 +131,8 @@ def limits_from(config: dict[str, Any]) -> Limits:
     limits = Limits(max_balance_cents=config["APP_MAX_BALANCE_CENTS"],
                     max_audit_accounts=config["APP_AUDIT_MAX_ACCOUNTS"],
                     txn_attempts=config["APP_TXN_ATTEMPTS"],
-                    unknown_resends=config["APP_UNKNOWN_RESENDS"])
+                    unknown_resends=config["APP_UNKNOWN_RESENDS"],
+                    idempotency_window_seconds=config["APP_IDEMPOTENCY_WINDOW_SECONDS"])
     if limits.complaint():
         raise ConfigError(f"APP_MAX_BALANCE_CENTS={limits.max_balance_cents} x "
                           f"APP_AUDIT_MAX_ACCOUNTS={limits.max_audit_accounts} exceeds int64: "
@@ -153,6 +174,10 @@ class BankMetrics:
             "distlab_app_work_seconds_total",
             "Synthetic Work done, by kind: cpu (CPU time burned) or io (time waited).",
             ["kind"], registry=registry)
+        self.idempotency_swept = Counter(
+            "distlab_bank_idempotency_swept_total",
+            "Idempotency records this server deleted after their window (and grace) passed.",
+            registry=registry)
         self.architecture = Gauge("distlab_app_architecture_info",
                                   "Always 1; the label says how this app server serves calls.",
                                   ["architecture"], registry=registry)
@@ -354,6 +379,12 @@ class BankNode(RoleNode):
         self._attempts = config["APP_DATA_ATTEMPTS"]
         self._client: DataClient | AsyncDataClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweep_every = config["APP_IDEMPOTENCY_SWEEP_SECONDS"]
+        self._sweep_records = config["APP_IDEMPOTENCY_SWEEP_RECORDS"]
+        self._sweep_per_txn = config["APP_IDEMPOTENCY_SWEEP_TXN_RECORDS"]
+        self._stopped = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="idempotency-sweeper",
+                                         daemon=True)
 
     def register(self, server: grpc.Server | grpc.aio.Server) -> None:
         if self.server_mode.asyncio:
@@ -374,10 +405,35 @@ class BankNode(RoleNode):
         bank_pb2_grpc.add_BankServicer_to_server(servicer, server)
         kv_pb2_grpc.add_KVServicer_to_server(kv_servicer, server)
 
+    def serving(self, grpc_port: int) -> None:
+        self._sweeper.start()
+
     def status(self) -> dict[str, str]:
         return {"architecture": self.architecture, "served_by": self.served_by,
                 "cursors": str(len(self._cursors)), "data_master": self._master,
-                "chain": self._chain()}
+                "chain": self._chain(),
+                "idempotency_window_seconds": str(self.bank.window_seconds)}
+
+    def _sweep_loop(self) -> None:
+        # Its own blocking client: the async architecture's client belongs to the event loop.
+        client = DataClient(self._master, self._ctx.channels, timeout=self._timeout,
+                            attempts=self._attempts)
+        problem = ""
+        while not self._stopped.wait(self._sweep_every):
+            try:
+                swept = run(self.bank.sweep_idempotency(records=self._sweep_records,
+                                                        per_txn=self._sweep_per_txn),
+                            client, timeout=self._timeout)
+                now = ""
+            except BankError as exc:  # the data tier is down or refused: try next pass
+                swept, now = 0, f"{exc.code.name}: {exc.message}"
+            self.metrics.idempotency_swept.inc(swept)
+            if now != problem:
+                if now:
+                    self._ctx.log.warning("idempotency_sweep_failed", problem=now)
+                else:
+                    self._ctx.log.info("idempotency_sweep_recovered")
+                problem = now
 
     def _chain(self) -> str:
         """The data tier's chain, head first, as this server's client last learned it."""
@@ -395,6 +451,9 @@ class BankNode(RoleNode):
         return " -> ".join(member.name for member in config.chain) or "empty"
 
     def close(self) -> None:
+        self._stopped.set()
+        if self._sweeper.is_alive():
+            self._sweeper.join(timeout=self._timeout + 1)
         if self._loop is not None and self._client is not None:
             asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(
                 STATUS_TIMEOUT_SECONDS)

@@ -47,6 +47,10 @@ SPEC = RoleSpec(
         Setting("CHORD_HOP_TIMEOUT_SECONDS", float, 0.5, "deadline of routing and maintenance "
                 "RPCs: how long a dead peer costs a lookup", positive),
         Setting("CHORD_MAX_VALUE_BYTES", int, 64 * 1024, "largest value accepted", positive),
+        Setting("CHORD_TOMBSTONE_GRACE_SECONDS", float, 300.0, "how long a deleted key's "
+                "tombstone is kept (the owner also waits for a repair that reached every "
+                "replica); more than 2 x 30 x CHORD_STABILIZE_SECONDS. A peer away longer "
+                "can bring a deleted key back", positive),
         Setting("CHORD_GRACEFUL_LEAVE", parse_bool, True, "on SIGTERM hand owned keys to the "
                 "successor and tell both neighbours (false: leave like a crash)"),
     ),

@@ -8,6 +8,18 @@ state. A delete is a tombstone with its own version, so an older copy arriving
 later cannot bring the key back. The owner picks versions (`make_entry`):
 its clock in nanoseconds, and always above the version it holds.
 
+Tombstones expire (`expire_tombstones`), or every key ever deleted would be
+held for ever. A tombstone is only needed while some peer may still hold an
+older live copy of its key, and that window ends once every replica holds the
+tombstone: the delete pushes it to the replicas at once, and the owner's
+periodic repair pushes everything it owns to its whole replica set again. So
+a peer drops a tombstone once its age (its version is the owner's clock at
+the delete) passes a grace time longer than that repair period, and the
+owner, in addition, only once a repair that reached every replica started
+after the delete. A peer cut off for longer than the grace can still bring a
+deleted key back when it returns (Cassandra's gc_grace_seconds has the same
+rule and the same caveat).
+
 Copies from other peers are checked as if the sender could be wrong (`check`):
 the value limit a client's Put has, an empty tombstone, and a version a
 clock could have given: at least 1, not far ahead of this peer's clock, and
@@ -100,6 +112,26 @@ class KeyStore:
         """Entries whose id lies in (start, end]: what a node owning that range must hold."""
         with self._lock:
             return [e for e in self._entries.values() if between_right(start, e.ident, end)]
+
+    def tombstones(self) -> int:
+        with self._lock:
+            return sum(1 for e in self._entries.values() if e.deleted)
+
+    def expire_tombstones(self, *, now_ns: int, grace_ns: int, owned: tuple[int, int] | None,
+                          replicated_ns: int) -> int:
+        """Drop tombstones older than `grace_ns`; one in the `owned` range (start, end]
+        (every key when None: no predecessor known) also needs a version below
+        `replicated_ns`, when the last repair that reached every replica started.
+        Return how many went."""
+        with self._lock:
+            expired = [e.key for e in self._entries.values()
+                       if e.deleted and e.version < now_ns - grace_ns
+                       and (e.version < replicated_ns
+                            or (owned is not None
+                                and not between_right(owned[0], e.ident, owned[1])))]
+            for key in expired:
+                del self._entries[key]
+        return len(expired)
 
     def count(self, start: int | None, end: int) -> tuple[int, int]:
         """Live keys in (start, end] and outside it: (owned, replicas). Without a known

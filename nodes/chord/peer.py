@@ -73,6 +73,9 @@ CLIENT_ATTEMPTS = 4
 #: Every this many stabilize rounds, owned keys are pushed to the replicas even if nothing
 #: changed: a replica restarted at the same address between two rounds lost its copies.
 REPAIR_EVERY_ROUNDS = 30
+# A tombstone's grace must cover this many repair periods (REPAIR_EVERY_ROUNDS stabilize
+# rounds each), so one repair that failed to reach a replica is not the last chance.
+TOMBSTONE_GRACE_REPAIRS = 2
 #: Bytes of entries per Transfer message, well under the default message limit.
 TRANSFER_BATCH_BYTES = 1024 * 1024
 LOOKUP_PURPOSES = ("client", "finger", "rehome")
@@ -110,6 +113,13 @@ class ChordMetrics:
                           ["kind"], registry=registry)
         self.successors = Gauge("distlab_chord_successors", "Entries in the successor list.",
                                 registry=registry)
+        self.tombstones = Gauge("distlab_chord_tombstones",
+                                "Deleted keys this peer still remembers (until every replica "
+                                "holds the delete and CHORD_TOMBSTONE_GRACE_SECONDS passed).",
+                                registry=registry)
+        self.tombstones_expired = Counter("distlab_chord_tombstones_expired_total",
+                                          "Tombstones this peer dropped after their grace.",
+                                          registry=registry)
         self.ring_size = Gauge("distlab_chord_ring_size_estimate",
                                "Ring members, estimated from the successor list's span.",
                                registry=registry)
@@ -205,6 +215,15 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
             "check_predecessor": config["CHORD_CHECK_PREDECESSOR_SECONDS"],
             "merge_check": config["CHORD_MERGE_CHECK_SECONDS"],
         }
+        repair_seconds = REPAIR_EVERY_ROUNDS * config["CHORD_STABILIZE_SECONDS"]
+        self._tombstone_grace = config["CHORD_TOMBSTONE_GRACE_SECONDS"]
+        if self._tombstone_grace <= TOMBSTONE_GRACE_REPAIRS * repair_seconds:
+            raise ConfigError(
+                f"CHORD_TOMBSTONE_GRACE_SECONDS={self._tombstone_grace} must exceed "
+                f"{TOMBSTONE_GRACE_REPAIRS} repair periods ({REPAIR_EVERY_ROUNDS} x "
+                f"CHORD_STABILIZE_SECONDS = {repair_seconds:g} s each): a tombstone must "
+                f"outlive the repairs that hand it to every replica")
+        self._replicated_ns = 0  # when the last repair that reached every replica started
         self._hop_timeout = config["CHORD_HOP_TIMEOUT_SECONDS"]
         self._data_timeout = config["RPC_TIMEOUT_SECONDS"]
         self._store = KeyStore(bits=self.bits, max_value_bytes=config["CHORD_MAX_VALUE_BYTES"])
@@ -222,6 +241,7 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
         self._metrics.keys.labels(kind="owned").set_function(lambda: self._key_counts()[0])
         self._metrics.keys.labels(kind="replica").set_function(lambda: self._key_counts()[1])
         self._metrics.successors.set_function(lambda: len(self._others(self._core)))
+        self._metrics.tombstones.set_function(self._store.tombstones)
         self._metrics.ring_size.set_function(
             lambda: self._core.ring_size_estimate() if self._core and self._core.member else 0)
         self._metrics.member.set_function(lambda: 1 if self._core and self._core.member else 0)
@@ -258,7 +278,8 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
                      "self" if member else "-"),
                  "predecessor": pred.address if pred else "-",
                  "successors": str(len(successors)), "keys": str(owned),
-                 "replicas": str(replicas), "ring_size": str(size if member else 0),
+                 "replicas": str(replicas), "tombstones": str(self._store.tombstones()),
+                 "ring_size": str(size if member else 0),
                  "ring_ok": "yes" if member and (not successors or pred) else "no"}
         if self._join_error:
             state["join_error"] = self._join_error
@@ -421,6 +442,7 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
             self._log.info("chord_successor_changed", old=before.address, new=after.address)
         self._rounds += 1
         self._replicate_owned(force=self._rounds % REPAIR_EVERY_ROUNDS == 0)
+        self._expire_tombstones()
 
     def _fix_fingers(self) -> None:
         core = self._core
@@ -471,9 +493,22 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
         wanted = (pred, tuple(targets))
         if wanted == self._replicated_for and not force:
             return
+        started_ns = time.time_ns()
         owned = self._store.entries_in(pred.id, me.id)
         if all(self._transfer(t, owned, "replicate") for t in targets if owned):
             self._replicated_for = wanted
+            self._replicated_ns = started_ns
+
+    def _expire_tombstones(self) -> None:
+        """Drop the tombstones every replica holds by now (the rule: nodes.chord.keyspace)."""
+        with self._lock:
+            pred, me = self._core.predecessor, self._core.me
+        expired = self._store.expire_tombstones(
+            now_ns=time.time_ns(), grace_ns=int(self._tombstone_grace * 1e9),
+            owned=(pred.id, me.id) if pred is not None else None,
+            replicated_ns=self._replicated_ns)
+        if expired:
+            self._metrics.tombstones_expired.inc(expired)
 
     # -- joining -------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 reachability probes, and snapshot/restore for migration.
 
 Called by the host side (distlab) only. Every bad request gets
-INVALID_ARGUMENT or NOT_FOUND with a message saying what was wrong.
+INVALID_ARGUMENT or NOT_FOUND with a message saying what was wrong; a fault
+rule or marker past the node's cap gets RESOURCE_EXHAUSTED saying the cap.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nodes.common.channel import dial
-from nodes.common.faults import FaultRuleError, RuleSpec, status_code_from_value
+from nodes.common.faults import FaultRuleError, RuleSpec, TooManyRules, status_code_from_value
 from nodes.common.peers import machine_name_of
 from nodes.common.role import NodeContext, RoleError, RoleNode
 from nodes.rpc import control_pb2, control_pb2_grpc
@@ -73,7 +74,10 @@ class ControlService(control_pb2_grpc.ControlServicer):
             spec = rule_from_message(request)
         except FaultRuleError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        rule_id = self._ctx.rules.add(spec)
+        try:
+            rule_id = self._ctx.rules.add(spec)
+        except TooManyRules as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         self._ctx.log.info("fault_rule_added", rule_id=rule_id, method=spec.method,
                            peer=spec.peer, action=spec.action, direction=spec.direction)
         return control_pb2.AddFaultRuleReply(rule_id=rule_id)

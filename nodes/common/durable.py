@@ -118,9 +118,11 @@ class LogFile:
     serialize them (both write-ahead logs append under their node's write lock)."""
 
     def __init__(self, path: Path, *, on_fsync: Callable[[float], None] = lambda _: None,
-                 log: EventLog | None = None) -> None:
+                 log: EventLog | None = None,
+                 on_stop: Callable[[str], None] = lambda _: None) -> None:
         self.path = path
         self._on_fsync = on_fsync
+        self._on_stop = on_stop  # told once, with the reason, when the log stops
         self._log = log
         #: Why the log takes no more appends (None: it does).
         self.stopped_because: str | None = None
@@ -215,6 +217,7 @@ class LogFile:
                                 f"restarted and replays its log")
         if self._log is not None:
             self._log.error("wal_stopped", path=str(self.path), reason=self.stopped_because)
+        self._on_stop(self.stopped_because)
 
     def replace(self, blobs: Iterable[bytes]) -> None:
         """Atomically make the log hold exactly `blobs`, then go on appending after them.

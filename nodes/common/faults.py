@@ -4,7 +4,8 @@ The Control service adds and clears rules; the server and client
 interceptors ask `FaultRules.decide` about every call and carry the decision
 out. Time and chance are injected (`clock`, `rng`) so tests are exact.
 Rules never apply to the Control service itself, so a rule can always be
-cleared and the host can always see the node.
+cleared and the host can always see the node. At most MAX_RULES are in force
+at once: every call walks the rules, so an unbounded list slows every call.
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ ACTIONS = ("delay", "error", "drop")
 DIRECTIONS = ("inbound", "outbound")
 EXEMPT_PREFIX = "/distlab.control.Control/"
 MAX_DELAY_SECONDS = 300.0
+# Every call on the node walks the rules in force: 20 000 of them slowed each call
+# x6.7. A scenario needs a handful per node; 64 leaves ample room.
+MAX_RULES = 64
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class FaultRuleError(ValueError):
     """A rule that cannot be applied; the message says which field and why."""
+
+
+class TooManyRules(FaultRuleError):
+    """MAX_RULES rules are already in force on this node."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,7 @@ class FaultRules:
 
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
+    max_rules: int = MAX_RULES
 
     def __post_init__(self) -> None:
         self._rules: dict[str, ActiveRule] = {}
@@ -114,7 +123,13 @@ class FaultRules:
         self._lock = threading.Lock()
 
     def add(self, spec: RuleSpec) -> str:
+        """Put `spec` in force; TooManyRules (nothing added) when max_rules already are."""
         with self._lock:
+            self._expire()  # a rule past its duration does not count against the cap
+            if len(self._rules) >= self.max_rules:
+                raise TooManyRules(
+                    f"{len(self._rules)} fault rules are in force on this node, the most it "
+                    f"takes at once ({self.max_rules}): clear some first")
             rule_id = f"r{next(self._ids)}"
             expires = self.clock() + spec.duration_seconds if spec.duration_seconds else None
             self._rules[rule_id] = ActiveRule(rule_id, spec, expires)

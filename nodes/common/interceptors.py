@@ -30,6 +30,9 @@ from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
 
 CALLER_METADATA_KEY = "x-distlab-node"
+# The longest a dropped call is held. Also what a caller without a deadline gets: gRPC
+# reports "no deadline" as a time_remaining of about 1e10 s, not None, and waiting that
+# long overflows the platform's time_t.
 DROP_WAIT_CAP_SECONDS = 300.0
 # A handler's kinds: (attribute of grpc.RpcMethodHandler, streams requests, streams responses).
 KINDS = (("unary_unary", False, False), ("unary_stream", False, True),
@@ -162,8 +165,11 @@ class ServerCallMeter:
 
 
 def drop_seconds(remaining: float | None) -> float:
-    """How long a dropped call is held: past the caller's deadline, so it sees that deadline."""
-    return DROP_WAIT_CAP_SECONDS if remaining is None else remaining + 1
+    """How long a dropped call is held: past the caller's deadline, so it sees that deadline;
+    at most DROP_WAIT_CAP_SECONDS (then UNAVAILABLE), however far off or absent it is."""
+    if remaining is None or not remaining + 1 < DROP_WAIT_CAP_SECONDS:  # NaN included
+        return DROP_WAIT_CAP_SECONDS
+    return max(0.0, remaining + 1)
 
 
 class ServerInterceptor(grpc.ServerInterceptor):
@@ -237,10 +243,13 @@ class ServerInterceptor(grpc.ServerInterceptor):
         if decision is not None:
             try:
                 self._inject(context, decision)
-            except Exception:
-                self.meter.record(method, started, context.code() or grpc.StatusCode.UNKNOWN)
+            except Exception as exc:
                 if bounded:
                     self.meter.admission.leave()
+                if context.code() is None:  # not the injected status: a bug, told as INTERNAL
+                    self.meter.record(method, started, grpc.StatusCode.INTERNAL)
+                    context.abort(grpc.StatusCode.INTERNAL, self.meter.bug(method, exc))
+                self.meter.record(method, started, context.code())
                 raise
         return started
 

@@ -43,6 +43,10 @@ class NodeContext:
     #: The lab credential (None: this node has none). For calls to protected methods on
     #: channels the node makes itself; `channels` already present it.
     credential: Credential | None = None
+    #: Marks every service of the node NOT_SERVING in grpc.health until it is restarted,
+    #: with the reason (logged): for a role that can no longer do its work (a stopped log),
+    #: so health checkers (the data-master, the switch) route around it.
+    set_not_serving: Callable[[str], None] = lambda reason: None
 
     @property
     def data_dir(self) -> Path:

@@ -94,10 +94,13 @@ class NodeServer:
                                  default_timeout=self.config["RPC_TIMEOUT_SECONDS"],
                                  max_message_bytes=self.config["MAX_MESSAGE_BYTES"],
                                  credential=credential)
+        self.health = health.HealthServicer()
+        self._services: tuple[str, ...] = ()
+        self._not_serving = ""  # why the role asked to be routed around ("" : it did not)
         self.context = NodeContext(name=name, role=spec.name, config=self.config,
                                    registry=self.registry, metrics=self.metrics, log=self.log,
                                    rules=self.rules, channels=self.channels,
-                                   credential=credential)
+                                   credential=credential, set_not_serving=self._set_not_serving)
         self.role = spec.build(self.context)
         self.heartbeat = Heartbeat(
             entries=self.config["PEERS"], port=self.config["GRPC_PORT"],
@@ -105,7 +108,6 @@ class NodeServer:
             detector=FailureDetector(rise=self.config["PEER_RISE"],
                                      fall=self.config["PEER_FALL"]),
             channels=self.channels, metrics=self.metrics, log=self.log)
-        self.health = health.HealthServicer()
         self.grpc_port = 0
         self.metrics_port = 0
         self._server: grpc.Server | grpc.aio.Server | None = None
@@ -159,12 +161,22 @@ class NodeServer:
             self._loop.run(self._server.start())
         else:
             self._server.start()
+        self._services = services
+        status = (health_pb2.HealthCheckResponse.NOT_SERVING if self._not_serving
+                  else health_pb2.HealthCheckResponse.SERVING)
         for service in ("", *services):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            self.health.set(service, status)
         self.heartbeat.start()
         self.role.serving(self.grpc_port)
         self.log.info("node_started", grpc_port=self.grpc_port, metrics_port=self.metrics_port,
                       services=list(services), peers=list(self.config["PEERS"]))
+
+    def _set_not_serving(self, reason: str) -> None:
+        if not self._not_serving:
+            self.log.error("node_not_serving", reason=reason)
+        self._not_serving = reason
+        for service in ("", *self._services):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def _build_aio_server(self, pool: futures.ThreadPoolExecutor, options: list,
                                 address: str, admission: Admission,

@@ -45,6 +45,10 @@ SPEC = RoleSpec(
         Setting("DATA_TRANSFER_TIMEOUT_SECONDS", float, 30.0,
                 "deadline of a full-state transfer (Sync to a joiner, Install into a successor)",
                 positive),
+        Setting("DATA_INSTALL_MAX_BYTES", int, 512 * 1024 * 1024,
+                "most bytes of state one full-state stream (Install from a predecessor, Sync "
+                "from the tail) may carry; past it the stream is refused RESOURCE_EXHAUSTED "
+                "and nothing of it is kept", positive),
         Setting("DATA_ACK_AT", str, ACK_AT_TAIL,
                 "where a Txn is acknowledged: tail (correct: once every replica holds it) or "
                 "head (DELIBERATELY BROKEN, for checking checkers: see docs/scenarios.md; "

@@ -30,12 +30,19 @@ Disk errors (the policy is nodes.common.durable's): a replica whose log
 could not take an update applies nothing and answers its predecessor
 UNAVAILABLE, so the head never acknowledges what a replica does not hold
 durably. After a failed fsync its log is stopped: it holds every update and
-install back (UNAVAILABLE), says why in Status (`wal_stopped`), and the
-chain writes nothing until it is restarted (it then replays and is re-used
-in place) or taken out (stopping its machine makes the data-master do so).
+install back (UNAVAILABLE), says why in Status (`wal_stopped`), and reports
+NOT_SERVING in grpc.health, so the data-master takes it out of the chain
+after CHAIN_CHECK_FALL checks and the chain goes on without it. Restarted,
+it replays its log and registers again (re-used in place while still listed).
 
 Reads are served at the tail under the same lock as applies, so a Read of
 many keys or a prefix sees one state, and its seq says which.
+
+Full-state streams are bounded. An Install is judged on its first chunk: a
+sender at an older epoch is refused FAILED_PRECONDITION before the rest of its
+stream is read. An Install, and a Sync this replica pulls, are read chunk by
+chunk up to DATA_INSTALL_MAX_BYTES (default 512 MiB); past it the stream is
+refused (RESOURCE_EXHAUSTED naming the setting) and nothing of it is kept.
 
 Membership (see nodes/data/chain.py for the rules). At start the replica
 replays its log and registers with the data-master until it answers: a
@@ -59,7 +66,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
@@ -132,6 +139,32 @@ def ack_mode_from(settings: Mapping[str, str]) -> str | None:
     return wanted
 
 
+class SnapshotTooLarge(Exception):
+    """A full-state stream (Install, Sync) went past DATA_INSTALL_MAX_BYTES."""
+
+
+def gather_snapshot(chunks: Iterable[chain_pb2.SyncChunk], max_bytes: int, *,
+                    first: Callable[[chain_pb2.SyncChunk], None] | None = None,
+                    ) -> list[chain_pb2.SyncChunk]:
+    """The chunks of a full-state stream, read one at a time: `first` sees the first chunk
+    before any other is read (to refuse the sender at once), and SnapshotTooLarge stops
+    the reading as soon as the chunks held pass `max_bytes`, so a stream never costs this
+    replica more memory than the cap, whatever its sender meant."""
+    gathered: list[chain_pb2.SyncChunk] = []
+    held = 0
+    for chunk in chunks:
+        if not gathered and first is not None:
+            first(chunk)
+        held += chunk.ByteSize()
+        if held > max_bytes:
+            raise SnapshotTooLarge(
+                f"the state streamed is over DATA_INSTALL_MAX_BYTES={max_bytes} bytes "
+                f"(past it at chunk {len(gathered) + 1}); raise the setting on this replica "
+                f"if the tier really holds that much")
+        gathered.append(chunk)
+    return gathered
+
+
 def _complete_snapshot(chunks: list[chain_pb2.SyncChunk], limits: Limits) -> str | None:
     """Why `chunks` is not one whole, valid snapshot, or None when it is."""
     if not chunks or not chunks[-1].last:
@@ -162,6 +195,7 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         self._budget = max_message - MESSAGE_HEADROOM_BYTES
         self._rpc_timeout = config["RPC_TIMEOUT_SECONDS"]
         self._transfer_timeout = config["DATA_TRANSFER_TIMEOUT_SECONDS"]
+        self._install_max_bytes = config["DATA_INSTALL_MAX_BYTES"]
         self._check_interval = config["DATA_MEMBERSHIP_CHECK_SECONDS"]
         self._compact_after = config["DATA_WAL_COMPACT_UPDATES"]
         self._advertise = config["DATA_ADVERTISE_ADDRESS"]
@@ -171,8 +205,10 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         self._core = ReplicaCore(ctx.name, recent_capacity=config["DATA_RECENT_UPDATES"],
                                  member_epoch=self._read_marker())
         self._define_metrics(ctx)
+        # A stopped log holds every update back: NOT_SERVING makes the data-master take this
+        # replica out, so the chain goes on without it instead of stalling behind it.
         self._wal = ChainLog(ctx.data_dir / "chain.wal", on_fsync=self._fsync_seconds.observe,
-                             log=ctx.log)
+                             log=ctx.log, on_stop=ctx.set_not_serving)
         replayed = self._wal.replay()
         applied = self._core.restore(replayed.snapshot, replayed.snapshot_seq, replayed.updates)
         ctx.log.info("chain_recovered", snapshot_seq=replayed.snapshot_seq, updates=applied,
@@ -392,12 +428,26 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
             return chain_pb2.ForwardReply(last_seq=self._core.last_seq)
 
     def Install(self, request_iterator, context):
-        chunks = list(request_iterator)
+        def refuse_stale_sender(first: chain_pb2.SyncChunk) -> None:
+            # A removed predecessor's stream is refused before the rest of it is read:
+            # its bytes never reach memory (flow control holds them at the sender).
+            try:
+                self._core.check_epoch(first.epoch)
+            except StaleEpoch as exc:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"install refused at its first chunk: {exc}")
+
+        try:
+            chunks = gather_snapshot(request_iterator, self._install_max_bytes,
+                                     first=refuse_stale_sender)
+        except SnapshotTooLarge as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"install refused: {exc}")
         complaint = _complete_snapshot(chunks, self._limits)
         if complaint:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, complaint)
         deadline = self._deadline(context)
         with self._chain_lock:
+            # Checked again under the lock: the configuration may have moved on meanwhile.
             try:
                 self._core.check_epoch(chunks[0].epoch)
             except StaleEpoch as exc:
@@ -698,7 +748,11 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         tail = config.chain[-1]
         stream = self._replica_stub(tail).Sync(chain_pb2.SyncRequest(epoch=config.epoch),
                                                timeout=self._transfer_timeout)
-        chunks = list(stream)
+        try:
+            chunks = gather_snapshot(stream, self._install_max_bytes)
+        except SnapshotTooLarge as exc:
+            stream.cancel()
+            raise ChainBroken(f"sync from {tail.name}: {exc}") from None
         complaint = _complete_snapshot(chunks, self._limits)
         if complaint:
             raise ChainBroken(f"sync from {tail.name}: {complaint}")

@@ -84,9 +84,10 @@ def decode_log(data: bytes) -> tuple[Replayed, int]:
 
 class ChainLog:
     def __init__(self, path: Path, *, on_fsync: Callable[[float], None] = lambda _: None,
-                 log: EventLog | None = None) -> None:
+                 log: EventLog | None = None,
+                 on_stop: Callable[[str], None] = lambda _: None) -> None:
         self.path = path
-        self._log = LogFile(path, on_fsync=on_fsync, log=log)
+        self._log = LogFile(path, on_fsync=on_fsync, log=log, on_stop=on_stop)
         self.updates_since_snapshot = 0
 
     @property

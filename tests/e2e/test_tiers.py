@@ -159,6 +159,7 @@ def test_bad_input_through_the_switch_is_a_clear_error_and_changes_nothing(heale
 
     def transfer(**fields):
         fields.setdefault("idempotency_key", f"bad-{time.monotonic_ns()}")
+        fields.setdefault("issued_at_unix_ms", int(time.time() * 1000))
         return stub.Transfer(bank_pb2.TransferRequest(**fields), timeout=5)
 
     cases = [
@@ -218,7 +219,9 @@ def test_stateful_statement_works_with_affinity_until_its_server_dies(healed):
                              timeout=5)
             for n in range(10):
                 stub.Deposit(bank_pb2.DepositRequest(account="stmt", amount_cents=1,
-                                                     idempotency_key=f"stmt-{n}"), timeout=5)
+                                                     idempotency_key=f"stmt-{n}",
+                                                     issued_at_unix_ms=int(time.time() * 1000)),
+                             timeout=5)
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.ALREADY_EXISTS
         cursor, served, metadata = statement_pages(stub, "stmt", "session-42", 3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 
 import grpc
 import pytest
@@ -53,15 +54,17 @@ def outcome(call, request, prefix: str) -> tuple:
 def transcript(stub: bank_pb2_grpc.BankStub, prefix: str) -> list[tuple]:
     """One session of calls covering every method, good and bad input."""
     alice, bob = f"{prefix}alice", f"{prefix}bob"
+    issued = int(time.time() * 1000)  # one first-issue time: repeats of a key are retries
 
     def transfer(source, target, amount, key):
         return outcome(stub.Transfer, bank_pb2.TransferRequest(
             from_account=source, to_account=target, amount_cents=amount,
-            idempotency_key=prefix + key), prefix)
+            idempotency_key=prefix + key, issued_at_unix_ms=issued), prefix)
 
     def deposit(account, amount, key):
         return outcome(stub.Deposit, bank_pb2.DepositRequest(
-            account=account, amount_cents=amount, idempotency_key=prefix + key), prefix)
+            account=account, amount_cents=amount, idempotency_key=prefix + key,
+            issued_at_unix_ms=issued), prefix)
 
     def statement(**page):
         return outcome(stub.Statement, bank_pb2.StatementRequest(account=alice, **page), prefix)
@@ -101,9 +104,10 @@ def test_every_architecture_answers_the_same_calls_identically(shared_lab, apps)
     for architecture, seen in transcripts.items():
         assert seen == expected, architecture
     # ... and those answers are the right ones.
-    assert expected[8] == ("OK", {"from_balance_cents": 700, "to_balance_cents": 550})
+    assert expected[8] == ("OK", {"from_balance_cents": 700, "to_balance_cents": 550,
+                                  "idempotency_window_seconds": 300})
     assert expected[9] == ("OK", {"from_balance_cents": 700, "to_balance_cents": 550,
-                                  "replayed": True})
+                                  "replayed": True, "idempotency_window_seconds": 300})
     codes = [entry[0] for entry in expected[:17]]
     assert codes == ["OK", "OK", "ALREADY_EXISTS", "INVALID_ARGUMENT", "OK", "OK",
                      "ALREADY_EXISTS", "NOT_FOUND", "OK", "OK", "ALREADY_EXISTS",
@@ -146,7 +150,8 @@ def test_audits_during_concurrent_transfers_always_see_the_same_total(shared_lab
             try:
                 stub.Transfer(bank_pb2.TransferRequest(
                     from_account=names[(worker + n) % 4], to_account=names[(worker + n + 1) % 4],
-                    amount_cents=7, idempotency_key=f"{architecture}-w{worker}-{n}"), timeout=10)
+                    amount_cents=7, idempotency_key=f"{architecture}-w{worker}-{n}",
+                    issued_at_unix_ms=int(time.time() * 1000)), timeout=10)
             except grpc.RpcError as error:
                 # Acceptable: an overdraft, or ABORTED when the optimistic retries ran out under
                 # this deliberate contention (a definite failure: nothing was applied).
@@ -177,7 +182,9 @@ def test_a_cursor_is_lost_when_its_server_stops_or_another_server_answers(shared
     stub.OpenAccount(bank_pb2.OpenAccountRequest(account="paged", initial_cents=10), timeout=10)
     for n in range(4):
         stub.Deposit(bank_pb2.DepositRequest(account="paged", amount_cents=1,
-                                             idempotency_key=f"paged-{n}"), timeout=10)
+                                             idempotency_key=f"paged-{n}",
+                                             issued_at_unix_ms=int(time.time() * 1000)),
+                     timeout=10)
     page = stub.Statement(bank_pb2.StatementRequest(account="paged", cursor="", limit=2),
                           timeout=10)
     assert [line.number for line in page.lines] == [0, 1] and page.served_by == "app-c1"
@@ -216,7 +223,8 @@ def test_a_transfer_whose_outcome_was_unknown_is_applied_once(lab, architecture)
     head = lab.control(tier.replicas["data-1"])
     head.AddFaultRule(Rule(method=TXN, action=Rule.DELAY, delay_seconds=0.8), timeout=5)
     request = bank_pb2.TransferRequest(from_account="payer", to_account="payee", amount_cents=30,
-                                       idempotency_key="unknown-1")
+                                       idempotency_key="unknown-1",
+                                       issued_at_unix_ms=int(time.time() * 1000))
     with pytest.raises(grpc.RpcError) as caught:
         stub.Transfer(request, timeout=10)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -240,7 +248,8 @@ def test_a_data_tier_that_is_down_gets_unavailable_and_changes_nothing(lab):
     for call, request in ((stub.Balance, bank_pb2.BalanceRequest(account="x")),
                           (stub.Transfer, bank_pb2.TransferRequest(
                               from_account="x", to_account="y", amount_cents=1,
-                              idempotency_key="down-1"))):
+                              idempotency_key="down-1",
+                              issued_at_unix_ms=int(time.time() * 1000)))):
         with pytest.raises(grpc.RpcError) as caught:
             call(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

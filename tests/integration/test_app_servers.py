@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodes.app.__main__ import SPEC
+from nodes.common import interceptors
 from nodes.common.auth import Credential
 from nodes.common.role import RoleNode, RoleSpec, ServerMode
 from nodes.rpc import bank_pb2, bank_pb2_grpc, control_pb2, control_pb2_grpc
@@ -102,6 +103,18 @@ def reflected_services(lab, node) -> set[str]:
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
     return {service.name for reply in replies
             for service in reply.list_services_response.service}
+
+
+@pytest.mark.parametrize("architecture", ["threaded", "async"])
+def test_a_drop_meeting_a_caller_without_deadline_ends_unavailable_without_internal_text(
+        lab, architecture, monkeypatch):
+    monkeypatch.setattr(interceptors, "DROP_WAIT_CAP_SECONDS", 1.0)
+    node = start_app(lab, "app-1", architecture)
+    rule_id = lab.control(node).AddFaultRule(Rule(method=WORK, action=Rule.DROP),
+                                             timeout=5).rule_id
+    error = failure(bank(lab, node).Work, bank_pb2.WorkRequest(), timeout=None)
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE,
+                                               f"dropped by fault rule {rule_id}")
 
 
 @pytest.mark.parametrize("architecture", ["threaded", "async"])

@@ -11,6 +11,7 @@ credential still gets INVALID_ARGUMENT for what a client's txn could not do.
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 import pytest
@@ -146,7 +147,9 @@ def test_a_forged_register_does_not_move_a_member_that_still_serves(lab, tier, b
 
     assert tier.master_config() == config
     deposit = bank.Deposit(bank_pb2.DepositRequest(account="alice", amount_cents=5,
-                                                   idempotency_key="after-forgery"), timeout=10)
+                                                   idempotency_key="after-forgery",
+                                                   issued_at_unix_ms=int(time.time() * 1000)),
+                           timeout=10)
     assert deposit.balance_cents == 105
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from nodes.data.client import DataUnavailable
 from nodes.rpc import chain_pb2
@@ -18,6 +19,7 @@ from tests.integration.chain_support import Writer, put, start_tier
 from tests.support.disk import FailingDisk
 
 NEVER_REMOVE = {"CHAIN_CHECK_FALL": "100000"}  # the stopped replica is restarted in place
+SERVING, NOT_SERVING = HealthCheckResponse.SERVING, HealthCheckResponse.NOT_SERVING
 
 
 def wal_directory(tier, name: str) -> Path:
@@ -109,3 +111,21 @@ def test_transfers_keep_the_total_and_every_acknowledged_one_through_disk_errors
     assert final["a"][0] + final["b"][0] == 100
     assert acked <= final["b"][0] <= acked + maybe
     assert acked_after_restart > 0  # the restarted head took transfers again
+
+
+def test_a_replica_whose_log_stopped_is_not_serving_and_the_chain_goes_on_without_it(lab):
+    tier = start_tier(lab)  # the master's usual failure detection: 2 failed checks
+    victim = tier.replicas["data-2"]
+    with Writer(tier.client(timeout=2, attempts=4), "w/") as writer, \
+            FailingDisk(wal_directory(tier, "data-2"), "chain.wal") as disk:
+        writer.wait_for_more(10, lab)
+        assert lab.health(victim).Check(HealthCheckRequest(), timeout=5).status == SERVING
+        disk.fail_next_fsync(errno.EIO)
+        lab.wait_until(lambda: lab.health(victim).Check(HealthCheckRequest(),
+                                                        timeout=5).status == NOT_SERVING,
+                       what="the stopped replica reporting NOT_SERVING")
+        assert "wal_stopped" in tier.status(victim)
+        tier.wait_for_chain(["data-1", "data-3"])  # routed around, not stalled behind it
+        writer.wait_for_more(20, lab)
+    writer.check(tier.client())
+    assert disk.failed_calls == ["fsync EIO"]

@@ -3,12 +3,14 @@ promises about stopping gracefully and never leaking a stack trace."""
 
 import struct
 import threading
+import time
 import zlib
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from nodes.common import interceptors
 from nodes.common.role import RoleNode, RoleSpec
 from nodes.rpc import control_pb2, kv_pb2
 
@@ -69,6 +71,21 @@ def test_error_rule_fails_the_call_with_that_code(lab, node, kv, control, stored
 def test_drop_rule_means_the_caller_sees_its_deadline(kv, control, stored):
     add_rule(control, method="/distlab.kv.KV/*", action=Rule.DROP)
     assert failure(kv.Get, stored, timeout=0.5).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_drop_meeting_a_caller_without_deadline_holds_it_then_unavailable(
+        lab, node, kv, control, stored, monkeypatch):
+    """gRPC reports "no deadline" as a time_remaining of ~1e10 s: the drop must hold the
+    call (up to its cap) and end it UNAVAILABLE, not fail at once leaking internal text."""
+    monkeypatch.setattr(interceptors, "DROP_WAIT_CAP_SECONDS", 1.0)
+    rule_id = add_rule(control, method=GET, action=Rule.DROP)
+    started = time.monotonic()
+    error = failure(kv.Get, stored, timeout=None)
+    assert time.monotonic() - started >= 0.9
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details() == f"dropped by fault rule {rule_id}"
+    assert lab.scrape(node).get("distlab_rpc_server_handled_total", method=GET,
+                                code="UNAVAILABLE") == 1
 
 
 def test_probability_half_fails_some_calls_and_not_others(kv, control, stored):

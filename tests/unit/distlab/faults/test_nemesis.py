@@ -388,6 +388,26 @@ def test_a_rule_the_node_refuses_is_a_usage_error(live_kv, machines_of, tmp_path
     assert control.ListFaultRules(control_pb2.ListFaultRulesRequest(), timeout=5).rules == []
 
 
+def test_a_node_full_of_rules_refuses_one_more_with_its_cap_and_a_hint(live_kv, machines_of,
+                                                                         tmp_path):
+    from nodes.common.faults import MAX_RULES
+
+    _, runtime, channel, credential = live_kv
+    nemesis = Nemesis(machines_of(runtime, credential), Journal(tmp_path / "faults.json"))
+    for _ in range(MAX_RULES):
+        nemesis.rpc("kv-1", "error", method="/distlab.kv.KV/Get")
+    with pytest.raises(UsageError) as refused:
+        nemesis.rpc("kv-1", "error", method="/distlab.kv.KV/Get")
+    assert f"kv-1 refused the rule: {MAX_RULES} fault rules are in force" in str(refused.value)
+    assert "distlab heal" in refused.value.hint
+    assert len(nemesis.active()) == MAX_RULES  # the refused rule is not recorded
+    control = control_pb2_grpc.ControlStub(channel)
+    assert len(control.ListFaultRules(control_pb2.ListFaultRulesRequest(), timeout=5).rules) \
+        == MAX_RULES
+    assert nemesis.heal() == []
+    assert control.ListFaultRules(control_pb2.ListFaultRulesRequest(), timeout=5).rules == []
+
+
 def test_network_faults_are_marked_on_the_node_while_active(live_kv, machines_of, tmp_path):
     node, runtime, _, credential = live_kv
     nemesis = Nemesis(machines_of(runtime, credential), Journal(tmp_path / "faults.json"))

@@ -11,7 +11,17 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from nodes.app.bank import ACCOUNT_PREFIX, Bank, BankError, Limits, account_key
+from nodes.app.bank import (
+    ACCOUNT_PREFIX,
+    IDEMPOTENCY_EXPIRED,
+    IDEMPOTENCY_EXPIRY_PREFIX,
+    IDEMPOTENCY_GRACE_SECONDS,
+    IDEMPOTENCY_PREFIX,
+    Bank,
+    BankError,
+    Limits,
+    account_key,
+)
 from nodes.app.cursors import CursorTable
 from nodes.rpc import bank_pb2, chain_pb2
 from tests.unit.nodes.app.memory_data import MemoryData, Stepper, drive
@@ -19,8 +29,19 @@ from tests.unit.nodes.app.memory_data import MemoryData, Stepper, drive
 Code = grpc.StatusCode
 
 
+class Clock:
+    """Wall-clock time the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Teller:
-    """A bank core over a MemoryData, with one-line helpers for each call."""
+    """A bank core over a MemoryData, with one-line helpers for each call; requests are
+    stamped issued "now" on the teller's clock unless told otherwise."""
 
     def __init__(self, data: MemoryData | None = None, *, limits: Limits | None = None,
                  cursors: CursorTable | None = None, served_by: str = "app-1") -> None:
@@ -28,27 +49,41 @@ class Teller:
         self.conflicts: list[str] = []
         nonces = itertools.count()
         cursors = cursors if cursors is not None else CursorTable(capacity=100, idle_seconds=60)
+        self.clock = Clock()
         self.bank = Bank(limits or Limits(), cursors,
                          served_by=served_by, new_nonce=lambda: f"n{next(nonces)}",
-                         on_conflict=self.conflicts.append)
+                         on_conflict=self.conflicts.append, clock=self.clock)
+
+    def now_ms(self) -> int:
+        return int(self.clock.now * 1000)
 
     def open(self, account: str, initial: int = 0) -> bank_pb2.AccountReply:
         return drive(self.bank.open_account(
             bank_pb2.OpenAccountRequest(account=account, initial_cents=initial)), self.data)
 
-    def deposit(self, account: str, amount: int, key: str) -> bank_pb2.AccountReply:
+    def deposit(self, account: str, amount: int, key: str,
+                issued: int | None = None) -> bank_pb2.AccountReply:
         return drive(self.bank.deposit(bank_pb2.DepositRequest(
-            account=account, amount_cents=amount, idempotency_key=key)), self.data)
+            account=account, amount_cents=amount, idempotency_key=key,
+            issued_at_unix_ms=self.now_ms() if issued is None else issued)), self.data)
 
-    def transfer_request(self, source: str, target: str, amount: int,
-                         key: str) -> bank_pb2.TransferRequest:
-        return bank_pb2.TransferRequest(from_account=source, to_account=target,
-                                        amount_cents=amount, idempotency_key=key)
+    def transfer_request(self, source: str, target: str, amount: int, key: str,
+                         issued: int | None = None) -> bank_pb2.TransferRequest:
+        return bank_pb2.TransferRequest(
+            from_account=source, to_account=target, amount_cents=amount, idempotency_key=key,
+            issued_at_unix_ms=self.now_ms() if issued is None else issued)
 
-    def transfer(self, source: str, target: str, amount: int,
-                 key: str) -> bank_pb2.TransferReply:
-        return drive(self.bank.transfer(self.transfer_request(source, target, amount, key)),
-                     self.data)
+    def transfer(self, source: str, target: str, amount: int, key: str,
+                 issued: int | None = None) -> bank_pb2.TransferReply:
+        return drive(self.bank.transfer(self.transfer_request(source, target, amount, key,
+                                                              issued)), self.data)
+
+    def sweep(self, records: int = 100, per_txn: int = 4) -> int:
+        return drive(self.bank.sweep_idempotency(records=records, per_txn=per_txn), self.data)
+
+    def idempotency_keys(self) -> int:
+        return sum(1 for key in self.data.data
+                   if key.startswith((IDEMPOTENCY_PREFIX, IDEMPOTENCY_EXPIRY_PREFIX)))
 
     def balance(self, account: str) -> int:
         return drive(self.bank.balance(bank_pb2.BalanceRequest(account=account)),
@@ -557,3 +592,112 @@ def test_random_interleaved_transfers_keep_the_total_and_never_go_negative(plans
     stored_keys = [k for k in teller.data.data if k.startswith("bank/idempotency/")]
     assert applied == len(stored_keys) <= len({plan[3] for plan in plans})
     assert all(len(balances) == 1 for balances in replies.values())
+
+
+# -- the idempotency window ------------------------------------------------------------------
+
+WINDOW = 300
+
+
+def test_a_retry_within_the_window_replays_and_every_reply_states_the_window(teller):
+    first = teller.transfer("alice", "bob", 10, "k1")
+    assert first.idempotency_window_seconds == WINDOW
+    issued = teller.now_ms()
+    teller.clock.now += WINDOW - 1
+    again = teller.transfer("alice", "bob", 10, "k1", issued=issued)
+    assert again.replayed and again.idempotency_window_seconds == WINDOW
+    assert teller.deposit("alice", 5, "d1").idempotency_window_seconds == WINDOW
+    assert teller.balance("alice") == 995
+
+
+@pytest.mark.parametrize("operation", ["transfer", "deposit"])
+def test_a_request_first_issued_before_the_window_is_refused_and_never_applied(teller,
+                                                                              operation):
+    issued = teller.now_ms() - (WINDOW + 1) * 1000
+    call = (lambda: teller.transfer("alice", "bob", 10, "late", issued=issued)) \
+        if operation == "transfer" else (lambda: teller.deposit("alice", 10, "late", issued))
+    error = refusal(call)
+    assert error.code == Code.FAILED_PRECONDITION and not error.outcome_unknown
+    assert error.message.startswith(IDEMPOTENCY_EXPIRED)
+    assert f"longer than the {WINDOW} s" in error.message and "nothing was changed" in error.message
+    assert (teller.balance("alice"), teller.balance("bob")) == (1000, 500)
+
+
+@pytest.mark.parametrize("issued, fragment", [
+    (0, "issued_at_unix_ms is required"),
+    (-5, "issued_at_unix_ms is required"),
+    ("future", "in the future"),
+])
+def test_a_missing_or_future_issue_time_is_invalid_argument(teller, issued, fragment):
+    if issued == "future":
+        issued = teller.now_ms() + int(IDEMPOTENCY_GRACE_SECONDS * 1000) + 1000
+    error = refusal(teller.transfer, "alice", "bob", 10, "k", issued=issued)
+    assert error.code == Code.INVALID_ARGUMENT and fragment in error.message
+    assert teller.balance("alice") == 1000
+
+
+def test_a_key_retried_with_another_issue_time_is_already_exists(teller):
+    teller.transfer("alice", "bob", 10, "k1")
+    error = refusal(teller.transfer, "alice", "bob", 10, "k1", issued=teller.now_ms() - 1000)
+    assert error.code == Code.ALREADY_EXISTS
+    assert teller.balance("alice") == 990
+
+
+def test_the_sweep_deletes_records_only_after_window_and_grace_and_oldest_first(teller):
+    for n in range(6):
+        teller.transfer("alice", "bob", 1, f"old-{n}")
+    teller.clock.now += 100
+    teller.transfer("alice", "bob", 1, "young")
+    assert teller.idempotency_keys() == 14  # a record and an index entry each
+
+    teller.clock.now += WINDOW - 100 + 30  # the old ones' windows closed, grace not over
+    assert teller.sweep() == 0
+    teller.clock.now += IDEMPOTENCY_GRACE_SECONDS - 30 + 1
+    assert teller.sweep(records=4, per_txn=3) == 4  # bounded per pass
+    assert teller.sweep() == 2
+    assert teller.idempotency_keys() == 2  # only "young" is left
+
+
+def test_a_retry_after_its_record_was_swept_is_refused_not_applied_twice(teller):
+    issued = teller.now_ms()
+    teller.transfer("alice", "bob", 10, "k1")
+    teller.clock.now += WINDOW + IDEMPOTENCY_GRACE_SECONDS + 1
+    assert teller.sweep() == 1 and teller.idempotency_keys() == 0
+    error = refusal(teller.transfer, "alice", "bob", 10, "k1", issued=issued)
+    assert error.code == Code.FAILED_PRECONDITION and error.message.startswith(IDEMPOTENCY_EXPIRED)
+    assert (teller.balance("alice"), teller.balance("bob")) == (990, 510)
+
+
+def test_the_sweep_never_deletes_a_record_written_again_after_it_read_the_index(teller):
+    """Two sweepers: one read the index, the other deleted the record, and the key was
+    reused; the first one's deletion must not take the new record."""
+    teller.transfer("alice", "bob", 10, "k1")
+    teller.clock.now += WINDOW + IDEMPOTENCY_GRACE_SECONDS + 1
+    stale = teller.data.read(chain_pb2.ReadRequest(prefix=IDEMPOTENCY_EXPIRY_PREFIX))
+    assert teller.sweep() == 1
+    teller.transfer("alice", "bob", 10, "k1")  # a new request: new issue time, new window
+    (entry,) = stale.found
+    record = IDEMPOTENCY_PREFIX + entry.key.rsplit("/", 1)[1]
+    reply = teller.data.apply(chain_pb2.TxnRequest(
+        compares=[chain_pb2.Compare(key=entry.key, target=chain_pb2.Compare.VERSION,
+                                    version=entry.version),
+                  chain_pb2.Compare(key=record, target=chain_pb2.Compare.VERSION,
+                                    version=entry.version)],
+        deletes=[entry.key, record]))
+    assert not reply.succeeded  # what sweep_idempotency sends: it fails, the record stays
+    assert teller.transfer("alice", "bob", 10, "k1").replayed
+
+
+def test_a_resend_after_the_window_closed_is_unknown_not_retried(teller):
+    issued = teller.now_ms()
+
+    def late(data: MemoryData) -> None:
+        teller.clock.now += WINDOW + 1  # the first Txn took the whole window
+
+    txns = teller.data.txns
+    teller.data.before_txn = late
+    teller.data.outages = ["lost"]
+    error = refusal(teller.transfer, "alice", "bob", 10, "k1", issued=issued)
+    assert error.code == Code.UNAVAILABLE and error.outcome_unknown
+    assert "idempotency window has passed" in error.message
+    assert teller.data.txns == txns + 1  # not resent

@@ -85,3 +85,34 @@ def test_a_version_far_ahead_of_this_peers_clock_is_refused():
     with pytest.raises(RingError, match="ahead of this peer's clock"):
         s.check(entry(now + MAX_VERSION_AHEAD_NS + 1), now_ns=now)
     s.check(entry(MAX_VERSION))  # without a clock only the hard bound holds
+
+
+def test_a_tombstone_expires_after_its_grace_and_an_owned_one_only_once_replicated():
+    s = store()
+    owned_key, replica_key = "a", "b"
+    owned = (key_id(replica_key, BITS), key_id(owned_key, BITS))  # (start, end]: only "a"
+    if key_id(owned_key, BITS) == key_id(replica_key, BITS):
+        pytest.skip("the two keys collide at 16 bits")
+    for key in (owned_key, replica_key):
+        s.merge(s.make_entry(key, b"", deleted=True, now_ns=1_000))
+    s.merge(s.make_entry("live", b"v", deleted=False, now_ns=1_000))
+    assert s.tombstones() == 2
+
+    def expire(now_ns, replicated_ns):
+        return s.expire_tombstones(now_ns=now_ns, grace_ns=500, owned=owned,
+                                   replicated_ns=replicated_ns)
+
+    assert expire(1_400, replicated_ns=2_000) == 0  # younger than the grace
+    assert expire(1_600, replicated_ns=900) == 1    # the replica's goes; the owned one waits
+    assert s.get(replica_key) is None and s.get(owned_key).deleted
+    assert expire(5_000, replicated_ns=1_000) == 0  # that repair started before the delete
+    assert expire(5_000, replicated_ns=1_001) == 1
+    assert s.tombstones() == 0 and s.get("live").value == b"v"  # live keys never expire
+
+
+def test_without_a_known_range_every_tombstone_waits_for_a_full_replication():
+    s = store()
+    s.merge(s.make_entry("a", b"", deleted=True, now_ns=1_000))
+    assert s.expire_tombstones(now_ns=9_000, grace_ns=10, owned=None, replicated_ns=0) == 0
+    assert s.expire_tombstones(now_ns=9_000, grace_ns=10, owned=None,
+                               replicated_ns=2_000) == 1

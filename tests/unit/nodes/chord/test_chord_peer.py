@@ -29,6 +29,8 @@ def test_transfers_are_cut_into_bounded_batches():
     ({"CHORD_ID": "zz"}, "CHORD_ID: id 'zz' is not a hex number"),
     ({"CHORD_BITS": "8", "CHORD_ID": "100"}, "CHORD_ID: id '100' is out of range"),
     ({"CHORD_BITS": "161"}, "CHORD_BITS='161' must be between 1 and 160"),
+    ({"CHORD_TOMBSTONE_GRACE_SECONDS": "60"},  # 2 repairs of 30 x 1 s stabilize rounds
+     "CHORD_TOMBSTONE_GRACE_SECONDS=60.0 must exceed 2 repair periods"),
 ])
 def test_bad_settings_are_refused_naming_the_variable(tmp_path, env, message):
     with pytest.raises(ConfigError, match=message):

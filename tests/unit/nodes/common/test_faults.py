@@ -5,7 +5,14 @@ import random
 import grpc
 import pytest
 
-from nodes.common.faults import FaultRuleError, FaultRules, RuleSpec, status_code_from_value
+from nodes.common.faults import (
+    MAX_RULES,
+    FaultRuleError,
+    FaultRules,
+    RuleSpec,
+    TooManyRules,
+    status_code_from_value,
+)
 
 GET = "/distlab.kv.KV/Get"
 PUT = "/distlab.kv.KV/Put"
@@ -173,3 +180,19 @@ def test_not_a_number_is_refused(field):
     fields = {"action": "delay", "delay_seconds": 1.0, field: float("nan")}
     with pytest.raises(FaultRuleError, match=field.split("_")[0]):
         RuleSpec(**fields)
+
+
+def test_rules_are_capped_and_a_cleared_or_expired_rule_makes_room():
+    clock = FakeClock()
+    rules = FaultRules(clock=clock)
+    ids = [rules.add(error_rule(method=GET)) for _ in range(MAX_RULES - 1)]
+    rules.add(error_rule(method=PUT, duration_seconds=5))
+    with pytest.raises(TooManyRules, match=f"the most it takes at once \\({MAX_RULES}\\)"):
+        rules.add(error_rule())
+    assert len(rules.active()) == MAX_RULES  # the refused rule was not added
+    clock.now += 5  # the timed rule expired: it no longer counts
+    rules.add(error_rule())
+    rules.clear(ids[:1])
+    rules.add(error_rule())
+    with pytest.raises(TooManyRules):
+        rules.add(error_rule())

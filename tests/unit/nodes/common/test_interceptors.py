@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from nodes.common.interceptors import Admission, Undecodable, tolerant
+from nodes.common.interceptors import (
+    DROP_WAIT_CAP_SECONDS,
+    Admission,
+    Undecodable,
+    drop_seconds,
+    tolerant,
+)
 from nodes.rpc import bank_pb2
 
 HEALTH = "grpc.health.v1.Health"
@@ -38,3 +44,15 @@ def test_tolerant_deserializer_names_the_message_instead_of_raising():
     assert refused.message_type == "distlab.bank.WorkRequest"
     assert "DecodeError" in refused.error
     assert tolerant(None) is None  # raw-bytes handlers (the switch's) have nothing to decode
+
+
+@pytest.mark.parametrize("remaining, held", [
+    (0.5, 1.5),              # past the caller's deadline, so it sees DEADLINE_EXCEEDED
+    (-3.0, 0.0),
+    (None, DROP_WAIT_CAP_SECONDS),
+    (1e10, DROP_WAIT_CAP_SECONDS),  # what gRPC reports for a caller without a deadline
+    (float("inf"), DROP_WAIT_CAP_SECONDS),
+    (float("nan"), DROP_WAIT_CAP_SECONDS),
+])
+def test_a_dropped_call_is_held_past_the_deadline_and_never_beyond_the_cap(remaining, held):
+    assert drop_seconds(remaining) == held
