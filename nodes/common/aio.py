@@ -2,9 +2,10 @@
 
 `NodeServer` in asyncio mode (a role's `ServerMode(asyncio=True)`) runs a
 grpc.aio server on an `EventLoopThread`, with `AioServerInterceptor` in
-front of every handler. Coroutine handlers (the role's service) run on the
-loop; plain-function handlers (Control, health) run in the server's
-migration thread pool, wrapped by the blocking `ServerInterceptor`. Both
+front of every handler. Coroutine handlers (the role's service, and health:
+grpc.aio's own servicer) run on the loop; plain-function handlers (Control,
+reflection) run in the server's migration thread pool, wrapped by the
+blocking `ServerInterceptor`. Both
 share one `ServerCallMeter`, so the metrics and fault rules are the node
 contract's either way.
 """

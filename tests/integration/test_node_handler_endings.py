@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from nodes.app.__main__ import SPEC as APP_SPEC
+from nodes.rpc import control_pb2
 from tests.integration.conftest import SMALL_LIMITS
 
 LIST = "/grpc.health.v1.Health/List"
@@ -72,3 +74,22 @@ def test_an_oversized_message_in_a_request_stream_is_not_a_bug(lab, server, caps
     endings = lab.wait_until(lambda: handled(lab, node, REFLECTION), what="the call recorded")
     assert "INTERNAL" not in endings and endings.keys() <= {"CANCELLED", "OK"}, endings
     assert "rpc_internal_error" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("server", ["threaded", "async"])
+def test_health_watchers_that_went_away_hold_no_thread(lab, server):
+    """Each Watch held one of the asyncio server's threads for good once its caller had gone
+    (the health servicer waits for a callback that grpc.aio never ran): after APP_WORKERS
+    watchers, every health check and Control call of that node hung."""
+    node = lab.start("app-1", spec=APP_SPEC, DATA_MASTER="127.0.0.1:1",
+                     APP_ARCHITECTURE=server, APP_WORKERS=2)
+    watch = health_pb2_grpc.HealthStub(lab.bare_channel(node)).Watch
+    for _ in range(4):
+        replies = watch(health_pb2.HealthCheckRequest(), timeout=0.2)
+        with pytest.raises(grpc.RpcError) as caught:
+            for reply in replies:
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    reply = lab.health(node).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert lab.control(node).Status(control_pb2.StatusRequest(), timeout=5).node == "app-1"
