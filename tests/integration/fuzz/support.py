@@ -19,6 +19,7 @@ import os
 import re
 import struct
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import HypothesisDeprecationWarning
 
 from nodes.rpc import bank_pb2, chain_pb2, chord_pb2, control_pb2, kv_pb2, tracker_pb2
 
@@ -385,6 +387,7 @@ class Target:
     (`credentialed` False) each must be refused UNAUTHENTICATED, whatever the body.
     `allowed` widens the clean codes for a method whose normal answers include
     another (named by its short name, with the reason beside it in the module).
+    `timeout` is each call's deadline.
     """
 
     name: str
@@ -393,6 +396,7 @@ class Target:
     credentialed: bool = True
     protected: frozenset[str] = frozenset()
     allowed: dict[str, frozenset[grpc.StatusCode]] | None = None
+    timeout: float = CALL_TIMEOUT
 
     def check(self, outcome: Outcome) -> None:
         if not self.credentialed and outcome.method.path in self.protected:
@@ -427,14 +431,18 @@ def fuzz(target: Target, kind: str, *, examples: int = EXAMPLES, keep=None,
             body = data.draw(payloads(kind, method), label="body")
             assume(keep is None or keep(method, body))
         try:
-            outcome = call_raw(target.channel, method, body)
+            outcome = call_raw(target.channel, method, body, timeout=target.timeout)
             codes[outcome.code.name] += 1
             target.check(outcome)
         finally:
             if after is not None:
                 after()
 
-    run()
+    with warnings.catch_warnings():
+        # The nodes run in this process, and their background threads (peer checks, Chord's
+        # timers) use the `random` module while Hypothesis draws an example.
+        warnings.simplefilter("ignore", HypothesisDeprecationWarning)
+        run()
     print(f"{target.name} {kind}: {dict(codes)}")
     return codes
 
