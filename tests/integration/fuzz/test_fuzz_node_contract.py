@@ -36,7 +36,7 @@ HEALTH = methods_of(health_pb2.DESCRIPTOR.services_by_name["Health"])
 REFLECTION = methods_of(reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])
 # Watch streams the status until the caller's deadline: that is its answer to a good body.
 WATCH_ALLOWED = {"Watch": CLEAN_CODES | {grpc.StatusCode.DEADLINE_EXCEEDED}}
-WATCH_TIMEOUT = 0.2
+WATCH_TIMEOUT = 0.1
 
 
 @pytest.fixture(scope="module")
