@@ -17,8 +17,9 @@ question "which one is more resource efficient?":
   and Control keep threads of their own.
 - async: a grpc.aio server; Bank calls are coroutines on one event loop using
   AsyncDataClient, so waiting holds no thread, but Work's CPU part stops
-  every other call. Control and health keep their blocking servicers and run
-  in APP_WORKERS threads beside the loop (nodes.common.aio). It takes up to
+  every other call. Control keeps its blocking servicer and runs in
+  APP_WORKERS threads beside the loop (nodes.common.aio); health is grpc.aio's
+  own servicer, on the loop, so a Watch holds no thread. It takes up to
   MAX_CONCURRENT_RPCS calls at once (default 256).
 - process: APP_PROCESSES processes share the port (nodes.app.processes), each
   a threaded node: CPU work runs on several cores at once.
@@ -85,12 +86,12 @@ SETTINGS = (
     Setting("APP_ARCHITECTURE", str, "threaded",
             "how calls are served: iterative (one at a time, on the one thread Control and "
             "health share too), threaded (APP_WORKERS threads), async (one asyncio event "
-            "loop; Control and health on APP_WORKERS threads), process (APP_PROCESSES "
+            "loop; Control on APP_WORKERS threads), process (APP_PROCESSES "
             "threaded processes on one port; a Control call reaches one of them)",
             one_of(*ARCHITECTURES)),
     Setting("APP_WORKERS", int, 16,
             "threads of the threaded architecture (per process in process), and of async's "
-            "pool for Control and health; this role's WORKERS (iterative has 1)", positive),
+            "pool for Control; this role's WORKERS (iterative has 1)", positive),
     Setting("APP_PROCESSES", int, 2, "worker processes of the process architecture",
             at_most(MAX_PROCESSES)),
     Setting("APP_DATA_ATTEMPTS", int, 4,

@@ -2,9 +2,10 @@
 
 `NodeServer` in asyncio mode (a role's `ServerMode(asyncio=True)`) runs a
 grpc.aio server on an `EventLoopThread`, with `AioServerInterceptor` in
-front of every handler. Coroutine handlers (the role's service) run on the
-loop; plain-function handlers (Control, health) run in the server's
-migration thread pool, wrapped by the blocking `ServerInterceptor`. Both
+front of every handler. Coroutine handlers (the role's service, and health:
+grpc.aio's own servicer) run on the loop; plain-function handlers (Control,
+reflection) run in the server's migration thread pool, wrapped by the
+blocking `ServerInterceptor`. Both
 share one `ServerCallMeter`, so the metrics and fault rules are the node
 contract's either way.
 """
@@ -65,8 +66,8 @@ async def _cancel_others() -> None:
 class _MigratedContext:
     """A plain-function handler's context on a grpc.aio server, made to act like the sync one.
 
-    grpc's migrated context has no `code()`, which `ServerInterceptor` needs to
-    tell a deliberate abort from a bug, so this one remembers the code. And it
+    grpc's migrated context has no `code()` or `details()`, which `ServerInterceptor`
+    needs to tell a deliberate abort from a bug, so this one remembers them. And it
     accepts callbacks but never runs them, so `add_callback` says yes and a
     fault rule's wait runs its whole (bounded) time.
     """
@@ -74,18 +75,26 @@ class _MigratedContext:
     def __init__(self, context: Any) -> None:
         self._context = context
         self._code: grpc.StatusCode | None = None
+        self._details = ""
 
     def abort(self, code: grpc.StatusCode, details: str = "",
               trailing_metadata: tuple = ()) -> None:
-        self._code = code
+        self._code, self._details = code, details
         self._context.abort(code, details, trailing_metadata)  # raises
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self._code = code
         self._context.set_code(code)
 
+    def set_details(self, details: str) -> None:
+        self._details = details
+        self._context.set_details(details)
+
     def code(self) -> grpc.StatusCode | None:
         return self._code
+
+    def details(self) -> str:
+        return self._details
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
         return True

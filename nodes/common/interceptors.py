@@ -196,15 +196,13 @@ class ServerInterceptor(grpc.ServerInterceptor):
         fault-injected."""
         bounded = self.meter.admission.bounds(method)
 
-        def arguments(request: Any, context: grpc.ServicerContext) -> Any:
-            return self._decoded(request, method, context) if streams_in else request
-
         def unary_result(request: Any, context: grpc.ServicerContext) -> Any:
             started = self._begin(method, context, request, bounded)
+            requests = RequestStream(request, method, context, self.meter) if streams_in else None
             try:
-                result = behavior(arguments(request, context), context)
+                result = behavior(requests or request, context)
             except Exception as exc:  # noqa: BLE001 - every failure is recorded and mapped
-                self._fail(method, context, started, exc)
+                self._fail(method, context, started, exc, requests)
             finally:
                 if bounded:
                     self.meter.admission.leave()
@@ -213,10 +211,11 @@ class ServerInterceptor(grpc.ServerInterceptor):
 
         def streamed_result(request: Any, context: grpc.ServicerContext) -> Any:
             started = self._begin(method, context, request, bounded)
+            requests = RequestStream(request, method, context, self.meter) if streams_in else None
             try:
-                yield from behavior(arguments(request, context), context)
+                yield from behavior(requests or request, context)
             except Exception as exc:  # noqa: BLE001
-                self._fail(method, context, started, exc)
+                self._fail(method, context, started, exc, requests)
             finally:  # also when the caller goes away and the generator is closed
                 if bounded:
                     self.meter.admission.leave()
@@ -253,16 +252,6 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 raise
         return started
 
-    def _decoded(self, requests: Iterator[Any], method: str,
-                 context: grpc.ServicerContext) -> Iterator[Any]:
-        """A request stream that ends the call INVALID_ARGUMENT at its first undecodable
-        message (the handler sees the abort as an exception, and `_fail` records it)."""
-        for request in requests:
-            if isinstance(request, Undecodable):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              self.meter.undecodable(method, request))
-            yield request
-
     def _inject(self, context: grpc.ServicerContext, decision: Decision) -> None:
         if decision.action == "delay":
             _wait_while_active(context, decision.delay_seconds)
@@ -273,16 +262,67 @@ class ServerInterceptor(grpc.ServerInterceptor):
         context.abort(grpc.StatusCode.UNAVAILABLE, f"dropped by fault rule {decision.rule_id}")
 
     def _fail(self, method: str, context: grpc.ServicerContext, started: float,
-              exc: Exception) -> None:
-        if context.code() is None:  # not a deliberate context.abort: a bug in a handler
+              exc: Exception, requests: RequestStream | None = None) -> None:
+        if requests is not None and exc is requests.broken:
+            # The caller went away or sent a message past the size limit: gRPC has ended
+            # the call with the reason already, and it is no bug of the handler's.
+            self.meter.record(method, started, grpc.StatusCode.CANCELLED)
+            raise exc
+        code = context.code()
+        if code is None:  # not a deliberate context.abort: a bug in a handler
             message = self.meter.bug(method, exc)
             self.meter.record(method, started, grpc.StatusCode.INTERNAL)
             context.abort(grpc.StatusCode.INTERNAL, message)
-        self.meter.record(method, started, context.code())
+        self.meter.record(method, started, code)
+        if not _is_abort(exc):
+            # A code set, then another exception: what grpc's generated base classes do for
+            # a method a servicer does not implement. End the call with that code and its
+            # details, rather than with the exception's repr and a logged traceback.
+            context.abort(code, _text(context.details()))
         raise exc
 
     def _end(self, method: str, context: grpc.ServicerContext, started: float) -> None:
         self.meter.record(method, started, context.code() or grpc.StatusCode.OK)
+
+
+class RequestStream:
+    """A call's request stream as its handler sees it: it ends the call INVALID_ARGUMENT at
+    its first undecodable message (the handler sees the abort as an exception, and `_fail`
+    records it), and remembers the error that broke it, if the stream itself broke."""
+
+    def __init__(self, requests: Iterator[Any], method: str, context: grpc.ServicerContext,
+                 meter: ServerCallMeter) -> None:
+        self._requests = requests
+        self._method = method
+        self._context = context
+        self._meter = meter
+        self.broken: grpc.RpcError | None = None
+
+    def __iter__(self) -> RequestStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            request = next(self._requests)
+        except grpc.RpcError as exc:
+            self.broken = exc
+            raise
+        if isinstance(request, Undecodable):
+            self._context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                self._meter.undecodable(self._method, request))
+        return request
+
+
+def _is_abort(exc: Exception) -> bool:
+    """Whether `exc` is how context.abort ends a call: a bare Exception on a thread-pool
+    server (as grpc documents), AbortError for a plain-function handler on grpc.aio."""
+    return type(exc) is Exception or isinstance(exc, grpc.aio.AbortError)
+
+
+def _text(details: str | bytes | None) -> str:
+    if isinstance(details, bytes):
+        return details.decode("utf-8", "replace")
+    return details or ""
 
 
 def _wait_while_active(context: grpc.ServicerContext, seconds: float) -> None:

@@ -28,12 +28,14 @@ still runs, so a role can make and close grpc.aio objects there.
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent import futures
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -94,7 +96,6 @@ class NodeServer:
                                  default_timeout=self.config["RPC_TIMEOUT_SECONDS"],
                                  max_message_bytes=self.config["MAX_MESSAGE_BYTES"],
                                  credential=credential)
-        self.health = health.HealthServicer()
         self._services: tuple[str, ...] = ()
         self._not_serving = ""  # why the role asked to be routed around ("" : it did not)
         self.context = NodeContext(name=name, role=spec.name, config=self.config,
@@ -108,6 +109,12 @@ class NodeServer:
             detector=FailureDetector(rise=self.config["PEER_RISE"],
                                      fall=self.config["PEER_FALL"]),
             channels=self.channels, metrics=self.metrics, log=self.log)
+        # grpc.aio never tells a plain-function handler that its caller has gone, and the
+        # blocking servicer's Watch waits for exactly that: each Watch would hold a thread
+        # of the asyncio server for good. Its own servicer's Watch is a coroutine, which the
+        # caller's going away cancels.
+        self.health = (health.aio.HealthServicer() if self.role.server_mode.asyncio
+                       else health.HealthServicer())
         self.grpc_port = 0
         self.metrics_port = 0
         self._server: grpc.Server | grpc.aio.Server | None = None
@@ -165,7 +172,7 @@ class NodeServer:
         status = (health_pb2.HealthCheckResponse.NOT_SERVING if self._not_serving
                   else health_pb2.HealthCheckResponse.SERVING)
         for service in ("", *services):
-            self.health.set(service, status)
+            self._on_loop(self.health.set(service, status))
         self.heartbeat.start()
         self.role.serving(self.grpc_port)
         self.log.info("node_started", grpc_port=self.grpc_port, metrics_port=self.metrics_port,
@@ -175,8 +182,10 @@ class NodeServer:
         if not self._not_serving:
             self.log.error("node_not_serving", reason=reason)
         self._not_serving = reason
+        if self._server is None:
+            return  # not started yet: start() reads _not_serving
         for service in ("", *self._services):
-            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self._on_loop(self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING))
 
     async def _build_aio_server(self, pool: futures.ThreadPoolExecutor, options: list,
                                 address: str, admission: Admission,
@@ -199,11 +208,17 @@ class NodeServer:
                 (*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         return services
 
+    def _on_loop(self, result: Any) -> None:
+        """Finish a call to the health servicer: the asyncio one's are coroutines for the
+        server's loop, the blocking one's are done already."""
+        if inspect.iscoroutine(result):
+            self._loop.run(result)
+
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight RPCs finish within `grace`, then release everything."""
         grace = self.config["GRACE_SECONDS"] if grace is None else grace
         self.log.info("node_stopping", grace_seconds=grace)
-        self.health.enter_graceful_shutdown()
+        self._on_loop(self.health.enter_graceful_shutdown())
         self.heartbeat.stop()
         if self._loop is not None:
             if self._server is not None:
