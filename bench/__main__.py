@@ -1,8 +1,9 @@
 """`make bench`: run every benchmark; each writes reports/bench/<name>.json."""
 
-from bench import chord, foundation, scenarios, tiers
+from bench import chord, failover, foundation, scenarios, tiers
 
 foundation.main()
 tiers.main()
 scenarios.main()
 chord.main()
+failover.main()

@@ -20,8 +20,14 @@ how to make Chord correct", 2017), not the original pseudocode:
 
 Every step that needs another node is a generator: it yields a request
 (`GetView`, `AskRoute`, `SendRectify`) and is sent back the answer, or None
-when that node did not answer in time or belongs to another ring. `drive` runs
-a step against any `answer` function: the gRPC peer answers with RPCs, the
+when that node is dead (or belongs to another ring). A `GetView` may also be
+answered `SILENT`: no answer this time, but the failure detector does not
+suspect the node yet (phi accrual, nodes.common.phi: a timeout is evidence,
+not a verdict). Steps that only route (lookups, joins, weaving) go around a
+silent node as around a dead one; steps that change who our neighbours are
+keep it: stabilize keeps a silent successor until the next round,
+check_predecessor and rectify keep a silent predecessor. `drive` runs a step
+against any `answer` function: the gRPC peer answers with RPCs, the
 simulator with other `ChordNode` objects in the same process.
 """
 
@@ -72,6 +78,17 @@ class NodeView:
     predecessor: NodeRef | None
     successors: tuple[NodeRef, ...]
     ring: str  # the ring it is a member of; "" when it is in none
+
+
+class Silent:
+    """The type of `SILENT`."""
+
+    def __repr__(self) -> str:
+        return "SILENT"
+
+
+#: A GetView answer: the node did not answer in time, and is not suspected yet.
+SILENT = Silent()
 
 
 @dataclass(frozen=True)
@@ -358,7 +375,7 @@ class ChordNode:
             if candidate in dead:
                 continue
             view = yield from self._view_of(candidate, ring)
-            if view is None:
+            if not isinstance(view, NodeView):
                 dead.add(candidate)
                 timeouts += 1
                 continue
@@ -368,7 +385,7 @@ class ChordNode:
                 if before is None or before in dead or between_right(before.id, target, owner.id):
                     break
                 earlier = yield from self._view_of(before, ring)
-                if earlier is None:
+                if not isinstance(earlier, NodeView):
                     dead.add(before)
                     timeouts += 1
                     break
@@ -396,7 +413,7 @@ class ChordNode:
             raise DuplicateId(f"id {format_id(self.me.id, self.bits)} is already used by "
                               f"{found.owner.address}")
         view = yield GetView(found.owner, contact.ring)
-        if view is None:
+        if not isinstance(view, NodeView):
             raise JoinFailed(f"our successor-to-be {found.owner.address} stopped answering")
         self._reset(contact.ring)
         self._set_successors([found.owner, *view.successors])
@@ -415,13 +432,14 @@ class ChordNode:
         if successor != self.me and not between(self.me.id, owner.id, successor.id):
             return False
         view = yield GetView(owner, self.ring)
-        if view is None or self.ring != contact.ring:
+        if not isinstance(view, NodeView) or self.ring != contact.ring:
             return False
         return self._set_successors([owner, *view.successors])
 
     def stabilize(self) -> Step[str]:
         """One round of Zave's stabilize. Returns "successor_changed", "none", or "lost" when
-        every successor is dead: the node is then out of the ring and must join again."""
+        every successor is dead: the node is then out of the ring and must join again. A
+        silent successor is kept and this round ends: the next one asks it again."""
         ring = self.ring
         before = self._successors[0]
         while True:
@@ -429,6 +447,8 @@ class ChordNode:
             view = yield from self._view_of(successor, ring)
             if self.ring != ring:  # left or re-joined meanwhile: this round is moot
                 return "none"
+            if view is SILENT:
+                return "successor_changed" if successor != before else "none"
             if view is not None:
                 break
             self.forget(successor)
@@ -442,7 +462,7 @@ class ChordNode:
         if candidate is not None and candidate != self.me and \
                 between(self.me.id, candidate.id, successor.id):
             closer = yield GetView(candidate, ring)
-            if closer is not None and self.ring == ring:
+            if isinstance(closer, NodeView) and self.ring == ring:
                 self._set_successors([candidate, *closer.successors])
         if self._successors[0] != self.me:
             yield SendRectify(self._successors[0], self.me, ring)
@@ -458,14 +478,14 @@ class ChordNode:
             return False
         if current is not None and not between(current.id, candidate.id, self.me.id):
             if (yield from self._view_of(current, self.ring)) is not None:
-                return False
+                return False  # it answered, or it is silent but not suspected: kept
             if self.predecessor != current:
                 return False
         self.predecessor = candidate
         return True
 
     def check_predecessor(self) -> Step[bool]:
-        """Forget a predecessor that does not answer. True if it was forgotten."""
+        """Forget a predecessor that is dead (a silent one is kept). True if forgotten."""
         current = self.predecessor
         if current is None or current == self.me:
             return False

@@ -9,6 +9,16 @@ check_predecessor, re-replication and the ring-merge check, each on its own
 period. Keys are held in memory only: replication on CHORD_REPLICAS
 successors, not the disk, is what survives a failed peer.
 
+Liveness of other peers is the node contract's phi accrual detector
+(nodes.common.phi, the peer watcher's settings PEER_PHI_THRESHOLD and
+PEER_ACCEPTABLE_PAUSE_SECONDS): every answer from a peer is a heartbeat;
+a refused connection or an error status is definite and the peer is dead at
+once, as Chord always had it; a timeout is only evidence, and until phi
+reaches the threshold the peer is `SILENT`, not dead, so stabilize and
+check_predecessor keep a slow neighbour instead of dropping it (and the
+churn of dropping and re-finding it on a starved machine). Lookups route
+around a silent peer as around a dead one.
+
 Startup race (every replica of a Compose service starting at once, CHORD_JOIN
 naming the service): a peer joins the oldest ring any CHORD_JOIN peer reports;
 when none reports one, only the peer with the lowest address among those that
@@ -36,6 +46,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from nodes.chord.keyspace import Entry, KeyStore
 from nodes.chord.membership import (
+    SILENT,
     AskRoute,
     ChordError,
     ChordNode,
@@ -46,6 +57,7 @@ from nodes.chord.membership import (
     Request,
     RouteAnswer,
     SendRectify,
+    Silent,
     drive,
 )
 from nodes.chord.ring import (
@@ -62,7 +74,7 @@ from nodes.chord.ring import (
 )
 from nodes.common.config import ConfigError, own_ip
 from nodes.common.metrics import LATENCY_BUCKETS
-from nodes.common.peers import resolve_ipv4
+from nodes.common.peers import SILENCE_CODES, phi_detector, resolve_ipv4
 from nodes.common.role import NodeContext, RoleNode
 from nodes.rpc import chord_pb2, chord_pb2_grpc
 
@@ -225,6 +237,12 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
                 f"outlive the repairs that hand it to every replica")
         self._replicated_ns = 0  # when the last repair that reached every replica started
         self._hop_timeout = config["CHORD_HOP_TIMEOUT_SECONDS"]
+        # Neighbours are heard from every stabilize round, the rhythm phi learns first.
+        # fall=1: a refused connection is definite. rise=1: any answer is proof of life.
+        self._liveness = phi_detector(
+            interval=self._periods["stabilize"], threshold=config["PEER_PHI_THRESHOLD"],
+            acceptable_pause=config["PEER_ACCEPTABLE_PAUSE_SECONDS"], rise=1, fall=1)
+        self._liveness_lock = threading.Lock()
         self._data_timeout = config["RPC_TIMEOUT_SECONDS"]
         self._store = KeyStore(bits=self.bits, max_value_bytes=config["CHORD_MAX_VALUE_BYTES"])
         self._metrics = ChordMetrics(ctx.registry)
@@ -302,30 +320,63 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
             self._stubs[address] = stub
         return stub
 
-    def _probe(self, address: str, ring: str | None) -> NodeView | None:
-        """A peer's view of itself; None if it is silent or in another ring than `ring`."""
+    def _heard(self, address: str, error: grpc.RpcError | None = None) -> None:
+        """Tell the liveness detector how a call to `address` ended."""
+        now = time.monotonic()
+        with self._liveness_lock:
+            if error is None:
+                self._liveness.heartbeat(address, now)
+            elif error.code() in SILENCE_CODES:
+                self._liveness.silent(address, now)
+            else:
+                self._liveness.refused(address, now)
+
+    def _suspected(self, address: str) -> bool:
+        with self._liveness_lock:
+            return not self._liveness.is_up(address)
+
+    def _read_view(self, address: str) -> NodeView | Silent | None:
+        """A peer's view of itself; SILENT when it did not answer but is not suspected;
+        None when it is (or its answer made no sense)."""
         try:
             reply = self._stub(address).Neighbours(chord_pb2.NeighboursRequest(),
                                                    timeout=self._hop_timeout)
-            view = NodeView(node_from(reply.self, self.bits),
+        except grpc.RpcError as exc:
+            self._heard(address, exc)
+            return None if self._suspected(address) else SILENT
+        self._heard(address)
+        try:
+            return NodeView(node_from(reply.self, self.bits),
                             optional_node(reply.predecessor, self.bits),
                             tuple(node_from(n, self.bits) for n in reply.successors), reply.ring)
-        except (grpc.RpcError, RingError):
+        except RingError:
+            return None
+
+    def _probe(self, address: str, ring: str | None) -> NodeView | None:
+        """A peer's view of itself; None if it did not answer or is in another ring than
+        `ring`."""
+        view = self._read_view(address)
+        if not isinstance(view, NodeView):
             return None
         return view if ring is None or view.ring == ring else None
 
     def _answer(self, request: Request) -> Any:
         """Carry out one request of a protocol step; None stands for "no answer"."""
         if isinstance(request, GetView):
-            view = self._probe(request.node.address, request.ring)
+            view = self._read_view(request.node.address)
+            if not isinstance(view, NodeView):
+                return view
+            if request.ring is not None and view.ring != request.ring:
+                return None
             # Another id at that address is another node (restarted with a new CHORD_ID).
-            return view if view is None or view.node == request.node else None
+            return view if view.node == request.node else None
         stub = self._stub(request.node.address)
         try:
             if isinstance(request, AskRoute):
                 reply = stub.Route(chord_pb2.RouteRequest(
                     target=format_id(request.target, self.bits), ring=request.ring),
                     timeout=self._hop_timeout)
+                self._heard(request.node.address)
                 if reply.ring != request.ring:
                     return None
                 return RouteAnswer(reply.owner_found,
@@ -335,7 +386,11 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
                 stub.Rectify(chord_pb2.RectifyRequest(
                     candidate=node_message(request.candidate, self.bits), ring=request.ring),
                     timeout=self._hop_timeout)
-        except (grpc.RpcError, RingError):
+                self._heard(request.node.address)
+        except grpc.RpcError as exc:
+            self._heard(request.node.address, exc)
+            return None
+        except RingError:
             return None
         return None
 

@@ -136,7 +136,12 @@ COMMON_SETTINGS: tuple[Setting, ...] = (
             "(a Compose service name gives every replica)"),
     Setting("PEER_INTERVAL_SECONDS", float, 1.0, "how often each peer is health-checked",
             positive),
-    Setting("PEER_FALL", int, 3, "failed checks in a row before a peer is down", positive),
+    Setting("PEER_PHI_THRESHOLD", float, 8.0, "suspicion (phi accrual) at which a silent peer "
+            "is down: phi 8 means a 1e-8 chance it was only late, by its own rhythm", positive),
+    Setting("PEER_ACCEPTABLE_PAUSE_SECONDS", float, 2.0, "silence forgiven on top of a peer's "
+            "usual rhythm before phi starts to grow", non_negative),
+    Setting("PEER_FALL", int, 2, "checks answered no in a row (connection refused, an error "
+            "status, not serving) before a peer is down; silence is judged by phi", positive),
     Setting("PEER_RISE", int, 2, "good checks in a row before a down peer is up", positive),
     Setting("DATA_DIR", str, "/data", "where state that survives a restart lives"),
     Setting("CREDENTIAL_FILE", str, DEFAULT_CREDENTIAL_FILE, "file holding the lab credential, "

@@ -1,19 +1,45 @@
 """Peers: who else is in this lab, and which of them answer.
 
-`FailureDetector` is the sans-I/O heartbeat detector (rise/fall thresholds,
-like HAProxy's and Envoy's active health checks). `discover` turns the PEERS
-setting (DNS names) into machine names and addresses. `Heartbeat` is the
-thread that health-checks every peer each interval through the node's
-channels, so every check shows in the client metrics and obeys fault rules.
+`discover` turns the PEERS setting (DNS names) into machine names and
+addresses. `HealthChecks` health-checks a set of targets through the node's
+channels (so every check shows in the client metrics and obeys fault rules)
+and feeds each answer to a detector; `Heartbeat` is the peer watcher every
+node runs with it, and the data-master checks the chain with it.
+
+The detector is phi accrual (nodes.common.phi). A check's answer is one of:
+- a heartbeat: SERVING;
+- a refusal, definite: the connection was refused, the peer (or its path)
+  answered an error status, or it said it does not serve. PEER_FALL of them
+  in a row make the peer down at once;
+- silence: the deadline passed. Only evidence: the peer is down once phi
+  reaches PEER_PHI_THRESHOLD. Phi follows the checks' own rhythm, so a peer
+  whose answers come late and irregularly (a busy machine) is given more
+  time before it is suspected, and one that answers like clockwork is
+  suspected soon after it stops; PEER_ACCEPTABLE_PAUSE_SECONDS is silence
+  always forgiven on top (a stop-the-world pause, a scheduler hiccup).
+Settings (every node): PEER_INTERVAL_SECONDS (how often each peer is
+checked; a check's deadline is 0.8 x that, at most 1.6 s), PEER_PHI_THRESHOLD,
+PEER_ACCEPTABLE_PAUSE_SECONDS, PEER_FALL, PEER_RISE (heartbeats in a row
+before a down or new peer is up). The window (`nodes.common.phi.DEFAULT_WINDOW`
+inter-arrival times) and the minimum standard deviation (a tenth of the
+interval, as Akka's 100 ms at 1 s) are fixed.
+
+`FailureDetector` is the older rise/fall detector (HAProxy's and Envoy's
+active health checks): the switch's backends keep it, and the data-master
+offers it as CHAIN_CHECK_DETECTOR=fixed for comparison.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import queue
 import socket
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import dns.exception
 import dns.resolver
@@ -24,6 +50,14 @@ from nodes.common.channel import Channels
 from nodes.common.config import own_ip
 from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
+from nodes.common.phi import PhiDetector
+
+#: A heartbeat's minimum standard deviation, as a share of the interval between checks.
+MIN_STD_DEVIATION_SHARE = 0.1
+#: Codes that mean "no answer in time": silence, which phi weighs. Every other error is an
+#: answer that says no.
+SILENCE_CODES = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+HEARTBEAT, REFUSED, SILENT = "heartbeat", "refused", "silent"
 
 
 @dataclass
@@ -64,6 +98,122 @@ class FailureDetector:
 
     def verdicts(self) -> dict[str, bool]:
         return {peer: health.up for peer, health in self._peers.items()}
+
+
+class CountingDetector:
+    """`FailureDetector` behind `PhiDetector`'s methods: every failed check counts, a
+    timeout like a refusal, and `fall` in a row make a peer down. The old data-master
+    detector, kept so the two can be measured side by side (bench.failover)."""
+
+    def __init__(self, *, rise: int, fall: int) -> None:
+        self._counts = FailureDetector(rise=rise, fall=fall)
+
+    def presume_up(self, peer: str, now: float) -> bool | None:
+        verdict = None
+        while not self._counts.is_up(peer):
+            verdict = self._counts.observe(peer, True)
+        return verdict
+
+    def heartbeat(self, peer: str, now: float) -> bool | None:
+        return self._counts.observe(peer, True)
+
+    def refused(self, peer: str, now: float) -> bool | None:
+        return self._counts.observe(peer, False)
+
+    silent = refused
+
+    def judge(self, peer: str, now: float) -> bool | None:
+        return None
+
+    def is_up(self, peer: str) -> bool:
+        return self._counts.is_up(peer)
+
+    def verdicts(self) -> dict[str, bool]:
+        return self._counts.verdicts()
+
+
+def phi_detector(*, interval: float, threshold: float, acceptable_pause: float, rise: int,
+                 fall: int) -> PhiDetector:
+    """A detector for checks every `interval` seconds, with the fixed parts set here."""
+    return PhiDetector(threshold=threshold, first_interval=interval,
+                       acceptable_pause=acceptable_pause,
+                       min_std_deviation=interval * MIN_STD_DEVIATION_SHARE, rise=rise, fall=fall)
+
+
+def answer_kind(future: Any) -> str:
+    """HEARTBEAT, REFUSED or SILENT: what a finished health check says about its target."""
+    try:
+        serving = future.result().status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError as exc:
+        return SILENT if exc.code() in SILENCE_CODES else REFUSED
+    return HEARTBEAT if serving else REFUSED
+
+
+class HealthChecks:
+    """Health-checks targets, at most one check in flight per target, and feeds a detector.
+
+    `round(targets)` sends a check to every target that has none in flight, takes
+    the answers as they come (each at the time it arrived) until every check is
+    back or `wait` seconds pass, then asks the detector about everyone (silence
+    grows while a check hangs) and returns the verdicts that changed, in order.
+    A check that outlives its round is taken in a later one. The detector is
+    touched only under `lock` and only on the caller's thread.
+    """
+
+    def __init__(self, *, channels: Channels, detector: Any, timeout: float,
+                 lock: AbstractContextManager | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._channels = channels
+        self.detector = detector
+        self._timeout = timeout
+        self._lock = lock if lock is not None else threading.Lock()
+        self._clock = clock
+        self._in_flight: set[str] = set()
+        self._answers: queue.SimpleQueue[tuple[str, str, float]] = queue.SimpleQueue()
+
+    def round(self, targets: Mapping[str, str], wait: float) -> list[tuple[str, bool]]:
+        deadline = self._clock() + wait
+        for name, target in targets.items():
+            if name in self._in_flight:
+                continue
+            self._in_flight.add(name)
+            stub = health_pb2_grpc.HealthStub(self._channels.get(target, name))
+            future = stub.Check.future(health_pb2.HealthCheckRequest(), timeout=self._timeout)
+            future.add_done_callback(
+                lambda done, name=name: self._answers.put((name, answer_kind(done),
+                                                           self._clock())))
+        changes: list[tuple[str, bool]] = []
+        while self._in_flight:
+            try:
+                answer = self._answers.get(timeout=max(0.0, deadline - self._clock()))
+            except queue.Empty:
+                break
+            self._take(answer, targets, changes)
+        while True:  # answers of checks that outlived an earlier round and came in meanwhile
+            try:
+                self._take(self._answers.get_nowait(), targets, changes)
+            except queue.Empty:
+                break
+        now = self._clock()
+        with self._lock:
+            for name in targets:
+                verdict = self.detector.judge(name, now)
+                if verdict is not None:
+                    changes.append((name, verdict))
+        return changes
+
+    def _take(self, answer: tuple[str, str, float], targets: Mapping[str, str],
+              changes: list[tuple[str, bool]]) -> None:
+        name, kind, when = answer
+        self._in_flight.discard(name)
+        if name not in targets:
+            return  # no longer checked (taken out of the chain, gone from DNS)
+        with self._lock:
+            record = {HEARTBEAT: self.detector.heartbeat, REFUSED: self.detector.refused,
+                      SILENT: self.detector.silent}[kind]
+            verdict = record(name, when)
+        if verdict is not None:
+            changes.append((name, verdict))
 
 
 def machine_name_of(address: str) -> str | None:
@@ -134,15 +284,17 @@ def own_targets(port: int) -> set[str]:
 
 
 class Heartbeat:
-    """Health-checks every peer each interval and keeps the detector's verdicts current."""
+    """The peer watcher: health-checks every peer each interval and keeps verdicts current."""
 
     def __init__(self, *, entries: tuple[str, ...], port: int, interval: float,
-                 detector: FailureDetector, channels: Channels, metrics: NodeMetrics,
+                 detector: PhiDetector, channels: Channels, metrics: NodeMetrics,
                  log: EventLog) -> None:
         self._entries = entries
         self._port = port
         self._interval = interval
         self._detector = detector
+        self._checks = HealthChecks(channels=channels, detector=detector,
+                                    timeout=max(0.05, min(interval, 2.0) * 0.8))
         self._channels = channels
         self._metrics = metrics
         self._log = log
@@ -168,8 +320,9 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stopped.is_set():
+            started = time.monotonic()
             self.check_once()
-            self._stopped.wait(self._interval)
+            self._stopped.wait(max(0.0, self._interval - (time.monotonic() - started)))
 
     def check_once(self) -> None:
         found = discover(self._entries, default_port=self._port,
@@ -183,18 +336,8 @@ class Heartbeat:
                     self._targets[name] = target
                     self._log.info("peer_discovered", peer=name, address=target)
             targets = dict(self._targets)
-        timeout = max(0.05, min(self._interval, 2.0) * 0.8)
-        pending = {}
-        for name, target in targets.items():
-            stub = health_pb2_grpc.HealthStub(self._channels.get(target, name))
-            pending[name] = stub.Check.future(health_pb2.HealthCheckRequest(), timeout=timeout)
-        for name, future in pending.items():
-            try:
-                ok = future.result().status == health_pb2.HealthCheckResponse.SERVING
-            except grpc.RpcError:
-                ok = False
-            verdict = self._detector.observe(name, ok)
+        for name, verdict in self._checks.round(targets, wait=self._interval):
+            self._log.info("peer_up" if verdict else "peer_down", peer=name,
+                           address=targets[name])
+        for name in targets:
             self._metrics.peer_up.labels(peer=name).set(1 if self._detector.is_up(name) else 0)
-            if verdict is not None:
-                self._log.info("peer_up" if verdict else "peer_down", peer=name,
-                               address=targets[name])

@@ -4,8 +4,9 @@
 2 naming the bad variable) and the lab credential (CREDENTIAL_FILE; without
 it the node starts and refuses every protected call), starts /metrics, the
 gRPC server with the interceptors, health, reflection and Control, the peer
-heartbeat, and on SIGTERM stops accepting, lets in-flight RPCs finish within
-GRACE_SECONDS and exits 0. `NodeServer` is the same thing without signals,
+heartbeat (the peer watcher, phi accrual: nodes.common.peers), and on
+SIGTERM stops accepting, lets in-flight RPCs finish within GRACE_SECONDS and
+exits 0. `NodeServer` is the same thing without signals,
 for tests.
 
 Protected methods (Control's and the role's `RoleSpec.protected`) need the
@@ -65,7 +66,7 @@ from nodes.common.faults import FaultRules
 from nodes.common.interceptors import Admission, ServerInterceptor
 from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
-from nodes.common.peers import FailureDetector, Heartbeat
+from nodes.common.peers import Heartbeat, phi_detector
 from nodes.common.role import NodeContext, RoleSpec
 from nodes.rpc import control_pb2, control_pb2_grpc
 
@@ -106,8 +107,10 @@ class NodeServer:
         self.heartbeat = Heartbeat(
             entries=self.config["PEERS"], port=self.config["GRPC_PORT"],
             interval=self.config["PEER_INTERVAL_SECONDS"],
-            detector=FailureDetector(rise=self.config["PEER_RISE"],
-                                     fall=self.config["PEER_FALL"]),
+            detector=phi_detector(interval=self.config["PEER_INTERVAL_SECONDS"],
+                                  threshold=self.config["PEER_PHI_THRESHOLD"],
+                                  acceptable_pause=self.config["PEER_ACCEPTABLE_PAUSE_SECONDS"],
+                                  rise=self.config["PEER_RISE"], fall=self.config["PEER_FALL"]),
             channels=self.channels, metrics=self.metrics, log=self.log)
         # grpc.aio never tells a plain-function handler that its caller has gone, and the
         # blocking servicer's Watch waits for exactly that: each Watch would hold a thread

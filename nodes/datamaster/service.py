@@ -6,11 +6,20 @@ written with fsync and an atomic rename before any reply or push mentions a
 new epoch, and reloaded at start. Every decision is `ChainMaster`'s.
 
 Two threads: the checker health-checks every member each
-CHAIN_CHECK_INTERVAL_SECONDS and takes out one that failed CHAIN_CHECK_FALL
-checks in a row (several at once: tail first, so the head, which holds the
-most, is the one kept when all are down); the pusher sends the current
-configuration to every member that has not acknowledged it, head first,
-stopping at the first failure and trying again each interval.
+CHAIN_CHECK_INTERVAL_SECONDS (nodes.common.peers.HealthChecks) and takes
+out one its detector finds down (several at once: tail first, so the head,
+which holds the most, is the one kept when all are down); the pusher sends
+the current configuration to every member that has not acknowledged it,
+head first, stopping at the first failure and trying again each interval.
+
+The detector (CHAIN_CHECK_DETECTOR) is phi accrual by default: a member
+whose checks are answered no (connection refused, an error, not serving)
+CHAIN_CHECK_FALL times in a row is down at once, since a listed member that
+refuses stalls every write through the chain anyway; one that is silent is
+down when phi reaches CHAIN_CHECK_PHI_THRESHOLD, with
+CHAIN_CHECK_ACCEPTABLE_PAUSE_SECONDS forgiven, so a slow or busy member is
+given time by its own rhythm. "fixed" is the older detector (every failed or
+timed-out check counts, CHAIN_CHECK_FALL in a row), kept for comparison.
 
 A Register never changes a member that still serves at its registered
 address: before one naming a listed member is decided, the master asks that
@@ -29,12 +38,11 @@ import threading
 import time
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Gauge
 
 from nodes.common.config import ConfigError
 from nodes.common.durable import read_file, write_atomically
-from nodes.common.peers import FailureDetector
+from nodes.common.peers import CountingDetector, HealthChecks, phi_detector
 from nodes.common.role import NodeContext, RoleNode
 from nodes.datamaster.core import REASONS, ChainMaster, Change
 from nodes.rpc import chain_pb2, chain_pb2_grpc, control_pb2, control_pb2_grpc
@@ -70,10 +78,18 @@ class DataMasterNode(RoleNode, chain_pb2_grpc.MasterServicer):
         self._core = ChainMaster(self._load())
         # rise=1: a member's first good check after a failure counts; members are taken
         # out only on the way down, and every listed one is presumed up to begin with.
-        self._detector = FailureDetector(rise=1, fall=config["CHAIN_CHECK_FALL"])
+        if config["CHAIN_CHECK_DETECTOR"] == "fixed":
+            self._detector = CountingDetector(rise=1, fall=config["CHAIN_CHECK_FALL"])
+        else:
+            self._detector = phi_detector(
+                interval=self._interval, threshold=config["CHAIN_CHECK_PHI_THRESHOLD"],
+                acceptable_pause=config["CHAIN_CHECK_ACCEPTABLE_PAUSE_SECONDS"], rise=1,
+                fall=config["CHAIN_CHECK_FALL"])
         for name in self._core.names():
-            self._detector.observe(name, True)
+            self._detector.presume_up(name, time.monotonic())
         self._lock = threading.Lock()
+        self._checks = HealthChecks(channels=ctx.channels, detector=self._detector,
+                                    timeout=self._check_timeout, lock=self._lock)
         self._stopped = threading.Event()
         self._changed = threading.Event()
         self._last_push_problem = ""
@@ -173,7 +189,8 @@ class DataMasterNode(RoleNode, chain_pb2_grpc.MasterServicer):
         write_atomically(self._path, change.config.SerializeToString())
         for name in [member.name for member in change.config.chain]:
             if not self._detector.is_up(name):
-                self._detector.observe(name, True)  # a new or returning member is presumed up
+                # A new or returning member is presumed up, and heard from just now.
+                self._detector.presume_up(name, time.monotonic())
         self._reconfigurations.labels(reason=change.reason).inc()
         self._log.info("chain_reconfigured", reason=change.reason, epoch=change.config.epoch,
                        chain=[member.name for member in change.config.chain])
@@ -189,27 +206,18 @@ class DataMasterNode(RoleNode, chain_pb2_grpc.MasterServicer):
 
     def _check_once(self) -> None:
         with self._lock:
-            members = list(self._core.config.chain)
-        pending = {}
-        for member in members:
-            stub = health_pb2_grpc.HealthStub(self._channels.get(member.address, member.name))
-            pending[member.name] = stub.Check.future(health_pb2.HealthCheckRequest(),
-                                                     timeout=self._check_timeout)
+            members = {member.name: member.address for member in self._core.config.chain}
         failed = []
-        for member in members:
-            try:
-                ok = pending[member.name].result().status == health_pb2.HealthCheckResponse.SERVING
-            except grpc.RpcError:
-                ok = False
-            with self._lock:
-                verdict = self._detector.observe(member.name, ok)
-            if verdict is not None:
-                self._log.info("member_up" if verdict else "member_down", member=member.name,
-                               address=member.address)
-            if verdict is False:
-                failed.append(member.name)
+        for name, verdict in self._checks.round(members, wait=self._interval):
+            self._log.info("member_up" if verdict else "member_down", member=name,
+                           address=members[name])
+            if verdict is False and name not in failed:
+                failed.append(name)
         with self._lock:
-            for name in reversed(failed):  # tail first: the head is the one kept
+            order = self._core.names()
+            for name in sorted(failed, key=order.index, reverse=True):  # tail first
+                if self._detector.is_up(name) or name not in order:
+                    continue  # back already, or gone meanwhile
                 change = self._core.remove_failed(name)
                 if change is None:
                     self._log.warning("member_kept", member=name,

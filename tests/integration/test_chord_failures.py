@@ -4,6 +4,8 @@ heals. Nothing stored may be lost."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
@@ -82,6 +84,29 @@ def test_a_dead_peer_in_the_middle_of_a_lookup_is_routed_around(lab, peers: Chor
             except grpc.RpcError as exc:
                 raise AssertionError(f"lookup of {probe} failed: {exc.details()}") from None
             assert found.owner.address == lab.address(peers.owner_of(probe))
+
+
+def test_a_peer_slow_for_less_than_the_acceptable_pause_keeps_its_place(lab, peers: ChordPeers):
+    """Every call to one peer waits past the hop timeout for two seconds: its neighbours find
+    it silent, not dead (phi accrual), and keep it instead of dropping and re-finding it."""
+    nodes = peers.start_ring(EIGHT_IDS[:4], PEER_ACCEPTABLE_PAUSE_SECONDS=5)
+    peers.wait_for_ring()
+    slow, before = nodes[2], nodes[1]
+    successor_changes = lab.scrape(before).get("distlab_chord_stabilize_total",
+                                               change="successor_changed")
+    lab.control(slow).AddFaultRule(control_pb2.FaultRule(
+        action=control_pb2.FaultRule.DELAY, method="/distlab.chord.Chord/*", delay_seconds=0.8,
+        duration_seconds=2.0), timeout=5)
+    ends = time.monotonic() + 5.0
+    while time.monotonic() < ends:
+        assert peers.status(before)["successor"] == lab.address(slow)
+        time.sleep(0.05)
+    assert lab.scrape(before).get("distlab_chord_stabilize_total",
+                                  change="successor_changed") == successor_changes
+    assert lab.scrape(before).get("distlab_rpc_client_handled_total",
+                                  method="/distlab.chord.Chord/Neighbours",
+                                  peer=lab.address(slow), code="DEADLINE_EXCEEDED") >= 1
+    assert peers.one_ring() is True
 
 
 def test_a_ring_split_by_a_partition_is_one_ring_again_after_healing(lab, peers: ChordPeers):

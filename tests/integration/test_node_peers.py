@@ -1,6 +1,7 @@
-"""Two nodes as peers on loopback: heartbeats, outbound fault rules, Control.Probe."""
+"""Two nodes as peers on loopback: heartbeats (phi accrual), outbound fault rules, Control.Probe."""
 
 import socket
+import time
 
 import grpc
 import pytest
@@ -55,6 +56,37 @@ def test_outbound_error_rule_makes_the_peer_look_down(lab, pair):
                              method="/grpc.health.v1.Health/Check", code="UNAVAILABLE") == 0
     control.ClearFaultRules(control_pb2.ClearFaultRulesRequest(rule_ids=[rule]), timeout=5)
     lab.wait_until(lambda: peer_view(control) == {name: True}, what="A up after clearing")
+
+
+def test_a_silent_peer_is_seen_down_once_phi_suspects_it(lab, pair):
+    a, b = pair
+    control = lab.control(b)
+    name = lab.address(a)
+    lab.wait_until(lambda: peer_view(control) == {name: True}, what="A up in B's view")
+    lab.control(a).AddFaultRule(Rule(action=Rule.DROP, method="/grpc.health.v1.Health/*"),
+                                timeout=5)
+    lab.wait_until(lambda: peer_view(control) == {name: False}, what="A down while silent")
+    assert lab.scrape(b).get("distlab_rpc_client_handled_total",
+                             method="/grpc.health.v1.Health/Check", peer=name,
+                             code="DEADLINE_EXCEEDED") >= 1
+
+
+def test_a_peer_slow_for_less_than_the_acceptable_pause_stays_up(lab, pair):
+    a, b = pair
+    control = lab.control(b)
+    name = lab.address(a)
+    lab.wait_until(lambda: peer_view(control) == {name: True}, what="A up in B's view")
+    # Checks every 0.2 s with a 0.16 s deadline, PEER_ACCEPTABLE_PAUSE_SECONDS 2: a second
+    # of late answers is forgiven.
+    lab.control(a).AddFaultRule(Rule(action=Rule.DELAY, method="/grpc.health.v1.Health/*",
+                                     delay_seconds=0.5, duration_seconds=1.0), timeout=5)
+    ends = time.monotonic() + 3.0
+    while time.monotonic() < ends:
+        assert peer_view(control) == {name: True}
+        time.sleep(0.05)
+    assert lab.scrape(b).get("distlab_rpc_client_handled_total",
+                             method="/grpc.health.v1.Health/Check", peer=name,
+                             code="DEADLINE_EXCEEDED") >= 1
 
 
 def test_outbound_rule_for_another_peer_changes_nothing(lab, pair):

@@ -8,6 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from nodes.chord.membership import (
+    SILENT,
     AskRoute,
     ChordNode,
     DuplicateId,
@@ -23,15 +24,19 @@ RING = "r1"
 
 
 class Network:
-    """ChordNodes by address; a node that is down, or in another ring, does not answer."""
+    """ChordNodes by address; a node that is down, or in another ring, does not answer. One
+    that is silent (late, not suspected by the failure detector) answers GetView SILENT."""
 
     def __init__(self) -> None:
         self.nodes: dict[str, ChordNode] = {}
         self.down: set[str] = set()
+        self.silent: set[str] = set()
         self.asked: list[str] = []
 
     def answer(self, request):
         self.asked.append(request.node.address)
+        if request.node.address in self.silent:
+            return SILENT if isinstance(request, GetView) else None
         node = self.nodes.get(request.node.address)
         if node is None or request.node.address in self.down or \
                 (request.ring is not None and node.ring != request.ring):
@@ -195,6 +200,33 @@ def test_check_predecessor_forgets_a_dead_predecessor():
     network.down.add("n50")
     assert network.run(network[90].check_predecessor())
     assert network[90].predecessor is None
+
+
+def test_a_silent_successor_is_kept_until_it_is_suspected():
+    network = stable_ring([10, 50, 90, 130])
+    network.silent.add("n50")
+    assert network.run(network[10].stabilize()) == "none"
+    assert network[10].successors == (ref(50), ref(90), ref(130))
+    network.silent.clear()
+    network.down.add("n50")  # phi reached the threshold: now it is dead
+    assert network.run(network[10].stabilize()) == "successor_changed"
+    assert network[10].successor == ref(90)
+
+
+def test_a_silent_predecessor_is_kept_by_check_predecessor_and_rectify():
+    network = stable_ring([10, 50, 90])
+    network.silent.add("n50")
+    assert not network.run(network[90].check_predecessor())
+    assert not network.run(network[90].rectify(ref(20)))
+    assert network[90].predecessor == ref(50)
+
+
+def test_a_lookup_goes_around_a_silent_owner_like_a_dead_one():
+    network = stable_ring([10, 40, 70, 100, 130], r=3)
+    network.silent.add("n70")
+    found = network.run(network[10].lookup(65))
+    assert found.owner == ref(100)
+    assert ref(70) in found.unreachable
 
 
 def test_one_lookup_fills_every_finger_the_same_node_owns():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nodes.common.peers import FailureDetector, discover
+from nodes.common.peers import CountingDetector, FailureDetector, discover, phi_detector
 
 
 def feed(detector: FailureDetector, peer: str, results: str) -> list[bool | None]:
@@ -52,6 +52,28 @@ def test_thresholds_must_be_positive():
         FailureDetector(rise=0, fall=1)
     with pytest.raises(ValueError):
         FailureDetector(rise=1, fall=0)
+
+
+def test_the_counting_detector_counts_timeouts_like_refusals():
+    """The old data-master detector: any failed check counts, and time plays no part."""
+    detector = CountingDetector(rise=1, fall=3)
+    assert detector.presume_up("data-1", 0.0) is True
+    assert detector.silent("data-1", 0.5) is None
+    assert detector.refused("data-1", 1.0) is None
+    assert detector.judge("data-1", 1e6) is None
+    assert detector.silent("data-1", 1.5) is False
+    assert detector.heartbeat("data-1", 2.0) is True
+
+
+def test_the_phi_detector_takes_its_minimum_deviation_from_the_interval():
+    detector = phi_detector(interval=0.2, threshold=8.0, acceptable_pause=1.0, rise=1, fall=1)
+    detector.presume_up("data-1", 0.0)
+    for n in range(1, 50):
+        detector.heartbeat("data-1", n * 0.2)
+    last = 49 * 0.2
+    # mean 0.2 + pause 1.0 + about 5.2 x 0.02 (a tenth of the interval)
+    assert detector.judge("data-1", last + 1.25) is None
+    assert detector.judge("data-1", last + 1.35) is False
 
 
 def fake_dns(table: dict[str, list[str]]):
