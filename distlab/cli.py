@@ -22,7 +22,7 @@ from distlab.console import err, fail, out
 from distlab.control import ControlError
 from distlab.errors import DistlabError, UsageError
 from distlab.registry import Registry, load_registry
-from distlab.runtime.base import MachineInfo
+from distlab.runtime.base import CleanReport, MachineInfo
 from distlab.runtime.compose import read_images_env
 from distlab.scenarios.cli import run
 from distlab.testbed import GRAFANA_URL, PROMETHEUS_URL, Testbed
@@ -160,7 +160,8 @@ def up(lab: str | None, scale: tuple[str, ...], timeout: float) -> None:
 @click.command()
 def down() -> None:
     """Stop and remove every lab's machines (volumes are kept; `clean` removes them)."""
-    Testbed().down()
+    report = Testbed().down()
+    _print_sweep(report, "down")
     out.print("every lab is down")
 
 
@@ -168,8 +169,24 @@ def down() -> None:
 def clean() -> None:
     """Remove every container, network and volume labelled distlab.lab, even after a crash."""
     report = Testbed().clean()
+    _print_sweep(report, "clean")
     out.print(f"removed {report.containers} containers, {report.networks} networks, "
-                  f"{report.volumes} volumes")
+              f"{report.volumes} volumes")
+
+
+def _print_sweep(report: CleanReport, verb: str) -> None:
+    """Notes as warnings; leftovers one line each, then the error that makes the exit 1."""
+    for note in report.notes:
+        err.print(f"warning: {note}", markup=False, soft_wrap=True)
+    if report.complete:
+        return
+    out.print(f"removed {report.containers} containers, {report.networks} networks, "
+              f"{report.volumes} volumes")
+    for leftover in report.leftovers:
+        err.print(f"not removed: {leftover}", markup=False, soft_wrap=True)
+    raise DistlabError(f"{len(report.leftovers)} labelled thing(s) could not be removed",
+                       hint=f"run `distlab {verb}` again once the engine is less busy; "
+                            "`docker ps -a --filter label=distlab.lab` lists what is left")
 
 
 @click.command()

@@ -22,7 +22,7 @@ from distlab.labs import Catalogue, Lab, load_catalogue
 from distlab.machine import Machine
 from distlab.observe import TARGETS_PATH, Prometheus, targets_document
 from distlab.registry import Registry, load_registry
-from distlab.runtime.base import MachineInfo, Runtime
+from distlab.runtime.base import CleanReport, MachineInfo, Runtime
 from distlab.runtime.compose import ComposeRuntime, read_images_env
 
 PROMETHEUS_URL = f"http://127.0.0.1:{os.environ.get('DISTLAB_PROMETHEUS_PORT', '9090')}"
@@ -82,15 +82,18 @@ class Testbed:
                                    hint="see `distlab logs MACHINE`")
             time.sleep(0.5)
 
-    def down(self) -> None:
-        self.runtime.down()
+    def down(self) -> CleanReport:
+        return self.runtime.down()
 
-    def clean(self):
+    def clean(self) -> CleanReport:
+        """Remove everything labelled; the fault journal and the lab credential go too,
+        unless machines are left (then `distlab heal` and the tools still work on them)."""
         report = self.runtime.clean()
-        journal = self.nemesis.journal.path
-        if journal.exists():
-            journal.unlink()
-        credential.remove(self.root)
+        if report.complete:
+            journal = self.nemesis.journal.path
+            if journal.exists():
+                journal.unlink()
+            credential.remove(self.root)
         return report
 
     # -- machines -------------------------------------------------------------------------

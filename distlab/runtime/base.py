@@ -33,9 +33,17 @@ class MachineInfo:
 
 @dataclass(frozen=True)
 class CleanReport:
+    """What `clean` or `down` removed, what is still there and why (empty when all went)."""
+
     containers: int
     networks: int
     volumes: int
+    leftovers: tuple[str, ...] = ()  # "container distlab-chord-5: the engine did not ..."
+    notes: tuple[str, ...] = ()  # trouble met on the way that did not leave anything behind
+
+    @property
+    def complete(self) -> bool:
+        return not self.leftovers
 
 
 class Runtime(ABC):
@@ -44,7 +52,7 @@ class Runtime(ABC):
            on_line: Callable[[str], None] | None = None) -> None: ...
 
     @abstractmethod
-    def down(self) -> None: ...
+    def down(self) -> CleanReport: ...
 
     @abstractmethod
     def machines(self) -> list[MachineInfo]: ...
