@@ -114,6 +114,9 @@ class ComposeRuntime(Runtime):
             return self.docker.containers.get(name)
         except docker.errors.NotFound:
             raise UnknownMachine(f"no container {name!r}") from None
+        except ENGINE_ERRORS as exc:
+            raise EngineUnavailable(f"cannot inspect {name}: "
+                                    f"{sweep.describe(exc, self.docker.api.timeout)}") from None
 
     def signal(self, container: str, signal: str) -> None:
         self._act(container, "signal", lambda c: c.kill(signal=signal))
@@ -139,6 +142,9 @@ class ComposeRuntime(Runtime):
         except docker.errors.APIError as exc:
             raise CommandFailed(["docker", verb, container], 1,
                                 exc.explanation or str(exc), where=container) from None
+        except ENGINE_ERRORS as exc:  # a timeout: the engine may still do it (indefinite)
+            raise CommandTimeout(f"`docker {verb} {container}`: "
+                                 f"{sweep.describe(exc, self.docker.api.timeout)}") from None
 
     def exec(self, container: str, argv: Sequence[str], *, user: str = "root",
              timeout: float = 30.0, check: bool = True) -> Result:
