@@ -17,7 +17,7 @@ import click
 from rich.live import Live
 from rich.table import Table
 
-from distlab import credential
+from distlab import capacity, credential
 from distlab.console import err, fail, out
 from distlab.control import ControlError
 from distlab.errors import DistlabError, UsageError
@@ -115,11 +115,18 @@ def labs() -> None:
 @click.option("--scale", "scale", multiple=True, metavar="SERVICE=N",
               help="replicas of a service, e.g. --scale kv=5 (repeatable)")
 @click.option("--timeout", default=180.0, show_default=True, help="seconds to wait for health")
-def up(lab: str | None, scale: tuple[str, ...], timeout: float) -> None:
-    """Bring LAB up (default lab if omitted) and wait until every machine is healthy."""
+@click.option("--force", is_flag=True,
+              help="start even when the lab at this scale looks too big for the engine")
+def up(lab: str | None, scale: tuple[str, ...], timeout: float, force: bool) -> None:
+    """Bring LAB up (default lab if omitted) and wait until every machine is healthy.
+
+    First it estimates what the lab at this scale needs against what the Docker engine
+    has: past a comfortable size it says so, and where the lab would not come up at all
+    it refuses unless --force."""
     testbed = Testbed()
     chosen = testbed.catalogue.lab(lab)
     testbed.catalogue.parse_scale(chosen, list(scale))  # fail before starting anything
+    _check_capacity(testbed.capacity(chosen.name, list(scale)), chosen.name, force)
     started = time.monotonic()
     state = {"line": "starting Compose ...", "machines": []}
 
@@ -155,6 +162,19 @@ def up(lab: str | None, scale: tuple[str, ...], timeout: float) -> None:
                       "(dashboards are verified against Prometheus by `make test`)")
     out.print("Next        distlab status · distlab chaos --help · distlab heal · "
                   "distlab down")
+
+
+def _check_capacity(estimate: capacity.Estimate | None, lab: str, force: bool) -> None:
+    """Say what the lab needs when it is past comfortable; refuse what would drown the
+    engine, unless forced."""
+    if estimate is None or estimate.verdict is capacity.Verdict.OK:
+        return
+    if estimate.verdict is capacity.Verdict.REFUSE and not force:
+        raise DistlabError(f"lab {lab} at this scale would not come up on this engine: "
+                           f"{'; '.join(estimate.reasons)}. {estimate.summary()}",
+                           hint="ask for a smaller --scale, or add --force to start it anyway")
+    err.print(f"warning: {'; '.join(estimate.reasons)}", markup=False, soft_wrap=True)
+    err.print(f"warning: {estimate.summary()}", markup=False, soft_wrap=True)
 
 
 @click.command()

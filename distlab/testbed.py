@@ -15,10 +15,10 @@ from pathlib import Path
 
 import grpc
 
-from distlab import credential
+from distlab import capacity, credential
 from distlab.errors import DistlabError, UnknownMachine
 from distlab.faults.nemesis import NO_LAB, Journal, Nemesis
-from distlab.labs import Catalogue, Lab, load_catalogue
+from distlab.labs import Catalogue, Lab, counts_at, load_catalogue
 from distlab.machine import Machine
 from distlab.observe import TARGETS_PATH, Prometheus, targets_document
 from distlab.registry import Registry, load_registry
@@ -65,6 +65,21 @@ class Testbed:
         self.wait_healthy(chosen, timeout=timeout, on_wait=on_wait)
         self.sync_targets()
         return chosen
+
+    def capacity(self, lab: str | None, scale: list[str] | None = None
+                 ) -> capacity.Estimate | None:
+        """What `lab` at `scale` needs against what the engine has (None: cannot tell)."""
+        chosen = self.catalogue.lab(lab)
+        counts = counts_at(chosen, self.catalogue.parse_scale(chosen, scale or []))
+        counts.update({s: 1 for s in self.catalogue.common_services})
+        if self.grafana_image():
+            counts["grafana"] = 1
+        have = self.runtime.resources()
+        if not have or not all(have):
+            return None
+        return capacity.estimate(counts, chosen.roles,
+                                 capacity.load_resources(self.root / "compose.yaml"),
+                                 capacity.Engine(*have))
 
     def wait_healthy(self, lab: Lab, *, timeout: float,
                      on_wait: Callable[[list[MachineInfo]], None] | None = None) -> None:

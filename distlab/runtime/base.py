@@ -87,3 +87,7 @@ class Runtime(ABC):
 
     @abstractmethod
     def clean(self) -> CleanReport: ...
+
+    def resources(self) -> tuple[int, int] | None:
+        """(CPUs, memory bytes) the machines share, or None when the backend cannot say."""
+        return None

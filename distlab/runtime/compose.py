@@ -109,6 +109,16 @@ class ComposeRuntime(Runtime):
             ) from None
         return sorted((machine_info(s) for s in summaries), key=_machine_order)
 
+    def resources(self) -> tuple[int, int]:
+        """The engine's CPUs and memory (`docker info` NCPU, MemTotal)."""
+        try:
+            info = self.docker.api.info()
+        except ENGINE_ERRORS as exc:
+            raise EngineUnavailable(
+                f"cannot read docker info: {sweep.describe(exc, self.docker.api.timeout)}"
+            ) from None
+        return int(info.get("NCPU") or 0), int(info.get("MemTotal") or 0)
+
     def _container(self, name: str):
         try:
             return self.docker.containers.get(name)
