@@ -91,12 +91,15 @@ class ComposeRuntime(Runtime):
         """Compose down (every profile, so no lab's machines are left running), then the
         sweep for whatever it left; named volumes are kept for the next `up`."""
         notes = []
+        started = time.monotonic()
         try:
             self.runner.run(self.compose_argv("--profile", "*", "down", "--timeout", "10",
                                               "--remove-orphans"), timeout=COMPOSE_DOWN_SECONDS)
         except (CommandFailed, CommandTimeout) as exc:
             notes.append(f"docker compose down: {exc}; removing by label instead")
-        report = self._sweep(volumes=False)
+        # One budget for the whole of `down`; the sweep always gets a minute of it.
+        left = max(sweep.BUDGET_SECONDS - (time.monotonic() - started), 60.0)
+        report = self._sweep(volumes=False, budget=left)
         return CleanReport(report.containers, report.networks, report.volumes,
                            tuple(map(str, report.leftovers)), tuple(notes + report.notes))
 
@@ -184,9 +187,10 @@ class ComposeRuntime(Runtime):
         return CleanReport(report.containers, report.networks, report.volumes,
                            tuple(map(str, report.leftovers)), tuple(report.notes))
 
-    def _sweep(self, *, volumes: bool) -> sweep.SweepReport:
-        return sweep.Sweep(self._engine_api(), LAB_LABEL, **self._sweep_options).run(
-            volumes=volumes)
+    def _sweep(self, *, volumes: bool, budget: float = sweep.BUDGET_SECONDS
+               ) -> sweep.SweepReport:
+        options = {"budget": budget, **self._sweep_options}
+        return sweep.Sweep(self._engine_api(), LAB_LABEL, **options).run(volumes=volumes)
 
 
 def _sweep_client() -> sweep.EngineAPI:
