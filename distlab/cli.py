@@ -17,12 +17,12 @@ import click
 from rich.live import Live
 from rich.table import Table
 
-from distlab import credential
+from distlab import capacity, credential
 from distlab.console import err, fail, out
 from distlab.control import ControlError
 from distlab.errors import DistlabError, UsageError
 from distlab.registry import Registry, load_registry
-from distlab.runtime.base import MachineInfo
+from distlab.runtime.base import CleanReport, MachineInfo
 from distlab.runtime.compose import read_images_env
 from distlab.scenarios.cli import run
 from distlab.testbed import GRAFANA_URL, PROMETHEUS_URL, Testbed
@@ -115,11 +115,18 @@ def labs() -> None:
 @click.option("--scale", "scale", multiple=True, metavar="SERVICE=N",
               help="replicas of a service, e.g. --scale kv=5 (repeatable)")
 @click.option("--timeout", default=180.0, show_default=True, help="seconds to wait for health")
-def up(lab: str | None, scale: tuple[str, ...], timeout: float) -> None:
-    """Bring LAB up (default lab if omitted) and wait until every machine is healthy."""
+@click.option("--force", is_flag=True,
+              help="start even when the lab at this scale looks too big for the engine")
+def up(lab: str | None, scale: tuple[str, ...], timeout: float, force: bool) -> None:
+    """Bring LAB up (default lab if omitted) and wait until every machine is healthy.
+
+    First it estimates what the lab at this scale needs against what the Docker engine
+    has: past a comfortable size it says so, and where the lab would not come up at all
+    it refuses unless --force."""
     testbed = Testbed()
     chosen = testbed.catalogue.lab(lab)
     testbed.catalogue.parse_scale(chosen, list(scale))  # fail before starting anything
+    _check_capacity(testbed.capacity(chosen.name, list(scale)), chosen.name, force)
     started = time.monotonic()
     state = {"line": "starting Compose ...", "machines": []}
 
@@ -157,10 +164,24 @@ def up(lab: str | None, scale: tuple[str, ...], timeout: float) -> None:
                   "distlab down")
 
 
+def _check_capacity(estimate: capacity.Estimate | None, lab: str, force: bool) -> None:
+    """Say what the lab needs when it is past comfortable; refuse what would drown the
+    engine, unless forced."""
+    if estimate is None or estimate.verdict is capacity.Verdict.OK:
+        return
+    if estimate.verdict is capacity.Verdict.REFUSE and not force:
+        raise DistlabError(f"lab {lab} at this scale would not come up on this engine: "
+                           f"{'; '.join(estimate.reasons)}. {estimate.summary()}",
+                           hint="ask for a smaller --scale, or add --force to start it anyway")
+    err.print(f"warning: {'; '.join(estimate.reasons)}", markup=False, soft_wrap=True)
+    err.print(f"warning: {estimate.summary()}", markup=False, soft_wrap=True)
+
+
 @click.command()
 def down() -> None:
     """Stop and remove every lab's machines (volumes are kept; `clean` removes them)."""
-    Testbed().down()
+    report = Testbed().down()
+    _print_sweep(report, "down")
     out.print("every lab is down")
 
 
@@ -168,8 +189,24 @@ def down() -> None:
 def clean() -> None:
     """Remove every container, network and volume labelled distlab.lab, even after a crash."""
     report = Testbed().clean()
+    _print_sweep(report, "clean")
     out.print(f"removed {report.containers} containers, {report.networks} networks, "
-                  f"{report.volumes} volumes")
+              f"{report.volumes} volumes")
+
+
+def _print_sweep(report: CleanReport, verb: str) -> None:
+    """Notes as warnings; leftovers one line each, then the error that makes the exit 1."""
+    for note in report.notes:
+        err.print(f"warning: {note}", markup=False, soft_wrap=True)
+    if report.complete:
+        return
+    out.print(f"removed {report.containers} containers, {report.networks} networks, "
+              f"{report.volumes} volumes")
+    for leftover in report.leftovers:
+        err.print(f"not removed: {leftover}", markup=False, soft_wrap=True)
+    raise DistlabError(f"{len(report.leftovers)} labelled thing(s) could not be removed",
+                       hint=f"run `distlab {verb}` again once the engine is less busy; "
+                            "`docker ps -a --filter label=distlab.lab` lists what is left")
 
 
 @click.command()

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import grpc
 
-from distlab import credential
+from distlab import capacity, credential
 from distlab.errors import DistlabError, UnknownMachine
 from distlab.faults.nemesis import NO_LAB, Journal, Nemesis
-from distlab.labs import Catalogue, Lab, load_catalogue
+from distlab.labs import Catalogue, Lab, counts_at, load_catalogue
 from distlab.machine import Machine
 from distlab.observe import TARGETS_PATH, Prometheus, targets_document
 from distlab.registry import Registry, load_registry
-from distlab.runtime.base import MachineInfo, Runtime
+from distlab.runtime.base import CleanReport, MachineInfo, Runtime
 from distlab.runtime.compose import ComposeRuntime, read_images_env
 
 PROMETHEUS_URL = f"http://127.0.0.1:{os.environ.get('DISTLAB_PROMETHEUS_PORT', '9090')}"
@@ -66,6 +66,21 @@ class Testbed:
         self.sync_targets()
         return chosen
 
+    def capacity(self, lab: str | None, scale: list[str] | None = None
+                 ) -> capacity.Estimate | None:
+        """What `lab` at `scale` needs against what the engine has (None: cannot tell)."""
+        chosen = self.catalogue.lab(lab)
+        counts = counts_at(chosen, self.catalogue.parse_scale(chosen, scale or []))
+        counts.update({s: 1 for s in self.catalogue.common_services})
+        if self.grafana_image():
+            counts["grafana"] = 1
+        have = self.runtime.resources()
+        if not have or not all(have):
+            return None
+        return capacity.estimate(counts, chosen.roles,
+                                 capacity.load_resources(self.root / "compose.yaml"),
+                                 capacity.Engine(*have))
+
     def wait_healthy(self, lab: Lab, *, timeout: float,
                      on_wait: Callable[[list[MachineInfo]], None] | None = None) -> None:
         deadline = time.monotonic() + timeout
@@ -82,15 +97,18 @@ class Testbed:
                                    hint="see `distlab logs MACHINE`")
             time.sleep(0.5)
 
-    def down(self) -> None:
-        self.runtime.down()
+    def down(self) -> CleanReport:
+        return self.runtime.down()
 
-    def clean(self):
+    def clean(self) -> CleanReport:
+        """Remove everything labelled; the fault journal and the lab credential go too,
+        unless machines are left (then `distlab heal` and the tools still work on them)."""
         report = self.runtime.clean()
-        journal = self.nemesis.journal.path
-        if journal.exists():
-            journal.unlink()
-        credential.remove(self.root)
+        if report.complete:
+            journal = self.nemesis.journal.path
+            if journal.exists():
+                journal.unlink()
+            credential.remove(self.root)
         return report
 
     # -- machines -------------------------------------------------------------------------

@@ -36,9 +36,17 @@ class MachineInfo:
 
 @dataclass(frozen=True)
 class CleanReport:
+    """What `clean` or `down` removed, what is still there and why (empty when all went)."""
+
     containers: int
     networks: int
     volumes: int
+    leftovers: tuple[str, ...] = ()  # "container distlab-chord-5: the engine did not ..."
+    notes: tuple[str, ...] = ()  # trouble met on the way that did not leave anything behind
+
+    @property
+    def complete(self) -> bool:
+        return not self.leftovers
 
 
 class Runtime(ABC):
@@ -47,7 +55,7 @@ class Runtime(ABC):
            on_line: Callable[[str], None] | None = None) -> None: ...
 
     @abstractmethod
-    def down(self) -> None: ...
+    def down(self) -> CleanReport: ...
 
     @abstractmethod
     def machines(self) -> list[MachineInfo]: ...
@@ -82,3 +90,7 @@ class Runtime(ABC):
 
     @abstractmethod
     def clean(self) -> CleanReport: ...
+
+    def resources(self) -> tuple[int, int] | None:
+        """(CPUs, memory bytes) the machines share, or None when the backend cannot say."""
+        return None

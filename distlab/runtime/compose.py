@@ -2,7 +2,10 @@
 
 Compose v2 (`docker compose`, through the command runner) brings labs up and
 down; the Docker SDK reads and acts on containers. Everything is found by
-the `distlab.lab` label, so `clean` works even after a crash.
+the `distlab.lab` label, so `clean` works even after a crash: `clean` and the
+end of `down` are the sweep (distlab.runtime.sweep), which finishes and
+reports on a drowning engine too. Listings are sparse (one request, no
+per-container inspect), so polling a 64-machine lab stays cheap.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from pathlib import Path, PurePosixPath
 
 import docker
 import docker.errors
+import requests.exceptions
 
 from distlab import credential
 from distlab.commands import Result, Runner
-from distlab.errors import CommandFailed, EngineUnavailable, UnknownMachine
+from distlab.errors import CommandFailed, CommandTimeout, EngineUnavailable, UnknownMachine
+from distlab.runtime import sweep
 from distlab.runtime.base import GRPC_PORT, CleanReport, MachineInfo, Runtime
 
 LAB_LABEL = "distlab.lab"
@@ -26,6 +31,12 @@ ROLE_LABEL = "distlab.role"
 CONTRACT_LABEL = "distlab.contract"  # "none": the machine does not keep the node contract
 PROJECT = "distlab"
 IMAGES_ENV = Path(".distlab") / "images.env"  # written by scripts/images.sh
+# `docker compose down` stops every container in parallel with a 10 s grace, then removes
+# them: past this it is stuck on a drowning engine, and the sweep takes over.
+COMPOSE_DOWN_SECONDS = 120.0
+# Docker's own failures (requests' timeouts and lost connections come through docker-py
+# unwrapped): every one becomes EngineUnavailable with a plain reason, never a traceback.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
 def read_images_env(root: Path) -> dict[str, str]:
@@ -39,12 +50,16 @@ def read_images_env(root: Path) -> dict[str, str]:
 
 
 class ComposeRuntime(Runtime):
-    def __init__(self, root: Path, *, runner: Runner | None = None) -> None:
+    def __init__(self, root: Path, *, runner: Runner | None = None,
+                 engine_api: Callable[[], sweep.EngineAPI] | None = None,
+                 sweep_options: dict | None = None) -> None:
         self.root = root
         self.compose_file = root / "compose.yaml"
         self.images_env = root / IMAGES_ENV
         self.runner = runner or Runner()
         self._docker: docker.DockerClient | None = None
+        self._engine_api = engine_api or _sweep_client
+        self._sweep_options = sweep_options or {}  # tests: a clock and a sleep of their own
 
     @property
     def docker(self) -> docker.DockerClient:
@@ -73,24 +88,49 @@ class ComposeRuntime(Runtime):
             args += ["--scale", f"{service}={count}"]
         self.runner.run(self.compose_argv(*args), timeout=600, on_line=on_line)
 
-    def down(self) -> None:
-        # Every profile, so no lab's machines are left running.
-        profiles = ["--profile", "*"]
-        self.runner.run(self.compose_argv(*profiles, "down", "--timeout", "10",
-                                          "--remove-orphans"), timeout=300)
+    def down(self) -> CleanReport:
+        """Compose down (every profile, so no lab's machines are left running), then the
+        sweep for whatever it left; named volumes are kept for the next `up`."""
+        notes = []
+        started = time.monotonic()
+        try:
+            self.runner.run(self.compose_argv("--profile", "*", "down", "--timeout", "10",
+                                              "--remove-orphans"), timeout=COMPOSE_DOWN_SECONDS)
+        except (CommandFailed, CommandTimeout) as exc:
+            notes.append(f"docker compose down: {exc}; removing by label instead")
+        # One budget for the whole of `down`; the sweep always gets a minute of it.
+        left = max(sweep.BUDGET_SECONDS - (time.monotonic() - started), 60.0)
+        report = self._sweep(volumes=False, budget=left)
+        return CleanReport(report.containers, report.networks, report.volumes,
+                           tuple(map(str, report.leftovers)), tuple(notes + report.notes))
 
     def machines(self) -> list[MachineInfo]:
         try:
-            containers = self.docker.containers.list(all=True, filters={"label": LAB_LABEL})
-        except docker.errors.DockerException as exc:
-            raise EngineUnavailable(f"cannot list containers: {exc}") from None
-        return sorted((self._info(c) for c in containers), key=_machine_order)
+            summaries = self.docker.api.containers(all=True, filters={"label": LAB_LABEL})
+        except ENGINE_ERRORS as exc:
+            raise EngineUnavailable(
+                f"cannot list containers: {sweep.describe(exc, self.docker.api.timeout)}"
+            ) from None
+        return sorted((machine_info(s) for s in summaries), key=_machine_order)
+
+    def resources(self) -> tuple[int, int]:
+        """The engine's CPUs and memory (`docker info` NCPU, MemTotal)."""
+        try:
+            info = self.docker.api.info()
+        except ENGINE_ERRORS as exc:
+            raise EngineUnavailable(
+                f"cannot read docker info: {sweep.describe(exc, self.docker.api.timeout)}"
+            ) from None
+        return int(info.get("NCPU") or 0), int(info.get("MemTotal") or 0)
 
     def _container(self, name: str):
         try:
             return self.docker.containers.get(name)
         except docker.errors.NotFound:
             raise UnknownMachine(f"no container {name!r}") from None
+        except ENGINE_ERRORS as exc:
+            raise EngineUnavailable(f"cannot inspect {name}: "
+                                    f"{sweep.describe(exc, self.docker.api.timeout)}") from None
 
     def signal(self, container: str, signal: str) -> None:
         self._act(container, "signal", lambda c: c.kill(signal=signal))
@@ -116,6 +156,9 @@ class ComposeRuntime(Runtime):
         except docker.errors.APIError as exc:
             raise CommandFailed(["docker", verb, container], 1,
                                 exc.explanation or str(exc), where=container) from None
+        except ENGINE_ERRORS as exc:  # a timeout: the engine may still do it (indefinite)
+            raise CommandTimeout(f"`docker {verb} {container}`: "
+                                 f"{sweep.describe(exc, self.docker.api.timeout)}") from None
 
     def exec(self, container: str, argv: Sequence[str], *, user: str = "root",
              timeout: float = 30.0, check: bool = True) -> Result:
@@ -140,41 +183,69 @@ class ComposeRuntime(Runtime):
                                 where=container)
 
     def clean(self) -> CleanReport:
-        client = self.docker
-        label = {"label": LAB_LABEL}
-        containers = client.containers.list(all=True, filters=label)
-        for container in containers:
-            container.remove(force=True, v=False)
-        networks = client.networks.list(filters=label)
-        for network in networks:
-            network.remove()
-        volumes = client.volumes.list(filters=label)
-        for volume in volumes:
-            volume.remove(force=True)
-        return CleanReport(len(containers), len(networks), len(volumes))
+        """Every labelled container (with its anonymous volumes), network and volume."""
+        report = self._sweep(volumes=True)
+        return CleanReport(report.containers, report.networks, report.volumes,
+                           tuple(map(str, report.leftovers)), tuple(report.notes))
 
-    @staticmethod
-    def _info(container) -> MachineInfo:
-        attrs = container.attrs
-        labels = attrs["Config"].get("Labels") or {}
-        state = attrs["State"]
-        status = "paused" if state.get("Paused") else state.get("Status", "unknown")
-        health = (state.get("Health") or {}).get("Status", "-")
-        networks = attrs["NetworkSettings"].get("Networks") or {}
-        addresses = tuple(n["IPAddress"] for n in networks.values() if n.get("IPAddress"))
-        gateways = tuple(n["Gateway"] for n in networks.values() if n.get("Gateway"))
-        published = (attrs["NetworkSettings"].get("Ports") or {}).get(f"{GRPC_PORT}/tcp") or []
-        endpoint = next((f"127.0.0.1:{p['HostPort']}" for p in published
-                         if p.get("HostIp") in ("127.0.0.1", "")), None)
-        name = container.name
-        short = name[len(PROJECT) + 1:] if name.startswith(PROJECT + "-") else name
-        return MachineInfo(
-            name=short, container=name, lab=labels.get(LAB_LABEL, ""),
-            role=labels.get(ROLE_LABEL, ""),
-            service=labels.get("com.docker.compose.service", short),
-            state=status, health=health, addresses=addresses,
-            grpc_endpoint=endpoint if status == "running" else None, gateways=gateways,
-            contract=labels.get(CONTRACT_LABEL) != "none")
+    def _sweep(self, *, volumes: bool, budget: float = sweep.BUDGET_SECONDS
+               ) -> sweep.SweepReport:
+        options = {"budget": budget, **self._sweep_options}
+        return sweep.Sweep(self._engine_api(), LAB_LABEL, **options).run(volumes=volumes)
+
+
+def _sweep_client() -> sweep.EngineAPI:
+    """A low-level client for the sweep: a loaded engine's timeout, a pool per worker.
+
+    The API version is negotiated (the engine here speaks 1.41, newer ones refuse
+    anything that old), which is itself a call that may time out: tried like the rest."""
+    reason = ""
+    for attempt in range(sweep.ATTEMPTS):
+        try:
+            return docker.APIClient(version="auto", timeout=sweep.CALL_TIMEOUT_SECONDS,
+                                    max_pool_size=sweep.WORKERS,
+                                    **docker.utils.kwargs_from_env())
+        except ENGINE_ERRORS as exc:
+            reason = str(exc)
+        if attempt + 1 < sweep.ATTEMPTS:
+            time.sleep(sweep.BACKOFF_SECONDS[min(attempt, len(sweep.BACKOFF_SECONDS) - 1)])
+    raise EngineUnavailable(f"no Docker engine answers: {reason}")
+
+
+def machine_info(summary: dict) -> MachineInfo:
+    """A machine from one entry of a sparse container listing (`GET /containers/json`).
+
+    The listing has no health field before API 1.52: it is read from the status text
+    ("Up 2 minutes (healthy)", "(unhealthy)", "(health: starting)")."""
+    labels = summary.get("Labels") or {}
+    status = summary.get("State") or "unknown"
+    health = (summary.get("Health") or {}).get("Status") or _health_of(summary.get("Status"))
+    networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
+    addresses = tuple(n["IPAddress"] for n in networks.values() if n.get("IPAddress"))
+    gateways = tuple(n["Gateway"] for n in networks.values() if n.get("Gateway"))
+    endpoint = next((f"127.0.0.1:{p['PublicPort']}" for p in summary.get("Ports") or ()
+                     if p.get("PrivatePort") == GRPC_PORT and p.get("PublicPort")
+                     and p.get("Type", "tcp") == "tcp"
+                     and p.get("IP") in ("127.0.0.1", "", None)), None)
+    names = summary.get("Names") or [summary.get("Id", "")[:12]]
+    name = names[0].lstrip("/")
+    short = name[len(PROJECT) + 1:] if name.startswith(PROJECT + "-") else name
+    return MachineInfo(
+        name=short, container=name, lab=labels.get(LAB_LABEL, ""),
+        role=labels.get(ROLE_LABEL, ""),
+        service=labels.get("com.docker.compose.service", short),
+        state=status, health=health, addresses=addresses,
+        grpc_endpoint=endpoint if status == "running" else None, gateways=gateways,
+        contract=labels.get(CONTRACT_LABEL) != "none")
+
+
+def _health_of(status_text: str | None) -> str:
+    text = status_text or ""
+    for marker, health in (("(health: starting)", "starting"), ("(unhealthy)", "unhealthy"),
+                           ("(healthy)", "healthy")):
+        if marker in text:
+            return health
+    return "-"
 
 
 def _machine_order(info: MachineInfo) -> tuple:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from distlab.chord import cli
+from distlab.chord import cli, ringmap
 from distlab.chord.ringmap import PeerState, check_ring
 from nodes.chord.__main__ import SPEC
 from nodes.chord.ring import format_id, key_id, successor_index
@@ -333,9 +334,38 @@ def test_distlab_chord_ring_prints_checks_and_draws_the_running_ring(lab, peers,
     png = tmp_path / "ring.png"
     result = CliRunner().invoke(cli.chord, ["ring", "--png", str(png)])
     assert result.exit_code == 0, result.output
-    assert f"one consistent ring of 3 peers; drawn in {png}" in result.output
+    assert f"one consistent ring of 3 peers (3 of 3 peers answered); drawn in {png}" \
+        in result.output
     rows = [[cell.strip() for cell in line.split("│") if cell.strip()]
             for line in result.output.splitlines() if "│ chord-" in line]
     assert [row[:2] for row in rows] == [
         ["1000", "chord-1"], ["3000", "chord-2"], ["5000", "chord-3"]]
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_distlab_chord_ring_marks_a_frozen_peer_and_answers_within_its_deadline(
+        lab, peers, monkeypatch, tmp_path):
+    nodes = peers.start_ring(EIGHT_IDS[:5])
+    peers.wait_for_ring()
+    # chord-3 holds every State call for a minute: to the host it is frozen, while its
+    # peers (which never call State) keep it in the ring.
+    lab.control(nodes[2]).AddFaultRule(control_pb2.FaultRule(
+        action=control_pb2.FaultRule.DELAY, method="/distlab.chord.Chord/State",
+        delay_seconds=60), timeout=5)
+    machines = [SimpleNamespace(name=f"chord-{i + 1}",
+                                info=SimpleNamespace(role="chord", grpc_endpoint=lab.address(n)),
+                                channel=partial(grpc.insecure_channel, lab.address(n)))
+                for i, n in enumerate(nodes)]
+    monkeypatch.setattr(cli, "Testbed", lambda: SimpleNamespace(machines=lambda: machines))
+    started = time.monotonic()
+    result = CliRunner().invoke(cli.chord, ["ring", "--png", str(tmp_path / "ring.png")])
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    assert elapsed < ringmap.OVERALL_TIMEOUT_SECONDS + 5, elapsed  # drawing the PNG included
+    assert "did not answer: chord-3: no answer (DEADLINE_EXCEEDED)" in result.output
+    assert "one consistent ring of 5 peers (4 of 5 peers answered)" in result.output
+    rows = {cells[1]: cells for cells in
+            ([cell.strip() for cell in line.split("│") if cell.strip()]
+             for line in result.output.splitlines() if "│ chord-" in line)}
+    assert rows["chord-3"][3:5] == ["?", "no answer"]
+    assert rows["chord-2"][4].startswith("chord-3, chord-4")

@@ -70,8 +70,11 @@ class FakeRuntime(Runtime):
     def up(self, profiles, scale, *, on_line: Callable[[str], None] | None = None) -> None:
         self.ups.append((tuple(profiles), dict(scale)))
 
-    def down(self) -> None:
+    def down(self) -> CleanReport:
+        report = CleanReport(len(self.infos), self.networks, 0)
         self.infos.clear()
+        self.networks = 0
+        return report
 
     def machines(self) -> list[MachineInfo]:
         return list(self.infos.values())

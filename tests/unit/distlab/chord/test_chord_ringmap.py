@@ -9,7 +9,16 @@ from types import SimpleNamespace
 import grpc
 
 from distlab.chord import sim
-from distlab.chord.ringmap import PeerState, check_ring, draw_ring, fetch_states, ring_rows
+from distlab.chord.ringmap import (
+    PeerState,
+    Silent,
+    Verdict,
+    assess_ring,
+    check_ring,
+    draw_ring,
+    fetch_states,
+    ring_rows,
+)
 from nodes.chord.ring import NodeRef
 from nodes.rpc import chord_pb2
 
@@ -105,4 +114,82 @@ def test_machines_that_do_not_answer_are_listed_and_others_skipped():
                                    machine("chord-2", "chord", None),
                                    machine("chord-1", "chord", f"127.0.0.1:{port}")])
     assert states == []
-    assert silent == ["chord-1: no answer (UNAVAILABLE)"]
+    assert [str(quiet) for quiet in silent] == ["chord-1: no answer (UNAVAILABLE)"]
+
+
+def test_peers_that_never_answer_are_marked_within_the_overall_deadline():
+    # A socket that listens but never accepts: a peer frozen before its gRPC handshake.
+    with socket.socket() as frozen:
+        frozen.bind(("127.0.0.1", 0))
+        frozen.listen(0)
+        endpoint = f"127.0.0.1:{frozen.getsockname()[1]}"
+        machines = [SimpleNamespace(name=f"chord-{i}",
+                                    info=SimpleNamespace(role="chord", grpc_endpoint=endpoint),
+                                    channel=lambda: grpc.insecure_channel(endpoint))
+                    for i in range(1, 41)]
+        states, silent = fetch_states(machines, per_peer=0.3, overall=0.5, workers=8)
+    assert states == []
+    assert [quiet.machine for quiet in silent] == [m.name for m in machines]
+    # 40 peers, 8 at a time, 0.3 s each: the first round times out, the rest are not asked.
+    reasons = {quiet.reason for quiet in silent}
+    assert reasons <= {"no answer (DEADLINE_EXCEEDED)", "not asked: the 0 s deadline had "
+                       "passed", "no answer within 0 s"}
+    assert "no answer (DEADLINE_EXCEEDED)" in reasons
+
+
+def silent_as(state: PeerState) -> Silent:
+    return Silent(state.machine, "no answer (DEADLINE_EXCEEDED)", (state.node.address,))
+
+
+def test_a_ring_that_every_peer_reads_back_is_one():
+    view = assess_ring(ring(6))
+    assert view.verdict is Verdict.ONE
+    assert view.headline() == "one consistent ring of 6 peers (6 of 6 peers answered)"
+
+
+def test_two_ring_ids_or_two_successor_cycles_are_several_rings():
+    first = ring(4)
+    younger = [replace(s, ring="younger") for s in ring(3)]
+    view = assess_ring(first + younger)
+    assert view.verdict is Verdict.SEVERAL
+    assert view.reasons == [f"4 peers in ring {first[0].ring}, 3 peers in ring younger"]
+    # A healed partition: one ring id, but two cycles that never meet.
+    refs = [NodeRef(r.id, f"10.9.0.{i}:50051")
+            for i, r in enumerate(sim.random_refs(3, bits=BITS, rng=random.Random(99)))]
+    other = [replace(s, machine=f"other-{i}")
+             for i, s in enumerate(states_of(sim.build_ring(refs, bits=BITS, successors=3)))]
+    view = assess_ring(first + other)
+    assert view.verdict is Verdict.SEVERAL
+    assert view.reasons[0].startswith("2 separate successor cycles (")
+
+
+def test_a_peer_whose_successor_died_is_a_ring_still_mending():
+    states = ring(6)
+    dead = states.pop(2)  # its container is gone: not listed, not asked
+    view = assess_ring(states)
+    assert view.verdict is Verdict.MENDING
+    assert f"{states[1].machine}'s successor {dead.node.address} is not a running chord " \
+           f"machine (dead?)" in view.reasons
+    assert any(p.startswith(f"{states[1].machine}: successor list ")
+               for p in view.check.problems)
+    assert view.headline() == "one ring, still mending: 5 of 5 peers answered"
+
+
+def test_a_frozen_peer_that_the_others_name_keeps_its_place_unread():
+    states = ring(6)
+    frozen = states.pop(3)
+    view = assess_ring(states, [silent_as(frozen)])
+    assert view.verdict is Verdict.ONE, view.check.problems
+    assert view.unread == {frozen.machine}
+    rows = ring_rows(view.check, view.unread)
+    assert [r[1] for r in rows] == [s.machine for s in sorted(ring(6), key=lambda s: s.node.id)]
+    assert rows[[r[1] for r in rows].index(frozen.machine)][3:5] == ("?", "no answer")
+    assert view.headline() == "one consistent ring of 6 peers (5 of 6 peers answered)"
+
+
+def test_the_ring_is_not_known_when_too_few_peers_answer():
+    states = ring(6)
+    view = assess_ring(states[:3], [silent_as(s) for s in states[3:]])
+    assert view.verdict is Verdict.UNKNOWN
+    assert view.headline() == "ring not yet known: 3 of 6 peers answered"
+    assert assess_ring([], []).verdict is Verdict.UNKNOWN

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from distlab.errors import DistlabError
-from distlab.runtime.compose import ComposeRuntime
+from distlab.runtime.compose import machine_info
 from distlab.scenarios.exporter import (
     FAULT_ACTIVE,
     RUNNER_TARGETS_PATH,
@@ -231,24 +231,16 @@ def test_no_running_lab_machine_has_no_gateway(make_info) -> None:
     assert lab_gateway([]) is None
 
 
-class _Container:
-    """What the Docker SDK hands ComposeRuntime._info: a name and `docker inspect` attrs."""
-
-    def __init__(self, name: str, attrs: dict) -> None:
-        self.name = name
-        self.attrs = attrs
-
-
 def test_gateway_comes_from_what_docker_reports() -> None:
-    attrs = {
-        "Config": {"Labels": {"distlab.lab": "kv", "distlab.role": "kv",
-                              "com.docker.compose.service": "kv"}},
-        "State": {"Status": "running", "Health": {"Status": "healthy"}},
+    summary = {  # one entry of the sparse container listing ComposeRuntime reads
+        "Names": ["/distlab-kv-1"], "State": "running", "Status": "Up 1 minute (healthy)",
+        "Labels": {"distlab.lab": "kv", "distlab.role": "kv",
+                   "com.docker.compose.service": "kv"},
         "NetworkSettings": {"Networks": {"distlab_lab": {"IPAddress": "172.20.0.11",
-                                                         "Gateway": "172.20.0.1"}},
-                            "Ports": {}},
+                                                         "Gateway": "172.20.0.1"}}},
+        "Ports": [],
     }
-    info = ComposeRuntime._info(_Container("distlab-kv-1", attrs))
+    info = machine_info(summary)
     assert info.addresses == ("172.20.0.11",)
     assert info.gateways == ("172.20.0.1",)
     assert lab_gateway([info]) == "172.20.0.1"
