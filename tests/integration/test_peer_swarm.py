@@ -222,3 +222,17 @@ def test_hostile_bytes_close_that_connection_only_and_the_seeder_keeps_serving(s
     swarm.wait_complete(leecher)
     assert swarm.content(leecher) == swarm.seed.read_bytes()
     assert swarm.status(seeder).state == "seeding"
+
+
+def test_a_download_cap_bounds_the_transfer_and_a_free_rider_never_uploads(swarm, lab):
+    swarm.seeder()
+    cap = 1536 * 1024
+    capped = swarm.peer("leecher-1", PEER_DOWNLOAD_RATE_BYTES=cap)
+    rider = swarm.peer("rider-1", PEER_MODE="free-rider")
+    swarm.wait_complete(capped, rider)
+    for node in (capped, rider):
+        assert swarm.content(node) == swarm.seed.read_bytes()
+    # The bucket holds a quarter second's worth at most: the rest came at the cap or slower.
+    assert swarm.status(capped).completed_seconds >= (FILE_BYTES - cap / 4) / cap
+    assert rider.role.engine.store.uploaded == 0
+    assert swarm.status(rider).mode == "free-rider"
