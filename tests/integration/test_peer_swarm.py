@@ -17,6 +17,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from distlab.bittorrent.swarm import fetch_swarm, swarm_table
+from distlab.machine import Machine
+from distlab.runtime.base import MachineInfo
 from nodes.bittorrent.bencode import decode
 from nodes.bittorrent.metainfo import Metainfo
 from nodes.bittorrent.wire import PROTOCOL, Bitfield
@@ -119,6 +122,15 @@ def test_three_leechers_end_with_the_seed_and_the_tracker_counts_four_complete(s
         peer_pb2_grpc.PeerStatusStub(lab.bare_channel(seeder)).Status(peer_pb2.StatusRequest(),
                                                                       timeout=5)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    machines = [Machine(None, MachineInfo(node.name, f"distlab-{node.name}", "bittorrent", "peer",
+                                          "peer", "running", "healthy", (), lab.address(node)),
+                        credential=lab.credential) for node in (seeder, *leechers)]
+    views, silent = fetch_swarm(machines)
+    assert not silent and sorted(v.machine for v in views) == ["leecher-1", "leecher-2",
+                                                               "leecher-3", "seeder-1"]
+    table = swarm_table(views)
+    assert table.row_count == 4 and all(v.status.complete for v in views)
 
     assert lab.scrape(leechers[1]).get("distlab_bittorrent_progress_ratio") == 1.0
     metrics = lab.wait_until(
