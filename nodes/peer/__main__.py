@@ -19,6 +19,9 @@ SPEC = RoleSpec(
                 "PEER_SEED_PATH, or waited for (a seeder elsewhere may write it)", required=True),
         Setting("PEER_SEED_PATH", str, "", "a file or directory to seed: copied into the data "
                 "directory once, and made into PEER_TORRENT if that does not exist"),
+        Setting("PEER_SEED_BYTES", int, 0, "when PEER_SEED_PATH does not exist, write this many "
+                "random bytes there first (a lab's content without a file to mount)",
+                non_negative),
         Setting("PEER_TRACKER_URL", str, "", "announce URL (http://); default: the torrent's "
                 "own. Needed with PEER_SEED_PATH to make a torrent"),
         Setting("PEER_PIECE_BYTES", int, 0, "piece size when making a torrent (a power of two, "

@@ -43,6 +43,17 @@ TORRENT_POLL_SECONDS = 1.0
 CONNECTION_STATES = ("am_choking", "peer_choking", "am_interested", "peer_interested")
 
 
+def _write_random(path: Path, count: int) -> None:
+    """`count` random bytes at `path`: content for a lab with no file of its own to share."""
+    chunk = 1024 * 1024
+    partial = path.with_name(path.name + ".partial")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(partial, "wb") as out:
+        for offset in range(0, count, chunk):
+            out.write(secrets.token_bytes(min(chunk, count - offset)))
+    partial.replace(path)
+
+
 class PeerMetrics:
     """distlab_bittorrent_*: counters follow the engine's totals once per tick."""
 
@@ -165,6 +176,9 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
         or waited for (another machine, the seeder, may be writing it)."""
         path = Path(self.config["PEER_TORRENT"])
         seed = self.config["PEER_SEED_PATH"]
+        if seed and not Path(seed).exists() and self.config["PEER_SEED_BYTES"]:
+            await asyncio.to_thread(_write_random, Path(seed), self.config["PEER_SEED_BYTES"])
+            self._ctx.log.info("peer_seed_made", seed=seed, bytes=self.config["PEER_SEED_BYTES"])
         if not path.exists() and seed:
             metainfo = await asyncio.to_thread(self._make_torrent, Path(seed))
             write_atomically(path, metainfo.to_bytes())

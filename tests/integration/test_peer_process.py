@@ -48,16 +48,17 @@ def test_a_bad_variable_exits_2_naming_it(tmp_path):
 def test_a_seeder_announces_and_on_sigterm_tells_the_tracker_it_left(lab, tmp_path):
     tracker = lab.start("tracker-1", spec=TRACKER_SPEC, TRACKER_HTTP_PORT=0, TRACKER_UDP_PORT=0)
     url = f"http://127.0.0.1:{tracker.role.http.port}/announce"
-    seed = tmp_path / "movie.bin"
-    seed.write_bytes(os.urandom(300_000))
+    seed = tmp_path / "seed" / "movie.bin"  # made by the seeder: PEER_SEED_BYTES
     process = subprocess.Popen(
         [sys.executable, "-m", "nodes.peer"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=peer_env(tmp_path, PEER_SEED_PATH=str(seed), PEER_TRACKER_URL=url))
+        text=True, env=peer_env(tmp_path, PEER_SEED_PATH=str(seed), PEER_SEED_BYTES="300000",
+                                PEER_TRACKER_URL=url))
     try:
         events = {}
         while "peer_started" not in events:
             line = json.loads(process.stdout.readline())
             events[line["event"]] = line
+        assert seed.stat().st_size == 300_000
         assert events["peer_torrent_made"]["magnet"].startswith("magnet:?xt=urn:btih:")
         assert events["peer_pieces_found"]["pieces_have"] == events["peer_started"]["pieces_total"]
         info_hash = Metainfo.from_bytes((tmp_path / "movie.torrent").read_bytes()).info_hash
