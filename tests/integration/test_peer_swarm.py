@@ -118,6 +118,11 @@ def test_three_leechers_end_with_the_seed_and_the_tracker_counts_four_complete(s
     assert status.client == "DL 0001" and status.connections
     assert {c.client for c in status.connections} <= {"DL 0001", ""}
     assert swarm.status(seeder).uploaded > 0
+    statuses = [swarm.status(leecher) for leecher in leechers]
+    assert sum(status.uploaded for status in statuses) > 0  # leechers traded among themselves
+    for status in statuses:  # peers that dialled each other at once kept one connection
+        ids = [c.peer_id for c in status.connections if c.peer_id]
+        assert len(ids) == len(set(ids))
     with pytest.raises(grpc.RpcError) as refused:
         peer_pb2_grpc.PeerStatusStub(lab.bare_channel(seeder)).Status(peer_pb2.StatusRequest(),
                                                                       timeout=5)
@@ -248,3 +253,15 @@ def test_a_download_cap_bounds_the_transfer_and_a_free_rider_never_uploads(swarm
     assert swarm.status(capped).completed_seconds >= (FILE_BYTES - cap / 4) / cap
     assert rider.role.engine.store.uploaded == 0
     assert swarm.status(rider).mode == "free-rider"
+
+
+def test_with_the_tracker_down_peers_keep_trading_with_the_peers_they_know(swarm, lab):
+    swarm.seeder(PEER_UPLOAD_RATE_BYTES=1024 * 1024)
+    leechers = [swarm.peer(f"leecher-{i}") for i in (1, 2, 3)]
+    lab.wait_until(lambda: all(leecher.role.engine and len(leecher.role.engine.links) >= 3
+                               for leecher in leechers), what="everyone connected")
+    lab.stop(swarm.tracker)
+    swarm.wait_complete(*leechers)
+    for leecher in leechers:
+        assert swarm.content(leecher) == swarm.seed.read_bytes()
+        assert leecher.role.engine.announces_failed >= 1  # it did try, and kept trading
