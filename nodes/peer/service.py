@@ -13,6 +13,7 @@ verified pieces durable.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import secrets
 import shutil
@@ -31,7 +32,7 @@ from nodes.bittorrent.metainfo import (
     default_piece_length,
 )
 from nodes.bittorrent.session import TorrentSession
-from nodes.common.durable import write_atomically
+from nodes.common.durable import fsync_directory
 from nodes.common.role import NodeContext, RoleNode, ServerMode
 from nodes.peer.engine import PeerEngine, PeerSettings
 from nodes.peer.pieces import FreeRiderChoker, PeerStore
@@ -41,6 +42,20 @@ SERVICE_NAME = peer_pb2.DESCRIPTOR.services_by_name["PeerStatus"].full_name
 PEER_ID_PREFIX = b"-DL0001-"  # Azureus style: client "DL" (distlab), version 0001
 TORRENT_POLL_SECONDS = 1.0
 CONNECTION_STATES = ("am_choking", "peer_choking", "am_interested", "peer_interested")
+
+
+def _publish(path: Path, data: bytes) -> None:
+    """Put a torrent at `path` durably and whole. Two seeders of one content may make it at
+    once (their info hashes agree; only the creation date differs): each writes its own
+    temporary file, so neither renames the other's away, and the last rename wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(temporary, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+    fsync_directory(path.parent)
 
 
 def _write_random(path: Path, count: int) -> None:
@@ -128,6 +143,7 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
         self.engine: PeerEngine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Future | None = None
+        self._problem = ""  # why the torrent or its pieces could not be opened
 
     def register(self, server: grpc.aio.Server) -> None:
         self._loop = asyncio.get_running_loop()  # register runs on the node's event loop
@@ -141,6 +157,7 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
             metainfo = await self._torrent()
             store = await asyncio.to_thread(self._open_store, metainfo)
         except (OSError, MetainfoError, ContentError) as exc:
+            self._problem = str(exc)
             self._ctx.log.error("peer_cannot_start", problem=str(exc))
             return
         config = self.config
@@ -181,7 +198,7 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
             self._ctx.log.info("peer_seed_made", seed=seed, bytes=self.config["PEER_SEED_BYTES"])
         if not path.exists() and seed:
             metainfo = await asyncio.to_thread(self._make_torrent, Path(seed))
-            write_atomically(path, metainfo.to_bytes())
+            _publish(path, metainfo.to_bytes())
             self._ctx.log.info("peer_torrent_made", torrent=str(path),
                                info_hash=metainfo.info_hash.hex(), magnet=metainfo.magnet())
             return metainfo
@@ -226,7 +243,8 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
         if self.engine is None:
             return peer_pb2.StatusReply(node=self._ctx.name, peer_id=self.peer_id,
                                         mode=self.config["PEER_MODE"],
-                                        state="waiting-for-torrent")
+                                        state=f"failed: {self._problem}" if self._problem
+                                        else "waiting-for-torrent")
         reply = self.engine.status()
         reply.node = self._ctx.name
         return reply

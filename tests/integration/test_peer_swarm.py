@@ -104,7 +104,8 @@ def swarm(lab, tmp_path):
 
 
 def test_three_leechers_end_with_the_seed_and_the_tracker_counts_four_complete(swarm, lab):
-    seeder = swarm.seeder()
+    # Capped, so the seeder alone cannot feed everyone: the leechers must trade.
+    seeder = swarm.seeder(PEER_UPLOAD_RATE_BYTES=4 * 1024 * 1024)
     leechers = [swarm.peer(f"leecher-{i}") for i in (1, 2, 3)]
     swarm.wait_complete(*leechers)
     original = swarm.seed.read_bytes()
@@ -148,7 +149,8 @@ def test_three_leechers_end_with_the_seed_and_the_tracker_counts_four_complete(s
 
 
 def test_a_corrupt_peer_is_banned_and_everyone_still_completes(swarm, lab):
-    swarm.seeder(PEER_UPLOAD_RATE_BYTES=2 * 1024 * 1024)
+    seeder = swarm.seeder(PEER_UPLOAD_RATE_BYTES=2 * 1024 * 1024)
+    swarm.engine(seeder)  # the torrent is made: the corrupt peer seeds the same one
     swarm.seeder("corrupt-1", PEER_MODE="corrupt")
     leechers = [swarm.peer(f"leecher-{i}") for i in (1, 2, 3)]
     swarm.wait_complete(*leechers, timeout=45)
@@ -265,3 +267,13 @@ def test_with_the_tracker_down_peers_keep_trading_with_the_peers_they_know(swarm
     for leecher in leechers:
         assert swarm.content(leecher) == swarm.seed.read_bytes()
         assert leecher.role.engine.announces_failed >= 1  # it did try, and kept trading
+
+
+def test_two_seeders_making_the_torrent_at_once_both_serve_it(swarm, lab):
+    first, second = swarm.seeder("seeder-1"), swarm.seeder("seeder-2")
+    hashes = {swarm.engine(node).session.metainfo.info_hash for node in (first, second)}
+    assert len(hashes) == 1  # the creation date differs, the info dict does not
+    leecher = swarm.peer("leecher-1")
+    swarm.wait_complete(leecher)
+    assert swarm.content(leecher) == swarm.seed.read_bytes()
+    assert not list(swarm.tmp_path.glob(".*.tmp"))
