@@ -24,7 +24,7 @@ from nodes.bittorrent.bencode import decode
 from nodes.bittorrent.metainfo import Metainfo
 from nodes.bittorrent.wire import PROTOCOL, Bitfield
 from nodes.peer.__main__ import SPEC as PEER_SPEC
-from nodes.rpc import peer_pb2, peer_pb2_grpc
+from nodes.rpc import control_pb2, peer_pb2, peer_pb2_grpc
 from nodes.tracker.__main__ import SPEC as TRACKER_SPEC
 
 FILE_BYTES = 3 * 1024 * 1024 + 12345  # a short last piece
@@ -137,6 +137,10 @@ def test_three_leechers_end_with_the_seed_and_the_tracker_counts_four_complete(s
                                                                "leecher-3", "seeder-1"]
     table = swarm_table(views)
     assert table.row_count == 4 and all(v.status.complete for v in views)
+
+    state = lab.control(leechers[2]).Status(control_pb2.StatusRequest(), timeout=5).state
+    assert state["state"] == "seeding" and state["progress"] == "1.000"
+    assert state["pieces"] == f"{status.pieces_total}/{status.pieces_total}"
 
     assert lab.scrape(leechers[1]).get("distlab_bittorrent_progress_ratio") == 1.0
     metrics = lab.wait_until(
