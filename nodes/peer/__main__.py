@@ -36,6 +36,8 @@ SPEC = RoleSpec(
                 "(d_i); 0: none", non_negative),
         Setting("PEER_RECHOKE_SECONDS", float, 10.0, "tit-for-tat rechoke interval", positive),
         Setting("PEER_OPTIMISTIC_SECONDS", float, 30.0, "optimistic unchoke interval", positive),
+        Setting("PEER_UPLOAD_SLOTS", int, 4, "peers unchoked by tit-for-tat at once, besides "
+                "the optimistic one", positive),
         Setting("PEER_PIPELINE_DEPTH", int, 16, "16 KiB requests outstanding per peer",
                 positive),
         Setting("PEER_KEEPALIVE_SECONDS", float, 90.0, "a keep-alive after this much of our "

@@ -168,7 +168,8 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
         rng = random.Random()
         clock = time.monotonic
         choker_class = FreeRiderChoker if config["PEER_MODE"] == "free-rider" else Choker
-        choker = choker_class(clock=clock, rng=rng, rechoke_seconds=config["PEER_RECHOKE_SECONDS"],
+        choker = choker_class(clock=clock, rng=rng, regular_slots=config["PEER_UPLOAD_SLOTS"],
+                              rechoke_seconds=config["PEER_RECHOKE_SECONDS"],
                               optimistic_seconds=config["PEER_OPTIMISTIC_SECONDS"])
         session = TorrentSession(store, peer_id=self.peer_id, clock=clock, rng=rng,
                                  pipeline_depth=config["PEER_PIPELINE_DEPTH"],
