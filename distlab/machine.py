@@ -13,7 +13,7 @@ from distlab.commands import Result
 from distlab.control import ControlClient
 from distlab.errors import DistlabError
 from distlab.runtime.base import GRPC_PORT, MachineInfo, Runtime
-from nodes.common.auth import Credential
+from nodes.common.auth import Credential, with_credential
 
 
 class Machine:
@@ -84,6 +84,11 @@ class Machine:
     def channel(self) -> grpc.Channel:
         """A channel from the host to this machine's data-plane services."""
         return grpc.insecure_channel(self.endpoint())
+
+    def protected_channel(self) -> grpc.Channel:
+        """A channel whose calls present the lab credential: for a role's protected services
+        (the peers' PeerStatus, say) that are not Control."""
+        return with_credential(self.channel(), self._credential)
 
     def control(self) -> ControlClient:
         """This machine's Control service, with the lab credential: `with m.control() as c:`."""

@@ -1,17 +1,22 @@
-"""The BitTorrent lab's commands: `distlab bt make-torrent` (more verbs come with the peers).
+"""The BitTorrent lab's commands: `distlab bt make-torrent` and `distlab bt swarm`.
 
 distlab.bittorrent.lab registers the `bt` group on the main command, which prints a
-DistlabError as one line and a hint. Runs in this process; writes only the .torrent.
+DistlabError as one line and a hint. `make-torrent` runs in this process and writes only
+the .torrent; `swarm` reads the peer machines' status through the Testbed.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
+from rich.live import Live
 
+from distlab.bittorrent.swarm import fetch_swarm, swarm_table
 from distlab.bittorrent.torrents import EXAMPLE_TRACKER, make_torrent, parse_piece_size
 from distlab.console import out
+from distlab.testbed import Testbed
 
 
 @click.group()
@@ -41,3 +46,31 @@ def make_torrent_command(path: Path, tracker: str, piece_size: str | None, out_p
               f"{metainfo.piece_length // 1024} KiB", highlight=False)
     out.print(f"infohash {metainfo.info_hash.hex()}", highlight=False)
     out.print(f"magnet   {metainfo.magnet()}", highlight=False, soft_wrap=True)
+
+
+@bt.command(name="swarm")
+@click.option("--once", is_flag=True, help="print the table once instead of refreshing it")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.2),
+              help="seconds between refreshes")
+def swarm_command(once: bool, interval: float) -> None:
+    """A live table of the lab's peer machines: progress, up/down rates, choked and
+    interested connections, bad pieces and bans, time to complete. Ctrl-C ends it."""
+    testbed = Testbed()
+
+    def render():
+        views, silent = fetch_swarm(testbed.machines())
+        title = f"swarm: {len(views)} peer(s), {sum(v.status.complete for v in views)} complete"
+        if silent:
+            title += " — " + "; ".join(silent)
+        return swarm_table(views, title)
+
+    if once:
+        out.print(render())
+        return
+    try:
+        with Live(render(), console=out, refresh_per_second=4) as live:
+            while True:
+                time.sleep(interval)
+                live.update(render())
+    except KeyboardInterrupt:
+        pass

@@ -84,6 +84,10 @@ class Picker:
     def outstanding(self, peer: PeerKey) -> set[Block]:
         return set(self._outstanding.get(peer, ()))
 
+    def pieces_of(self, peer: PeerKey) -> int:
+        """How many pieces `peer` said it has (for status; 0 for a peer not added)."""
+        return len(self._peer_pieces.get(peer, ()))
+
     # -- peers ---------------------------------------------------------------------------
 
     def add_peer(self, peer: PeerKey, pieces: Iterable[int] = ()) -> None:
