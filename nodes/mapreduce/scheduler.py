@@ -101,6 +101,9 @@ class Job:
     error: str = ""
     finished_at: float = 0.0
     counters: dict[str, int] = field(default_factory=dict)
+    #: Wall-clock times (Unix seconds) for people; the scheduler itself uses only `now`.
+    submitted_unix: float = 0.0
+    finished_unix: float = 0.0
     maps: list[Task] = field(default_factory=list)
     reduces: list[Task] = field(default_factory=list)
 
@@ -416,6 +419,7 @@ def _job_to_dict(job: Job) -> dict[str, Any]:
             "splits": [[s.path, s.start, s.end] for s in job.splits],
             "submitted_at": job.submitted_at, "state": job.state, "error": job.error,
             "finished_at": job.finished_at, "counters": job.counters,
+            "submitted_unix": job.submitted_unix, "finished_unix": job.finished_unix,
             "maps": [task(t) for t in job.maps], "reduces": [task(t) for t in job.reduces]}
 
 
@@ -431,5 +435,5 @@ def _job_from_dict(raw: dict[str, Any], now: float) -> Job:
 
     return Job(raw["job_id"], raw["name"], raw["module_source"], raw["params"], raw["reducers"],
                [Split(*s) for s in raw["splits"]], raw["submitted_at"], raw["state"],
-               raw["error"], raw["finished_at"], raw["counters"],
-               tasks(MAP, raw["maps"]), tasks(REDUCE, raw["reduces"]))
+               raw["error"], raw["finished_at"], raw["counters"], raw["submitted_unix"],
+               raw["finished_unix"], tasks(MAP, raw["maps"]), tasks(REDUCE, raw["reduces"]))
