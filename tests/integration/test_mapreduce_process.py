@@ -1,0 +1,70 @@
+"""`python -m nodes.mapreduce.master` and `.worker` as real processes: --help, a worker
+killed with SIGKILL mid-job (its map output gone with it), SIGTERM exiting 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from tests.integration.mapreduce_support import mr, write_corpus  # noqa: F401 - the fixture
+from tests.integration.test_mapreduce_failures import HOLD_REDUCE
+
+
+def worker_process(mr, name: str, tmp_path) -> subprocess.Popen:  # noqa: F811
+    env = {**os.environ, "NODE_NAME": name, "GRPC_PORT": "0", "METRICS_PORT": "0",
+           "DATA_DIR": str(tmp_path / name), "CREDENTIAL_FILE": mr.lab.credential_file,
+           "MR_JOBS_DIR": str(mr.jobs_dir), "MR_MASTER": mr.lab.address(mr.master),
+           "MR_ADVERTISE_HOST": "127.0.0.1", "MR_HEARTBEAT_SECONDS": "0.2",
+           "GRACE_SECONDS": "5"}
+    process = subprocess.Popen([sys.executable, "-m", "nodes.mapreduce.worker"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in process.stdout:
+        if json.loads(line)["event"] == "mr_worker_started":
+            return process
+    raise AssertionError(f"{name} did not start: {process.stderr.read()}")
+
+
+def test_help_lists_the_settings_of_both_roles():
+    for role, names in (("master", ("MR_JOBS_DIR", "MR_TASK_TIMEOUT_SECONDS", "MR_SPLIT_MB",
+                                    "MR_WORKER_TIMEOUT_SECONDS", "GRPC_PORT")),
+                        ("worker", ("MR_MASTER", "MR_JOBS_DIR", "MR_HEARTBEAT_SECONDS"))):
+        done = subprocess.run([sys.executable, "-m", f"nodes.mapreduce.{role}", "--help"],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and f"python -m nodes.mapreduce.{role}" in done.stdout
+        assert all(name in done.stdout for name in names)
+
+
+def test_a_worker_killed_mid_job_loses_its_map_output_and_the_job_still_finishes(
+        mr, tmp_path):  # noqa: F811
+    inputs = write_corpus(mr.input_dir)
+    hold = tmp_path / "hold"
+    hold.touch()
+    mr.start_master(MR_WORKER_TIMEOUT_SECONDS=1)
+    doomed = worker_process(mr, "mr-worker-doomed", tmp_path)
+    try:
+        job_id = mr.submit(source=HOLD_REDUCE, inputs=inputs, hold=str(hold))
+        # Every map ran on the doomed worker; it now holds a reduce task.
+        mr.lab.wait_until(lambda: mr.status(job_id).reduce.in_progress == 1, what="a reduce")
+        maps = mr.status(job_id).map.completed
+        doomed.kill()
+        doomed.wait(timeout=10)
+    finally:
+        doomed.kill()
+    hold.unlink()
+    survivor = worker_process(mr, "mr-worker-survivor", tmp_path)
+    try:
+        status = mr.wait(job_id)
+        assert mr.output(status) == mr.sequential("wordcount", inputs)
+        # Its map output died with it: every map task ran a second time, on the survivor.
+        assert all(status.attempts[f"m{m}"] == 2 for m in range(maps))
+        survivor.send_signal(signal.SIGTERM)
+        assert survivor.wait(timeout=20) == 0
+        events = [json.loads(line)["event"] for line in survivor.stdout.read().splitlines()]
+        assert events[-1] == "node_stopped"
+        assert "Traceback" not in survivor.stderr.read()
+    finally:
+        survivor.kill()
+        survivor.wait()
