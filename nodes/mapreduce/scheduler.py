@@ -41,6 +41,8 @@ from typing import Any
 IDLE, IN_PROGRESS, COMPLETED = "idle", "in_progress", "completed"
 MAP, REDUCE = "map", "reduce"
 QUEUED, DONE, FAILED = "queued", "done", "failed"
+#: Finished jobs kept for status queries; older ones are forgotten (the state file stays small).
+KEEP_FINISHED_JOBS = 100
 
 
 @dataclass
@@ -213,6 +215,7 @@ class Scheduler:
             return False
         if all(task.done_attempt is not None for task in job.maps + job.reduces):
             job.state, job.finished_at = DONE, now
+            self._retire(job)
             self._advance(now)
             return True
         job.state = job.phase()
@@ -222,7 +225,15 @@ class Scheduler:
         job.state, job.error, job.finished_at = FAILED, error, now
         for task in job.maps + job.reduces:
             task.attempts.clear()
+        self._retire(job)
         self._advance(now)
+
+    def _retire(self, job: Job) -> None:
+        """A finished job needs its code no more; the oldest finished jobs are forgotten."""
+        job.module_source = ""
+        finished = [other.job_id for other in self.jobs.values() if other.finished]
+        for job_id in finished[:max(0, len(finished) - KEEP_FINISHED_JOBS)]:
+            del self.jobs[job_id]
 
     # -- workers ---------------------------------------------------------------------------
 

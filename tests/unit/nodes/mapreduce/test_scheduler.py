@@ -13,6 +13,7 @@ from nodes.mapreduce.scheduler import (
     FAILED,
     IDLE,
     IN_PROGRESS,
+    KEEP_FINISHED_JOBS,
     MAP,
     REDUCE,
     Scheduler,
@@ -264,3 +265,18 @@ def test_no_task_is_lost_and_each_output_comes_from_one_accepted_attempt(maps, r
     assert sorted(commits) == list(range(reducers))
     assert all(len(attempts) == 1 for attempts in commits.values())
     assert all(task.done_attempt is not None for task in job.maps + job.reduces)
+
+
+def test_finished_jobs_drop_their_code_and_only_the_latest_are_kept():
+    scheduler = Scheduler()
+    first = submit(scheduler, maps=1, reducers=1)
+    while first.state != DONE:
+        assignment = ask(scheduler, "w1", 0.0)
+        finish(scheduler, assignment, "w1", 0.0)
+    assert first.module_source == "" and first.job_id in scheduler.jobs
+    for _ in range(KEEP_FINISHED_JOBS + 1):
+        job = submit(scheduler, maps=1, reducers=1)
+        scheduler.report("w1", "inc-w1", job.job_id, MAP, 0, ask(scheduler, "w1", 0.0).attempt,
+                         ok=False, now=0.0, job_error=True, error="boom")
+    assert first.job_id not in scheduler.jobs
+    assert len(scheduler.jobs) == KEEP_FINISHED_JOBS
