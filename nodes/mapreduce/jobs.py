@@ -70,7 +70,7 @@ def stable_hash(key: str) -> int:
     return value & 0x7FFFFFFF
 
 
-def resolve_input(input_dir: Path, name: str) -> Path:
+def inside(input_dir: Path, name: str) -> Path:
     """`name` under `input_dir`, refusing anything that leaves it (absolute, `..`, links)."""
     if not name or Path(name).is_absolute() or ".." in Path(name).parts:
         raise InputError(f"input {name[:200]!r} must be a path relative to the input "
@@ -79,6 +79,12 @@ def resolve_input(input_dir: Path, name: str) -> Path:
     path = (root / name).resolve()
     if path != root and root not in path.parents:
         raise InputError(f"input {name[:200]!r} leads outside the input directory")
+    return path
+
+
+def resolve_input(input_dir: Path, name: str) -> Path:
+    """An existing input `name` under `input_dir` (see `inside`)."""
+    path = inside(input_dir, name)
     if not path.exists():
         raise InputError(f"input {name[:200]!r} does not exist")
     return path

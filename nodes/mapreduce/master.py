@@ -27,8 +27,13 @@ file, `DATA_DIR/<node>/mapreduce-master.json`, rewritten atomically and
 fsync'd on every change before the change is answered, so a restarted master
 resumes its jobs where they were.
 
+The host needs no access to the volume: PutInput stores an input file under
+input/ (atomically, at most MR_MAX_INPUT_MB) and ReadOutput streams a done job's
+mr-out-<r>.
+
 Who may call what: JobStatus and ListJobs are open; SubmitJob (a job is code
-the workers run), RequestTask, Heartbeat and ReportTask need the lab credential.
+the workers run), PutInput and ReadOutput (the lab's data), RequestTask,
+Heartbeat and ReportTask need the lab credential.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from nodes.mapreduce.jobs import (
     InputError,
     builtin_source,
     check_name,
+    inside,
     split_inputs,
 )
 from nodes.mapreduce.scheduler import (
@@ -73,6 +79,7 @@ SERVICE = mapreduce_pb2.DESCRIPTOR.services_by_name["Master"]
 STATE_FILE = "mapreduce-master.json"
 MAX_INPUTS = 1000
 MAX_PARAMS_BYTES = 64 * 1024
+CHUNK_BYTES = 1024 * 1024
 #: The scheduler's event names, exported as counters (a fixed set: bounded labels).
 EVENTS = ("reexecuted", "backups", "backup_attempts", "timed_out", "lost_workers",
           "maps_lost", "duplicates", "task_failures")
@@ -140,6 +147,7 @@ class MasterNode(RoleNode, mapreduce_pb2_grpc.MasterServicer):
         self.split_bytes = int(config["MR_SPLIT_MB"] * 1024 * 1024)
         self.poll_seconds = config["MR_POLL_SECONDS"]
         self.max_reducers = config["MR_MAX_REDUCERS"]
+        self.max_input_bytes = config["MR_MAX_INPUT_MB"] * 1024 * 1024
         self.scheduler = Scheduler(
             task_timeout=config["MR_TASK_TIMEOUT_SECONDS"],
             worker_timeout=config["MR_WORKER_TIMEOUT_SECONDS"],
@@ -348,6 +356,66 @@ class MasterNode(RoleNode, mapreduce_pb2_grpc.MasterServicer):
         os.replace(self.output_root / attempt_output(job_id, task, attempt), final)
         fsync_directory(final.parent)
 
+    # -- the host's files ------------------------------------------------------------------
+
+    def PutInput(self, request_iterator, context):
+        limit = self.max_input_bytes
+        first = next(request_iterator, None)
+        if first is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no chunks: the first names the file")
+        try:
+            path = inside(self.input_dir, first.name)
+        except InputError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if path == self.input_dir.resolve() or path.is_dir():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{first.name!r} is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A name of its own per upload: two uploads of one file never share a temporary.
+        temporary = path.with_name(f".{path.name}.upload-{os.getpid()}-{threading.get_ident()}")
+        size = 0
+        try:
+            with open(temporary, "wb") as out:
+                for chunk in _chain(first, request_iterator):
+                    size += len(chunk.data)
+                    if size > limit:
+                        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      f"{first.name!r} is larger than MR_MAX_INPUT_MB "
+                                      f"({limit // (1024 * 1024)} MiB)")
+                    out.write(chunk.data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, path)
+            fsync_directory(path.parent)
+        finally:
+            temporary.unlink(missing_ok=True)
+        self._ctx.log.info("mr_input_stored", name=first.name, bytes=size)
+        return mapreduce_pb2.PutInputReply(name=first.name, bytes=size)
+
+    def ReadOutput(self, request, context):
+        with self._lock:
+            job = self.scheduler.jobs.get(request.job_id)
+            if job is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"no job {request.job_id[:80]!r}")
+            if job.state != "done":
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"{job.job_id} is {job.state}, not done: no output yet")
+            if request.partition >= job.reducers:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{job.job_id} has partitions 0 to {job.reducers - 1}")
+        path = output_dir(self.jobs_dir, job.job_id) / f"mr-out-{request.partition}"
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"{path.name} of {job.job_id} is gone")
+        with handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                yield mapreduce_pb2.PartitionChunk(data=chunk)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
 
 SPEC = RoleSpec(
     name="mapreduce.master",
@@ -371,11 +439,13 @@ SPEC = RoleSpec(
         Setting("MR_MAX_TASK_FAILURES", int, 4, "a task failing this often fails its job",
                 positive),
         Setting("MR_MAX_REDUCERS", int, 1000, "most reduce tasks in one job", positive),
+        Setting("MR_MAX_INPUT_MB", int, 1024, "largest input file PutInput stores", positive),
         Setting("MR_POLL_SECONDS", float, 0.5, "how soon a worker with nothing to do asks "
                 "again", positive),
     ),
     build=MasterNode,
-    protected=service_methods(SERVICE, "SubmitJob", "RequestTask", "Heartbeat", "ReportTask"),
+    protected=service_methods(SERVICE, "SubmitJob", "RequestTask", "Heartbeat", "ReportTask",
+                              "PutInput", "ReadOutput"),
 )
 
 if __name__ == "__main__":
