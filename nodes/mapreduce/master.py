@@ -314,20 +314,25 @@ class MasterNode(RoleNode, mapreduce_pb2_grpc.MasterServicer):
 
     def ReportTask(self, request, context):
         ok, error = request.ok, request.error
-        if ok and request.kind == REDUCE:
-            produced = self.output_root / attempt_output(request.job_id, request.task,
-                                                         request.attempt)
-            if not produced.exists():
-                ok, error = False, f"the attempt's output {produced.name} is not on the volume"
+        produced = self.output_root / attempt_output(request.job_id, request.task,
+                                                     request.attempt)
         with self._lock:
+            if ok and request.kind == REDUCE:
+                if self.scheduler.would_accept(request.worker, request.incarnation,
+                                               request.job_id, request.kind, request.task,
+                                               request.attempt):
+                    # In place before the task counts as done: "done" means final.
+                    try:
+                        self._commit(request.job_id, request.task, request.attempt)
+                    except OSError as exc:
+                        ok, error = False, f"committing {produced.name} failed: {exc}"
+                else:
+                    produced.unlink(missing_ok=True)  # a duplicate's output goes unused
             outcome = self.scheduler.report(
                 request.worker, request.incarnation, request.job_id, request.kind, request.task,
                 request.attempt, ok=ok, now=time.monotonic(), error=error[:2000],
                 job_error=request.job_error, lost_map_tasks=tuple(request.lost_map_tasks),
                 counters=dict(request.counters))
-            if outcome.commit is not None:
-                self._commit(outcome.commit.job_id, outcome.commit.reduce_task,
-                             outcome.commit.attempt)
             if outcome.accepted:
                 self.metrics.completed.labels(phase=request.kind).inc()
                 self.metrics.records.labels(phase=request.kind).inc(
@@ -336,9 +341,9 @@ class MasterNode(RoleNode, mapreduce_pb2_grpc.MasterServicer):
             if outcome.job_finished and job is not None:
                 job.finished_unix = time.time()
                 self.metrics.jobs.labels(outcome=job.state).inc()
-                shutil.rmtree(output_dir(self.output_root.parent, job.job_id) / ".attempts",
+                shutil.rmtree(output_dir(self.jobs_dir, job.job_id) / ".attempts",
                               ignore_errors=True)
-            # Persisted after the rename: a crash between them re-runs the task, whose
+            # Persisted after the rename: a crash between them runs the task again, and its
             # output replaces the file with the same bytes.
             self._persist()
         if not ok:
@@ -352,7 +357,7 @@ class MasterNode(RoleNode, mapreduce_pb2_grpc.MasterServicer):
         return mapreduce_pb2.ReportTaskReply(accepted=outcome.accepted)
 
     def _commit(self, job_id: str, task: int, attempt: int) -> None:
-        final = output_dir(self.output_root.parent, job_id) / f"mr-out-{task}"
+        final = output_dir(self.jobs_dir, job_id) / f"mr-out-{task}"
         os.replace(self.output_root / attempt_output(job_id, task, attempt), final)
         fsync_directory(final.parent)
 

@@ -4,8 +4,9 @@ The master node (nodes.mapreduce.master) owns one `Scheduler` and calls it with
 the time (`now`, seconds) on every request; the scheduler does no I/O, keeps
 no clock and never sleeps, so unit tests and property tests drive it through
 hours of crashes in milliseconds. What it returns tells the node what to do
-(an `Assignment` to send, a `Commit` to rename into place). `to_dict` and
-`from_dict` are its persisted form.
+(an `Assignment` to send; `would_accept`, whether a reduce attempt's output
+should be renamed into place before its report is taken). `to_dict` and
+`restore` are its persisted form.
 
 The rules, after Dean & Ghemawat (OSDI 2004), section 3:
 
@@ -157,7 +158,7 @@ class Assignment:
 
 @dataclass(frozen=True)
 class Commit:
-    """An accepted reduce attempt: the node renames its output into place."""
+    """An accepted reduce attempt, whose output the node has put in place."""
 
     job_id: str
     reduce_task: int
@@ -337,6 +338,16 @@ class Scheduler:
         if known is not None and known.incarnation == incarnation:
             known.last_seen = now
         self.tick(now)
+        found = self._attempt(job_id, kind, index, attempt, worker)
+        return found is not None and found[1].done_attempt is None
+
+    def would_accept(self, worker: str, incarnation: str, job_id: str, kind: str, index: int,
+                     attempt: int) -> bool:
+        """Whether a success reported now would be accepted; changes nothing. The node asks
+        before it commits a reduce attempt's output, so a rejected one never overwrites."""
+        known = self.workers.get(worker)
+        if known is None or known.incarnation != incarnation:
+            return False
         found = self._attempt(job_id, kind, index, attempt, worker)
         return found is not None and found[1].done_attempt is None
 

@@ -280,3 +280,18 @@ def test_finished_jobs_drop_their_code_and_only_the_latest_are_kept():
                          ok=False, now=0.0, job_error=True, error="boom")
     assert first.job_id not in scheduler.jobs
     assert len(scheduler.jobs) == KEEP_FINISHED_JOBS
+
+
+def test_would_accept_says_whether_a_report_wins_without_changing_anything():
+    scheduler = Scheduler(task_timeout=1.0)
+    job = submit(scheduler, maps=1, reducers=1)
+    finish(scheduler, ask(scheduler, "a", 0.0), "a", 0.1)
+    first = ask(scheduler, "a", 0.2)
+    second = ask(scheduler, "b", 2.0)  # the first went stale
+    args = (job.job_id, REDUCE, 0)
+    assert scheduler.would_accept("a", "inc-a", *args, first.attempt)
+    assert scheduler.would_accept("b", "inc-b", *args, second.attempt)
+    assert not scheduler.would_accept("b", "inc-b", *args, first.attempt)  # not b's attempt
+    assert not scheduler.would_accept("a", "other", *args, first.attempt)
+    assert finish(scheduler, second, "b", 2.1).accepted
+    assert not scheduler.would_accept("a", "inc-a", *args, first.attempt)
