@@ -445,7 +445,7 @@ SPEC = RoleSpec(
                 positive),
         Setting("MR_MAX_REDUCERS", int, 1000, "most reduce tasks in one job", positive),
         Setting("MR_MAX_INPUT_MB", int, 1024, "largest input file PutInput stores", positive),
-        Setting("MR_POLL_SECONDS", float, 0.5, "how soon a worker with nothing to do asks "
+        Setting("MR_POLL_SECONDS", float, 0.2, "how soon a worker with nothing to do asks "
                 "again", positive),
     ),
     build=MasterNode,
