@@ -120,3 +120,12 @@ def test_map_then_reduce_equals_the_sequential_run(tmp_path, job):
         outputs.append(tmp_path / f"mr-out-{r}")
         run_reduce(module, parts, outputs[-1], r)
     assert read_output(outputs) == run_sequential(module, inputs, ["."])
+
+
+def test_a_partition_function_that_raises_is_the_job_s_fault(tmp_path):
+    (tmp_path / "in.txt").write_text("a\n")
+    module = load_job("def map(k, v): yield v, 1\ndef reduce(k, vs): return 1\n"
+                      "def partition(k, r): return 1 // 0", "job-1", {})
+    split = split_inputs(tmp_path, ["in.txt"], 100)[0]
+    with pytest.raises(JobError, match="partition raised on key 'a': ZeroDivisionError"):
+        run_map(module, tmp_path, split, 2, tmp_path / "out")
