@@ -8,9 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
+from nodes.mapreduce.jobs import builtin_source
 from tests.integration.mapreduce_support import mr, write_corpus  # noqa: F401 - the fixture
 from tests.integration.test_mapreduce_failures import HOLD_REDUCE
+
+WORDCOUNT_SOURCE = builtin_source("wordcount")
 
 
 def worker_process(mr, name: str, tmp_path) -> subprocess.Popen:  # noqa: F811
@@ -68,3 +72,59 @@ def test_a_worker_killed_mid_job_loses_its_map_output_and_the_job_still_finishes
     finally:
         survivor.kill()
         survivor.wait()
+
+
+#: MIT 6.5840's crash test as a job: now and then a map or reduce call ends the worker
+#: process (os._exit, no cleanup) or stalls it past the task timeout, a third of the time
+#: each.
+CRASHY = WORDCOUNT_SOURCE.replace("def map(key, value):", '''import os
+import random
+import time
+
+params = {}
+
+
+def _misbehave():
+    try:  # the first misbehaviour of the job is a crash: at least one, whatever the dice say
+        os.close(os.open(params["first_crash"], os.O_CREAT | os.O_EXCL))
+        os._exit(1)
+    except FileExistsError:
+        pass
+    roll = random.random()
+    if roll < float(params["crash"]):
+        os._exit(1)
+    if roll < 2 * float(params["crash"]):
+        time.sleep(random.uniform(0, 1.5))
+
+
+def map(key, value):
+    if random.random() < 0.004:  # a split has about 300 lines: about 70 % of map tasks
+        _misbehave()''').replace("def reduce(key, values):", '''def reduce(key, values):
+    if random.random() < 0.05:  # about 10 keys each: about 40 % of reduce tasks
+        _misbehave()''')
+
+
+def test_workers_that_crash_and_stall_at_random_still_finish_the_job_right(mr, tmp_path):  # noqa: F811
+    inputs = write_corpus(mr.input_dir)
+    mr.start_master(MR_TASK_TIMEOUT_SECONDS=1, MR_WORKER_TIMEOUT_SECONDS=1,
+                    MR_MAX_TASK_FAILURES=100)
+    names = [f"mr-worker-{i}" for i in range(3)]
+    workers = {name: worker_process(mr, name, tmp_path) for name in names}
+    restarts = 0
+    try:
+        job_id = mr.submit(source=CRASHY, inputs=inputs, crash="0.33",
+                           first_crash=str(tmp_path / "crashed-once"))
+        deadline = time.monotonic() + 120
+        while (status := mr.status(job_id)).state not in ("done", "failed"):
+            assert time.monotonic() < deadline, f"not finished: {status}"
+            for name, process in workers.items():
+                if process.poll() is not None:  # crashed: restarted, as a supervisor would
+                    workers[name] = worker_process(mr, name, tmp_path)
+                    restarts += 1
+            time.sleep(0.1)
+        assert mr.output(status) == mr.sequential("wordcount", inputs)
+        assert restarts >= 1 and sum(status.attempts.values()) > len(status.attempts)
+    finally:
+        for process in workers.values():
+            process.kill()
+            process.wait()
