@@ -109,3 +109,48 @@ def test_a_master_restarted_mid_job_finishes_it_without_redoing_done_work(mr, tm
     assert mr.output(status) == mr.sequential("wordcount", inputs)
     # Map output lived on the workers, which did not restart: nothing ran twice.
     assert set(status.attempts.values()) == {1}
+
+
+#: The first reduce call of the job hangs until params["release"] exists (at most 30 s).
+HANG_ONE_REDUCE = WORDCOUNT.replace("def reduce(key, values):", '''import os
+import time
+
+params = {}
+
+
+def reduce(key, values):
+    try:
+        os.close(os.open(params["marker"], os.O_CREAT | os.O_EXCL))
+        deadline = time.monotonic() + 30
+        while not os.path.exists(params["release"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except FileExistsError:
+        pass''')
+
+
+def test_once_done_the_output_is_final_a_late_attempt_changes_nothing(mr, tmp_path):  # noqa: F811
+    inputs = write_corpus(mr.input_dir)
+    mr.start_master(MR_TASK_TIMEOUT_SECONDS=1, MR_BACKUP_FRACTION=0)
+    workers = [mr.start_worker(f"mr-worker-{i}") for i in range(2)]
+    release = tmp_path / "release"
+    try:
+        status = mr.wait(mr.submit(source=HANG_ONE_REDUCE, inputs=inputs, reducers=2,
+                                   marker=str(tmp_path / "hung"), release=str(release)))
+        outputs = {name: (mr.jobs_dir / "output" / name).read_bytes() for name in status.outputs}
+    finally:
+        release.touch()
+
+    def reduces_reported() -> float:
+        return sum(scrape(worker).get("distlab_mapreduce_worker_tasks_total", phase="reduce",
+                                      outcome="ok") for worker in workers)
+
+    def leftovers() -> list:
+        return list((mr.jobs_dir / "output" / status.job_id).glob(".attempts/*"))
+
+    # The hung attempt wakes, writes its output (before the worker counts it) and reports
+    # after the job is done: the master throws that output away.
+    mr.lab.wait_until(lambda: reduces_reported() == 3 and not leftovers(),
+                      what="the late reduce's report, its output removed")
+    assert {name: (mr.jobs_dir / "output" / name).read_bytes()
+            for name in status.outputs} == outputs
+    assert mr.output(mr.status(status.job_id)) == mr.sequential("wordcount", inputs)
