@@ -128,3 +128,27 @@ def test_workers_that_crash_and_stall_at_random_still_finish_the_job_right(mr, t
         for process in workers.values():
             process.kill()
             process.wait()
+
+
+def test_the_master_exits_0_on_sigterm_and_resumes_its_jobs_after(mr, tmp_path):  # noqa: F811
+    inputs = write_corpus(mr.input_dir, files=1, lines=50)
+    env = {**os.environ, "NODE_NAME": "mr-master", "GRPC_PORT": "0", "METRICS_PORT": "0",
+           "DATA_DIR": str(tmp_path / "master"), "CREDENTIAL_FILE": mr.lab.credential_file,
+           "MR_JOBS_DIR": str(mr.jobs_dir)}
+    process = subprocess.Popen([sys.executable, "-m", "nodes.mapreduce.master"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        started = next(line for line in map(json.loads, process.stdout)
+                       if line["event"] == "node_started")
+        mr.master = f"127.0.0.1:{started['grpc_port']}"
+        job_id = mr.submit("wordcount", inputs=inputs)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        assert "Traceback" not in process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+    # No worker ran it yet: the job is still there, queued for the next master.
+    mr.master_data = str(tmp_path / "master")
+    mr.start_master()
+    assert mr.status(job_id).state == "map"
