@@ -248,7 +248,8 @@ def test_a_check_without_its_workload_names_the_workload_it_needs(catalogue):
 
 def test_an_unknown_check_lists_the_checks(catalogue):
     assert problems(catalogue, HEAD + "checks: [linearisable, {bank: {strict: true}}]\n") == [
-        "s.yaml:4: checks[0]: unknown check 'linearisable', not one of bank, linearizable; "
+        "s.yaml:4: checks[0]: unknown check 'linearisable', not one of output, bank, "
+        "linearizable; "
         "did you mean 'linearizable'?",
         "s.yaml:4: checks[1].bank: unknown option 'strict': the bank check has none"]
 

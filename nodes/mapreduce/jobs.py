@@ -1,0 +1,267 @@
+"""What a job is and how its tasks run: job modules, input splits, partitions, outputs.
+
+The master uses `builtin_source`, `check_name` and `split_inputs` to accept a
+job; the worker uses `load_job`, `run_map` and `run_reduce` to run its tasks;
+`run_sequential` is the single-process reference run the tests (and the host's
+`output` check) compare a job's output with. Touches only the files and
+directories it is given.
+
+A job module defines `map(key, value)` yielding (key, value) pairs and
+`reduce(key, values)` returning one value; optionally `combine(key, values)`
+(run on a map task's output per key, returning one value of map's kind) and
+`partition(key, reducers)`. It finds its parameters in a module-level
+`params` dict. Keys are strings, values anything JSON can carry. map is called
+once per line of input: key the input file's name, value the line.
+
+A job module is imported in isolation: a fresh module object named after the
+job, never put in sys.modules nor found on sys.path, so two jobs defining the
+same names never meet and a worker never imports a job by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import types
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from nodes.mapreduce.scheduler import Split
+
+BUILTIN_DIR = Path(__file__).with_name("builtin")
+BUILTINS = ("wordcount", "indexer", "grep", "sort")
+MAX_MODULE_BYTES = 1024 * 1024
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Where a map task's partition file keeps its records: one JSON [key, value] per line.
+PARTITION_FILE = "part-{partition}"
+
+
+class JobError(Exception):
+    """The job's own fault (its module, its input, its map or reduce): the job fails with
+    this message, which names the record when there is one."""
+
+
+class InputError(ValueError):
+    """Inputs that cannot make a job: missing, empty, or outside the input directory."""
+
+
+def check_name(name: str, what: str) -> str:
+    """A name that stays in its directory: no separators, no `..`, no leading dot."""
+    if not NAME.match(name):
+        raise InputError(f"{what} {name[:80]!r} is not a plain name (letters, digits, "
+                         f"'.', '_', '-'; at most 64; not starting with '.')")
+    return name
+
+
+def builtin_source(name: str) -> str:
+    check_name(name, "job")
+    if name not in BUILTINS:
+        raise InputError(f"no built-in job {name!r}; built-ins: {', '.join(BUILTINS)}")
+    return (BUILTIN_DIR / f"{name}.py").read_text()
+
+
+def stable_hash(key: str) -> int:
+    """FNV-1a (32 bits) of the key's UTF-8: the same in every process, unlike hash()."""
+    value = 0x811C9DC5
+    for byte in key.encode():
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value & 0x7FFFFFFF
+
+
+def inside(input_dir: Path, name: str) -> Path:
+    """`name` under `input_dir`, refusing anything that leaves it (absolute, `..`, links)."""
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise InputError(f"input {name[:200]!r} must be a path relative to the input "
+                         f"directory, without '..'")
+    root = input_dir.resolve()
+    path = (root / name).resolve()
+    if path != root and root not in path.parents:
+        raise InputError(f"input {name[:200]!r} leads outside the input directory")
+    return path
+
+
+def resolve_input(input_dir: Path, name: str) -> Path:
+    """An existing input `name` under `input_dir` (see `inside`)."""
+    path = inside(input_dir, name)
+    if not path.exists():
+        raise InputError(f"input {name[:200]!r} does not exist")
+    return path
+
+
+def split_inputs(input_dir: Path, names: Iterable[str], split_bytes: int) -> list[Split]:
+    """Cut the inputs into splits of about `split_bytes`, each ending at a line's end."""
+    files: list[Path] = []
+    for name in names:
+        path = resolve_input(input_dir, name)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*")
+                                if p.is_file() and not p.name.startswith(".")))
+        else:
+            files.append(path)
+    if not files:
+        raise InputError("no input files given")
+    root = input_dir.resolve()
+    splits = []
+    for path in files:
+        size = path.stat().st_size
+        relative = str(path.resolve().relative_to(root))
+        with open(path, "rb") as handle:
+            start = 0
+            while start < size:
+                end = min(start + split_bytes, size)
+                if end < size:
+                    handle.seek(end - 1)
+                    rest = handle.readline()  # to the end of the line at the cut
+                    end = end - 1 + len(rest)
+                splits.append(Split(relative, start, end))
+                start = end
+    if not splits:
+        raise InputError(f"the input is empty ({len(files)} file(s), 0 bytes)")
+    return splits
+
+
+def load_job(source: str, job_id: str, params: dict[str, str]) -> types.ModuleType:
+    """The job's module, imported in isolation; JobError when it does not import."""
+    module = types.ModuleType(f"distlab_mr_job_{re.sub(r'[^A-Za-z0-9_]', '_', job_id)}")
+    module.__file__ = f"<job {job_id}>"
+    module.params = dict(params)
+    try:
+        code = compile(source, module.__file__, "exec")
+        exec(code, module.__dict__)  # noqa: S102 - running the job's code is the point
+    except BaseException as exc:  # a job's import may raise anything, SystemExit included
+        raise JobError(f"the job module does not import: {_describe(exc)}") from None
+    module.params = {**getattr(module, "params", {}), **params}
+    for name in ("map", "reduce"):
+        if not callable(getattr(module, name, None)):
+            raise JobError(f"the job module defines no {name}(key, ...) function")
+    return module
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def read_split(input_dir: Path, split: Split) -> Iterator[tuple[int, str]]:
+    """The split's lines (without their newline) with the byte offset each starts at."""
+    path = resolve_input(input_dir, split.path)
+    offset = split.start
+    with open(path, "rb") as handle:
+        handle.seek(split.start)
+        while offset < split.end:
+            raw = handle.readline()
+            if not raw:
+                break
+            yield offset, raw.rstrip(b"\n").decode("utf-8", errors="replace")
+            offset += len(raw)
+
+
+def _partitioner(module: types.ModuleType, reducers: int) -> Callable[[str], int]:
+    custom = getattr(module, "partition", None)
+    if callable(custom):
+        return lambda key: int(custom(key, reducers)) % reducers
+    return lambda key: stable_hash(key) % reducers
+
+
+def run_map(module: types.ModuleType, input_dir: Path, split: Split, reducers: int,
+            out_dir: Path) -> dict[str, int]:
+    """Run map over one split and write R partition files into `out_dir`; the counters."""
+    combine = getattr(module, "combine", None)
+    # Grouped by key first, partitioned per distinct key at the end: hashing every pair
+    # (Python-level FNV) cost three times what map itself did.
+    grouped: dict[str, list[Any]] = {}
+    counters = {"map_records_in": 0, "map_bytes_in": 0, "map_records_out": 0}
+    for offset, line in read_split(input_dir, split):
+        counters["map_records_in"] += 1
+        counters["map_bytes_in"] += len(line) + 1
+        try:
+            for key, value in module.map(split.path, line):
+                grouped.setdefault(key if type(key) is str else str(key), []).append(value)
+                counters["map_records_out"] += 1
+        except Exception as exc:
+            raise JobError(f"map raised on record {split.path} at byte {offset} "
+                           f"({line[:80]!r}): {_describe(exc)}") from None
+    partition_of = _partitioner(module, reducers)
+    buckets: list[list[str]] = [[] for _ in range(reducers)]
+    for key in sorted(grouped):
+        values = grouped[key]
+        if callable(combine):
+            try:
+                values = [combine(key, values)]
+            except Exception as exc:
+                raise JobError(f"combine raised on key {key[:80]!r}: "
+                               f"{_describe(exc)}") from None
+        try:
+            bucket = buckets[partition_of(key)]
+        except Exception as exc:
+            raise JobError(f"partition raised on key {key[:80]!r}: {_describe(exc)}") from None
+        bucket.extend(json.dumps([key, value]) + "\n" for value in values)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for index, lines in enumerate(buckets):
+        data = "".join(lines).encode()
+        written += len(data)
+        _write_synced(out_dir / PARTITION_FILE.format(partition=index), data)
+    counters["map_bytes_out"] = written
+    return counters
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write then rename, so a partition file is whole or absent."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+
+
+def run_reduce(module: types.ModuleType, partitions: Iterable[bytes], output: Path,
+               task: int) -> dict[str, int]:
+    """Merge the fetched partitions, reduce key by key in key order, and write `output`
+    (fsync'd; the master renames it into place when it accepts this attempt)."""
+    grouped: dict[str, list[Any]] = {}
+    counters = {"reduce_records_in": 0, "reduce_keys": 0}
+    for data in partitions:
+        for raw in data.splitlines():
+            key, value = json.loads(raw)
+            grouped.setdefault(key, []).append(value)
+            counters["reduce_records_in"] += 1
+    lines = []
+    for key in sorted(grouped):
+        try:
+            value = module.reduce(key, grouped[key])
+        except Exception as exc:
+            raise JobError(f"reduce raised on key {key[:80]!r} in partition {task}: "
+                           f"{_describe(exc)}") from None
+        lines.append(f"{key} {value}\n")
+    counters["reduce_keys"] = len(lines)
+    data = "".join(lines).encode()
+    counters["reduce_bytes_out"] = len(data)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _write_synced(output, data)
+    return counters
+
+
+def run_sequential(module: types.ModuleType, input_dir: Path,
+                   names: Iterable[str]) -> dict[str, str]:
+    """The job run in one process without the framework: the reference output, key -> value."""
+    grouped: dict[str, list[Any]] = {}
+    for split in split_inputs(input_dir, names, split_bytes=1 << 62):
+        for _, line in read_split(input_dir, split):
+            for key, value in module.map(split.path, line):
+                grouped.setdefault(str(key), []).append(value)
+    return {key: str(module.reduce(key, values)) for key, values in sorted(grouped.items())}
+
+
+def read_output(paths: Iterable[Path]) -> dict[str, str]:
+    """A job's output files as key -> value (keys are unique across partitions)."""
+    result: dict[str, str] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key in result:
+                raise ValueError(f"key {key!r} appears twice in the output")
+            result[key] = value
+    return result
