@@ -9,8 +9,9 @@ from then on). Peers are whatever hashable key the adapter picks (its address).
 
 Per connection it keeps BEP 3's four flags (am_choking, am_interested, peer_choking,
 peer_interested) and what the peer has. Both sides start choked and not interested;
-our handshake and bitfield go out at once; the peer's bitfield is accepted only as
-its first message (keep-alives aside). Requests from a peer we choke are dropped,
+our handshake and bitfield go out at once. BEP 3 allows the peer's bitfield only as its
+first message, but aria2 sends a second one after `interested`: a later bitfield is read
+as a batch of `have`s (a peer never loses a piece), not as a reason to hang up. Requests from a peer we choke are dropped,
 as BEP 3 says, and requests for pieces we lack are ignored. A connection that sends nothing for
 `idle_timeout_seconds` is closed; we send a keep-alive after `keepalive_seconds` of
 our own silence.
@@ -81,7 +82,6 @@ class Connection:
     am_interested: bool = False
     peer_choking: bool = True
     peer_interested: bool = False
-    bitfield_allowed: bool = True  # only as the first message after the handshake
     requests: deque[Block] = field(default_factory=deque)  # theirs, waiting for `serve`
     uploaded: int = 0
     downloaded: int = 0
@@ -194,11 +194,7 @@ class TorrentSession:
             return
         if isinstance(message, KeepAlive):
             return  # it only proves the peer is there, which data_received noted
-        first, connection.bitfield_allowed = connection.bitfield_allowed, False
         if isinstance(message, Bitfield):
-            if not first:
-                self._close(peer, "bitfield after the first message")
-                return
             for index in message.pieces():
                 self.picker.peer_has(peer, index)
             self._update_interest(peer, connection)

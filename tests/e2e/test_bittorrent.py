@@ -1,9 +1,13 @@
-"""The bittorrent lab, for real: a .torrent made by `distlab bt make-torrent`, peers announcing
-to the tracker machine through its published port, scrape and the tracker's gRPC view agreeing,
-Prometheus counting the announces, and a killed tracker answering again once healed."""
+"""The bittorrent lab, for real: our seeder and leechers end with one file, byte for byte;
+real clients (aria2, libtorrent) trade with our peers and with each other through our
+tracker; a .torrent made by `distlab bt make-torrent`, announces through the published port,
+scrape and the tracker's gRPC view agreeing, Prometheus counting the announces, and a
+killed tracker answering again once healed."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import subprocess
 import sys
@@ -13,6 +17,7 @@ import grpc
 import pytest
 import requests
 
+from distlab.bittorrent.clients import ClientMachine
 from nodes.bittorrent.bencode import decode
 from nodes.bittorrent.metainfo import Metainfo
 from nodes.rpc import control_pb2, control_pb2_grpc, tracker_pb2, tracker_pb2_grpc
@@ -23,6 +28,8 @@ DISTLAB = str(Path(sys.executable).parent / "distlab")
 TRACKER = f"http://127.0.0.1:{os.environ.get('DISTLAB_TRACKER_PORT', '6969')}"
 
 testbed = lab_fixture("bittorrent")
+OUR_PEERS = ("seeder-1", "leecher-1", "leecher-2", "leecher-3")
+LAB_TORRENT = "/data/torrents/lab.torrent"
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +86,83 @@ def test_control_needs_the_credential_and_the_cli_has_it(healed):
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with machine.control() as control:
         assert "swarms" in control.status().state
+
+
+def read_bytes(testbed, machine: str, path: str) -> bytes:
+    result = testbed.runtime.exec(testbed.machine(machine).container, ["base64", "-w0", path])
+    return base64.b64decode(result.output)
+
+
+def sha1_on(testbed, machine: str, path: str) -> str | None:
+    result = testbed.runtime.exec(testbed.machine(machine).container, ["sha1sum", path],
+                                  check=False)
+    return result.output.split()[0] if result.returncode == 0 else None
+
+
+def scrape(info_hash: bytes) -> dict:
+    reply = requests.get(f"{TRACKER}/scrape", params={"info_hash": info_hash}, timeout=5)
+    return decode(reply.content)[b"files"].get(info_hash, {})
+
+
+@pytest.fixture(scope="module")
+def lab_torrent(testbed) -> bytes:
+    return eventually(lambda: _try_read(testbed, "seeder-1", LAB_TORRENT), timeout=60,
+                      what="the seeder has made the lab's torrent")
+
+
+def _try_read(testbed, machine: str, path: str) -> bytes | None:
+    try:
+        return read_bytes(testbed, machine, path)
+    except Exception:  # not written yet
+        return None
+
+
+def test_every_leecher_ends_with_the_seeders_file_and_scrape_agrees(healed, lab_torrent):
+    metainfo = Metainfo.from_bytes(lab_torrent)
+
+    def digests():
+        found = {peer: sha1_on(healed, peer, f"/data/{peer}/{metainfo.name}")
+                 for peer in OUR_PEERS}
+        return found if len(set(found.values())) == 1 and None not in found.values() else None
+
+    eventually(digests, timeout=120, what="every leecher holds the seeder's file")
+    seed = read_bytes(healed, "seeder-1", f"/data/seeder-1/{metainfo.name}")
+    assert len(seed) == metainfo.total_length
+    size = metainfo.piece_length
+    assert all(hashlib.sha1(seed[i * size:(i + 1) * size]).digest() == metainfo.piece_hashes[i * 20:
+               (i + 1) * 20] for i in range(metainfo.piece_count))
+    eventually(lambda: scrape(metainfo.info_hash).get(b"complete") == len(OUR_PEERS),
+               timeout=30, what=f"the tracker's scrape says complete = {len(OUR_PEERS)}")
+
+
+def test_a_real_client_downloads_from_our_peers(healed, lab_torrent):
+    aria2 = ClientMachine(healed, "aria2-1")
+    metainfo = aria2.add(lab_torrent)
+    key = metainfo.info_hash.hex()
+    eventually(lambda: (t := aria2.torrents().get(key)) and t.progress >= 1.0, timeout=120,
+               what="aria2 completes the lab's torrent from our seeder and leechers")
+    assert aria2.sha1(metainfo) == sha1_on(healed, "seeder-1", f"/data/seeder-1/{metainfo.name}")
+
+
+def test_real_clients_trade_through_our_tracker(healed, tmp_path):
+    payload = os.urandom(3 * 1024 * 1024 + 12345)  # a last piece shorter than the others
+    (tmp_path / "notes.bin").write_bytes(payload)
+    subprocess.run([DISTLAB, "bt", "make-torrent", str(tmp_path / "notes.bin"), "--tracker",
+                    "http://tracker:6969/announce", "--piece-size", "32KiB",
+                    "--out", str(tmp_path / "notes.torrent")],
+                   check=True, capture_output=True, timeout=60)
+    torrent = (tmp_path / "notes.torrent").read_bytes()
+    seeder, leecher = ClientMachine(healed, "libtorrent-1"), ClientMachine(healed, "aria2-1")
+    metainfo = seeder.add(torrent, payload)
+    key = metainfo.info_hash.hex()
+    eventually(lambda: (t := seeder.torrents().get(key)) and t.seeding, timeout=60,
+               what="libtorrent has checked the payload and seeds it")
+    leecher.add(torrent)
+    eventually(lambda: (t := leecher.torrents().get(key)) and t.progress >= 1.0, timeout=120,
+               what="aria2 completes from libtorrent through our tracker")
+    assert leecher.sha1(metainfo) == hashlib.sha1(payload).hexdigest()
+    eventually(lambda: scrape(metainfo.info_hash).get(b"complete") == 2, timeout=30,
+               what="the tracker counts both clients complete")
 
 
 def test_a_killed_tracker_forgets_and_peers_announce_again_after_heal(healed, torrent):

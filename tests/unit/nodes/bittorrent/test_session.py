@@ -292,12 +292,18 @@ def test_an_unreadable_handshake_closes_at_once(x, data, reason):
     (encode(Request(Block(0, 0, BLOCK_SIZE * 2))), "not a block of at most"),
     (encode(Have(41)), "has 41 pieces"),
     ((10**6).to_bytes(4, "big") + b"\x07", "longer than any"),
-    (encode(Have(1)) + encode(Bitfield.of({1}, 41)), "bitfield after the first message"),
 ])
 def test_a_peer_breaking_the_protocol_is_closed(x, message, reason):
     x.hello()
     x.send(message)
     assert any(isinstance(a, Close) and reason in a.reason for a in x.replies())
+
+
+def test_a_second_bitfield_adds_pieces_as_aria2_sends_it(x):
+    x.hello()
+    x.send(encode(Bitfield.of({1}, 41)) + encode(Interested()) + encode(Bitfield.of({1, 2}, 41)))
+    assert not any(isinstance(a, Close) for a in x.replies())
+    assert x.session.picker.pieces_of("x") == 2
 
 
 def test_a_silent_peer_is_closed_and_a_quiet_link_kept_alive(x, clock):
