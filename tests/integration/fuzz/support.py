@@ -21,7 +21,7 @@ import struct
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -449,3 +449,24 @@ def fuzz(target: Target, kind: str, *, examples: int = EXAMPLES, keep=None,
 
 def boundary_bodies(method: Method, limit: int) -> list[tuple[str, bytes]]:
     return huge_string_bodies(method, limit) + many_repeated_bodies(method, limit)
+
+
+def check_size_limit(target: Target, limit: int, *, methods: Sequence[Method] | None = None,
+                     keep: Callable[[Method, bytes], bool] = lambda method, body: True,
+                     after_call: Callable[[], None] = lambda: None) -> None:
+    """Every method gets bodies just under and just past `limit`: each answer is clean, and
+    each body past the limit is refused RESOURCE_EXHAUSTED (or, through a channel without
+    the credential, UNAUTHENTICATED). `keep` leaves out bodies too costly to run."""
+    refusals = {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    if not target.credentialed:
+        refusals.add(grpc.StatusCode.UNAUTHENTICATED)
+    for method in target.methods if methods is None else methods:
+        for label, body in boundary_bodies(method, limit):
+            if not keep(method, body):
+                continue
+            # A 64 KiB body needs more than a health Watch's short deadline to get there.
+            outcome = call_raw(target.channel, method, body, timeout=max(target.timeout, 1.0))
+            after_call()
+            target.check(outcome)
+            if len(body) > limit:
+                assert outcome.code in refusals, label

@@ -21,8 +21,8 @@ from tests.integration.app_support import AppTier
 from tests.integration.fuzz.support import (
     KINDS,
     Target,
-    boundary_bodies,
     call_raw,
+    check_size_limit,
     fuzz,
     methods_of,
     rss_bytes,
@@ -103,14 +103,7 @@ def test_bank_answers_every_body_cleanly(shared_lab, apps, switch, target, kind)
 
 
 def test_bank_bodies_at_the_size_limit(shared_lab, apps, switch, target):
-    for method in target.methods:
-        for label, body in boundary_bodies(method, LIMIT):
-            if not cheap(method, body):
-                continue
-            outcome = call_raw(target.channel, method, body)
-            target.check(outcome)
-            if len(body) > LIMIT:
-                assert outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED, label
+    check_size_limit(target, LIMIT, keep=cheap)
     still_serves(shared_lab, switch, "fuzz-boundary")
     no_backend_ejected(shared_lab, switch, apps)
 

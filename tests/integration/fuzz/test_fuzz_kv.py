@@ -8,7 +8,6 @@ without the lab credential is all a client has.
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from nodes.rpc import kv_pb2, kv_pb2_grpc
@@ -16,8 +15,7 @@ from tests.integration.conftest import SMALL_LIMITS
 from tests.integration.fuzz.support import (
     KINDS,
     Target,
-    boundary_bodies,
-    call_raw,
+    check_size_limit,
     fuzz,
     methods_of,
 )
@@ -51,9 +49,5 @@ def test_kv_answers_every_body_cleanly(shared_lab, node, target, kind):
 
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: m.name)
 def test_kv_bodies_at_the_size_limit(shared_lab, node, target, method):
-    for label, body in boundary_bodies(method, LIMIT):
-        outcome = call_raw(target.channel, method, body)
-        target.check(outcome)
-        if len(body) > LIMIT:
-            assert outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED, label
+    check_size_limit(target, LIMIT, methods=[method])
     still_serves(shared_lab, node)

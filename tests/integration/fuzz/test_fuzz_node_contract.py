@@ -24,8 +24,7 @@ from tests.integration.fuzz.support import (
     CLEAN_CODES,
     KINDS,
     Target,
-    boundary_bodies,
-    call_raw,
+    check_size_limit,
     fuzz,
     methods_of,
 )
@@ -96,13 +95,5 @@ def test_node_contract_answers_every_body_cleanly(shared_lab, nodes, target, kin
 
 
 def test_node_contract_bodies_at_the_size_limit(shared_lab, nodes, target):
-    for method in target.methods:
-        for label, body in boundary_bodies(method, LIMIT):
-            # A 64 KiB body needs more than a Watch's short deadline to reach the node.
-            outcome = call_raw(target.channel, method, body, timeout=max(target.timeout, 1.0))
-            clear_rules(shared_lab, nodes)()
-            target.check(outcome)
-            if len(body) > LIMIT:
-                assert outcome.code in (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                        grpc.StatusCode.UNAUTHENTICATED), label
+    check_size_limit(target, LIMIT, after_call=clear_rules(shared_lab, nodes))
     still_answers(shared_lab, nodes)

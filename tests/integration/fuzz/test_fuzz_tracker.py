@@ -7,7 +7,6 @@ node still lists its swarms.
 
 from __future__ import annotations
 
-import grpc
 import pytest
 
 from nodes.rpc import tracker_pb2, tracker_pb2_grpc
@@ -15,8 +14,7 @@ from nodes.tracker.__main__ import SPEC as TRACKER_SPEC
 from tests.integration.fuzz.support import (
     KINDS,
     Target,
-    boundary_bodies,
-    call_raw,
+    check_size_limit,
     fuzz,
     methods_of,
 )
@@ -48,10 +46,5 @@ def test_tracker_answers_every_body_cleanly(shared_lab, node, target, kind):
 
 
 def test_tracker_bodies_at_the_size_limit(shared_lab, node, target):
-    for method in METHODS:
-        for label, body in boundary_bodies(method, LIMIT):
-            outcome = call_raw(target.channel, method, body)
-            target.check(outcome)
-            if len(body) > LIMIT:
-                assert outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED, label
+    check_size_limit(target, LIMIT, methods=METHODS)
     still_serves(shared_lab, node)
