@@ -127,11 +127,15 @@ class Testbed:
         raise UnknownMachine(f"no machine {name!r}", hint=f"machines: {names}")
 
     def client(self, role: str) -> grpc.Channel:
-        """A channel from the host to a running machine of `role` (the first healthy one)."""
+        """A channel from the host to a running machine of `role` (the first healthy one).
+
+        Its calls present the lab credential: the host is the lab's operator, and a lab's
+        entry role may be protected (the mapreduce master). A switch strips it before it
+        forwards a call."""
         for machine in self.machines():
             if machine.info.role == role and machine.info.grpc_endpoint and \
                     machine.info.health in ("healthy", "-"):
-                return grpc.insecure_channel(machine.info.grpc_endpoint)
+                return machine.protected_channel()
         raise DistlabError(f"no healthy machine has role {role!r}")
 
     def sync_targets(self) -> None:

@@ -46,8 +46,8 @@ class ClientMachine:
         if machine.info.role not in CLIENT_ROLES:
             raise DistlabError(f"{name} is not a real BitTorrent client",
                                hint=f"client machines have the roles {', '.join(CLIENT_ROLES)}")
-        self.name, self.container, self.runtime = machine.name, machine.container, \
-            testbed.runtime
+        self.name, self.container = machine.name, machine.container
+        self.runtime = testbed.runtime
 
     def add(self, torrent: bytes, payload: bytes | None = None) -> Metainfo:
         """Give the client a single-file torrent; with its payload, the client checks it

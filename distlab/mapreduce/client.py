@@ -11,7 +11,6 @@ from pathlib import Path
 import grpc
 
 from distlab.errors import DistlabError
-from nodes.common.auth import with_credential
 from nodes.rpc import mapreduce_pb2, mapreduce_pb2_grpc
 
 MASTER_ROLE = "mapreduce-master"
@@ -32,11 +31,9 @@ def _error(what: str, exc: grpc.RpcError) -> MapReduceError:
 
 def master_channel(testbed) -> grpc.Channel:
     """A channel to the running master that presents the lab credential."""
-    from distlab import credential
-
     for machine in testbed.machines():
         if machine.info.role == MASTER_ROLE and machine.info.grpc_endpoint:
-            return with_credential(machine.channel(), credential.read(testbed.root))
+            return machine.protected_channel()
     raise MapReduceError("no mapreduce master is running", hint="distlab up mapreduce")
 
 

@@ -15,13 +15,7 @@ from distlab.scenarios.reader import Field, integer_in
 
 
 def _build(spec: Workload, start: WorkloadStart) -> MapReduceWorkload:
-    from distlab import credential
-    from distlab.testbed import project_root
-    from nodes.common.auth import with_credential
-
-    # The runner's channel presents no credential; submitting a job needs the lab's.
-    channel = with_credential(start.channel, credential.read(project_root()))
-    return MapReduceWorkload(channel, MapReduceConfig(
+    return MapReduceWorkload(start.channel, MapReduceConfig(
         processes=spec.processes, max_ops=spec.max_ops, seconds=start.seconds,
         timeout=spec.timeout, seed=start.seed, rate=spec.rate, reducers=spec.reducers,
         corpus_kib=spec.corpus_kib), history=start.history, run_id=start.run_id,

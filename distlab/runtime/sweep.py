@@ -144,51 +144,53 @@ class Sweep:
     # -- the three kinds -------------------------------------------------------------------
 
     def _containers(self, report: SweepReport) -> None:
-        try:
-            listed = self._call(lambda: self.api.containers(all=True, filters=self.filters))
-        except _Failed as failed:
-            report.leftovers.append(Leftover("container", "(every labelled one)",
-                                             f"could not list them: {failed.reason}"))
+        listed = self._listed("container", report,
+                              lambda: self.api.containers(all=True, filters=self.filters))
+        if listed is None:
             return
-        names = {c["Id"]: _container_name(c) for c in listed or ()}
-        live = [c["Id"] for c in listed or () if c.get("State") in _LIVE_STATES]
+        names = {c["Id"]: _container_name(c) for c in listed}
+        live = [c["Id"] for c in listed if c.get("State") in _LIVE_STATES]
         for ident, failure in self._each(live, lambda i: self.api.kill(i, signal="KILL")):
             if failure:  # remove(force=True) kills too: this is only worth a note
                 report.notes.append(f"kill {names[ident]}: {failure}")
-        removals = self._each(names, lambda i: self.api.remove_container(i, v=True, force=True))
-        for ident, failure in removals:
-            if failure:
-                report.leftovers.append(Leftover("container", names[ident], failure))
-            else:
-                report.containers += 1
+        report.containers += self._remove(
+            "container", names, lambda i: self.api.remove_container(i, v=True, force=True),
+            report)
 
     def _networks(self, report: SweepReport) -> None:
-        try:
-            listed = self._call(lambda: self.api.networks(filters=self.filters))
-        except _Failed as failed:
-            report.leftovers.append(Leftover("network", "(every labelled one)",
-                                             f"could not list them: {failed.reason}"))
-            return
-        names = {n["Id"]: n.get("Name") or n["Id"][:12] for n in listed or ()}
-        for ident, failure in self._each(names, self.api.remove_network):
-            if failure:
-                report.leftovers.append(Leftover("network", names[ident], failure))
-            else:
-                report.networks += 1
+        listed = self._listed("network", report,
+                              lambda: self.api.networks(filters=self.filters))
+        if listed is not None:
+            names = {n["Id"]: n.get("Name") or n["Id"][:12] for n in listed}
+            report.networks += self._remove("network", names, self.api.remove_network, report)
 
     def _volumes(self, report: SweepReport) -> None:
+        listed = self._listed("volume", report, lambda: self.api.volumes(filters=self.filters))
+        if listed is not None:
+            names = {v["Name"]: v["Name"] for v in (listed or {}).get("Volumes") or ()}
+            report.volumes += self._remove(
+                "volume", names, lambda n: self.api.remove_volume(n, force=True), report)
+
+    def _listed(self, kind: str, report: SweepReport, listing: Callable[[], object]):
+        """What `listing` returns (empty when nothing is there), or None, noted in the
+        report, when the engine would not list them."""
         try:
-            listed = self._call(lambda: self.api.volumes(filters=self.filters))
+            return self._call(listing) or ()
         except _Failed as failed:
-            report.leftovers.append(Leftover("volume", "(every labelled one)",
+            report.leftovers.append(Leftover(kind, "(every labelled one)",
                                              f"could not list them: {failed.reason}"))
-            return
-        names = [v["Name"] for v in (listed or {}).get("Volumes") or ()]
-        for name, failure in self._each(names, lambda n: self.api.remove_volume(n, force=True)):
+            return None
+
+    def _remove(self, kind: str, names: dict[str, str], remove: Callable[[str], object],
+                report: SweepReport) -> int:
+        """Remove each of `names` ({id: name}); how many went. The rest are leftovers."""
+        removed = 0
+        for ident, failure in self._each(names, remove):
             if failure:
-                report.leftovers.append(Leftover("volume", name, failure))
+                report.leftovers.append(Leftover(kind, names[ident], failure))
             else:
-                report.volumes += 1
+                removed += 1
+        return removed
 
     # -- calls -----------------------------------------------------------------------------
 

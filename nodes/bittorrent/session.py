@@ -11,10 +11,10 @@ Per connection it keeps BEP 3's four flags (am_choking, am_interested, peer_chok
 peer_interested) and what the peer has. Both sides start choked and not interested;
 our handshake and bitfield go out at once. BEP 3 allows the peer's bitfield only as its
 first message, but aria2 sends a second one after `interested`: a later bitfield is read
-as a batch of `have`s (a peer never loses a piece), not as a reason to hang up. Requests from a peer we choke are dropped,
-as BEP 3 says, and requests for pieces we lack are ignored. A connection that sends nothing for
-`idle_timeout_seconds` is closed; we send a keep-alive after `keepalive_seconds` of
-our own silence.
+as a batch of `have`s (a peer never loses a piece), not as a reason to hang up. Requests
+from a peer we choke are dropped, as BEP 3 says, and requests for pieces we lack are
+ignored. A connection that sends nothing for `idle_timeout_seconds` is closed; we send
+a keep-alive after `keepalive_seconds` of our own silence.
 
 Uploads are pulled, not pushed: a peer's requests wait in a queue (cancel removes
 one, a choke drops them all; more than `max_queued_requests` closes the connection,
