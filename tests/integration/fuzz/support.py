@@ -387,7 +387,8 @@ class Target:
     (`credentialed` False) each must be refused UNAUTHENTICATED, whatever the body.
     `allowed` widens the clean codes for a method whose normal answers include
     another (named by its short name, with the reason beside it in the module).
-    `timeout` is each call's deadline.
+    `timeout` is each call's deadline, unless `timeouts` names another for the method
+    (by its short name).
     """
 
     name: str
@@ -397,6 +398,10 @@ class Target:
     protected: frozenset[str] = frozenset()
     allowed: dict[str, frozenset[grpc.StatusCode]] | None = None
     timeout: float = CALL_TIMEOUT
+    timeouts: dict[str, float] | None = None
+
+    def deadline(self, method: Method) -> float:
+        return (self.timeouts or {}).get(method.name, self.timeout)
 
     def check(self, outcome: Outcome) -> None:
         if not self.credentialed and outcome.method.path in self.protected:
@@ -431,7 +436,7 @@ def fuzz(target: Target, kind: str, *, examples: int = EXAMPLES, keep=None,
             body = data.draw(payloads(kind, method), label="body")
             assume(keep is None or keep(method, body))
         try:
-            outcome = call_raw(target.channel, method, body, timeout=target.timeout)
+            outcome = call_raw(target.channel, method, body, timeout=target.deadline(method))
             codes[outcome.code.name] += 1
             target.check(outcome)
         finally:
@@ -465,7 +470,7 @@ def check_size_limit(target: Target, limit: int, *, methods: Sequence[Method] | 
             if not keep(method, body):
                 continue
             # A 64 KiB body needs more than a health Watch's short deadline to get there.
-            outcome = call_raw(target.channel, method, body, timeout=max(target.timeout, 1.0))
+            outcome = call_raw(target.channel, method, body, timeout=max(target.deadline(method), 1.0))
             after_call()
             target.check(outcome)
             if len(body) > limit:
