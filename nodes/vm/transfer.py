@@ -187,24 +187,23 @@ class Outgoing:
         self._call = replies
         threading.Thread(target=self._read_replies, args=(replies,), name="transfer-replies",
                          daemon=True).start()
-        self._send(vm_pb2.TransferMessage(begin=vm_pb2.TransferBegin(
+        begin = vm_pb2.TransferBegin(
             migration_id=uuid.uuid4().hex, strategy=plan.strategy.value, pages=vm.image.pages,
             page_size=PAGE_SIZE, source_node=self.node, kv_pages=guest.layout.kv_pages,
             hot_pages=guest.layout.hot_pages, hot_fraction=guest.layout.hot_fraction,
             seed=guest.layout.seed, dirty_pages_per_second=guest.dirty_rate,
-            guest_steps=guest.steps)))
+            guest_steps=guest.steps)
         try:
+            self._send(vm_pb2.TransferMessage(begin=begin))
             accepted = self._check_events(ACCEPT_SECONDS, until=("accepted",))
+            if accepted is None:
+                raise MigrationFailed(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      f"destination {plan.destination} did not accept within "
+                                      f"{ACCEPT_SECONDS} s")
         except MigrationFailed:
-            vm.resume()
+            vm.resume()  # nothing was sent yet: the vm never stopped running here
             replies.cancel()
             raise
-        if accepted is None:
-            vm.resume()
-            replies.cancel()
-            raise MigrationFailed(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  f"destination {plan.destination} did not accept within "
-                                  f"{ACCEPT_SECONDS} s")
         self._log.info("migration_accepted", destination=plan.destination,
                        destination_node=accepted.accepted, strategy=plan.strategy.value)
         with self._lock:
@@ -357,8 +356,8 @@ class Incoming:
         except VmRefused as exc:
             problem = str(exc)
             self._replies.put(exc)
-        except grpc.RpcError as exc:
-            problem = f"the source's stream broke: {exc.code().name}"
+        except grpc.RpcError:  # the server-side error carries no status
+            problem = "the source's stream broke (cancelled, or the source went away)"
         finally:
             self.vm.end_incoming(problem)
             self._replies.put(_END)
