@@ -15,6 +15,7 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from nodes.common.auth import service_methods
+from nodes.common.config import ConfigError
 from nodes.common.role import NodeContext, RoleNode
 from nodes.rpc import vm_pb2, vm_pb2_grpc
 from nodes.vm.guest import GuestLayout, KVFull
@@ -46,9 +47,13 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
         guest = None
         if not config["VM_INCOMING"]:
             pages = int(config["VM_IMAGE_MIB"] * MIB) // PAGE_SIZE
+            kv_pages = config["VM_KV_PAGES"]
+            if not 0 <= kv_pages < pages:
+                raise ConfigError(f"VM_KV_PAGES={kv_pages} leaves no guest pages in an image "
+                                  f"of {pages} pages (VM_IMAGE_MIB={config['VM_IMAGE_MIB']})")
             guest = GuestSettings(
-                GuestLayout(pages=pages, kv_pages=config["VM_KV_PAGES"],
-                            hot_pages=min(config["VM_HOT_PAGES"], pages - config["VM_KV_PAGES"]),
+                GuestLayout(pages=pages, kv_pages=kv_pages,
+                            hot_pages=min(config["VM_HOT_PAGES"], pages - kv_pages),
                             hot_fraction=config["VM_HOT_FRACTION"], seed=config["VM_GUEST_SEED"]),
                 dirty_rate=config["VM_DIRTY_RATE"], steps=config["VM_GUEST_STEPS"])
         self.vm = VirtualMachine(guest=guest, hold_seconds=config["VM_HOLD_SECONDS"],
