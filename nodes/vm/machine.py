@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ class VirtualMachine:
                  fault_timeout: float, on_event: Callable[..., None] = lambda *a, **k: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cpu = threading.Condition(threading.RLock())
+        self.instance = uuid.uuid4().hex  # this process, as a migration's two ends see it
         self.hold_seconds = hold_seconds
         self.fault_timeout = fault_timeout
         self._event = on_event

@@ -189,8 +189,9 @@ class Outgoing:
                          daemon=True).start()
         begin = vm_pb2.TransferBegin(
             migration_id=uuid.uuid4().hex, strategy=plan.strategy.value, pages=vm.image.pages,
-            page_size=PAGE_SIZE, source_node=self.node, kv_pages=guest.layout.kv_pages,
-            hot_pages=guest.layout.hot_pages, hot_fraction=guest.layout.hot_fraction,
+            page_size=PAGE_SIZE, source_node=self.node, source_instance=vm.instance,
+            kv_pages=guest.layout.kv_pages, hot_pages=guest.layout.hot_pages,
+            hot_fraction=guest.layout.hot_fraction,
             seed=guest.layout.seed, dirty_pages_per_second=guest.dirty_rate,
             guest_steps=guest.steps)
         try:
@@ -316,7 +317,7 @@ class Incoming:
         self._replies: queue.Queue = queue.Queue()
 
     def accept(self, begin: vm_pb2.TransferBegin) -> Strategy:
-        if begin.source_node == self.node:
+        if begin.source_instance == self.vm.instance:
             raise VmRefused("INVALID_ARGUMENT", f"a vm cannot migrate to itself ({self.node})")
         if begin.page_size != PAGE_SIZE:
             raise VmRefused("INVALID_ARGUMENT", f"page_size must be {PAGE_SIZE}")
