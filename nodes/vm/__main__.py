@@ -12,6 +12,10 @@ def _fraction(value: float) -> str | None:
     return None if 0 <= value <= 1 else "must be in [0, 1]"
 
 
+def _size(value: float) -> str | None:
+    return None if 0 < value <= 64 * 1024 else "must be in (0, 65536] MiB"
+
+
 def _count(value: int) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
@@ -25,7 +29,9 @@ SPEC = RoleSpec(
         Setting("VM_INCOMING", parse_bool, False, "start empty and wait for an incoming "
                 "migration (as QEMU's -incoming); the VM_* guest settings then come from "
                 "the source"),
-        Setting("VM_IMAGE_MIB", float, 64.0, "size of the memory image in MiB", positive),
+        Setting("VM_INCOMING_MAX_MIB", float, 1024.0, "the largest image an incoming "
+                "migration may bring (refused RESOURCE_EXHAUSTED above)", _size),
+        Setting("VM_IMAGE_MIB", float, 64.0, "size of the memory image in MiB", _size),
         Setting("VM_KV_PAGES", int, 16, "pages at the start of the image that hold the KV",
                 _count),
         Setting("VM_HOT_PAGES", int, 256, "the guest's writable working set: pages it "

@@ -54,7 +54,7 @@ class GuestLayout:
                              f"< {self.pages}")
         if not 1 <= self.hot_pages <= self.guest_pages:
             raise ValueError(f"hot_pages must be 1..{self.guest_pages}")
-        if not 0 <= self.hot_fraction <= 1:
+        if not 0 <= self.hot_fraction <= 1:  # NaN fails this too
             raise ValueError("hot_fraction must be in [0, 1]")
 
     @property

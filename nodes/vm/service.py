@@ -28,7 +28,6 @@ VM_SERVICE = vm_pb2.DESCRIPTOR.services_by_name["VM"].full_name
 MIGRATION_SERVICE = vm_pb2.DESCRIPTOR.services_by_name["Migration"].full_name
 PROTECTED = service_methods(vm_pb2.DESCRIPTOR.services_by_name["Migration"])
 PROGRESS_SECONDS = 0.2
-MAX_IMAGE_PAGES = 4 * 1024 * MIB // PAGE_SIZE  # what a destination accepts: 4 GiB
 
 
 def _abort(context, exc: Exception) -> None:
@@ -63,6 +62,7 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
                                      max_rate=config["VM_MAX_RATE_MIB"] * MIB,
                                      rate_increment=config["VM_RATE_INCREMENT_MIB"] * MIB,
                                      max_rounds=config["VM_MAX_ROUNDS"])
+        self._max_incoming_pages = int(config["VM_INCOMING_MAX_MIB"] * MIB) // PAGE_SIZE
         self._migration: Outgoing | None = None
         self._migration_lock = threading.Lock()
         registry = ctx.registry
@@ -206,7 +206,7 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("body") != "begin":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a transfer starts with begin")
-        incoming = Incoming(self.vm, self._ctx.name, MAX_IMAGE_PAGES, self._log)
+        incoming = Incoming(self.vm, self._ctx.name, self._max_incoming_pages, self._log)
         try:
             strategy = incoming.accept(first.begin)
         except VmRefused as exc:

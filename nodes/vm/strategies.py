@@ -30,6 +30,7 @@ The three strategies:
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -65,6 +66,9 @@ class PreCopyLimits:
     max_factor: float = 3.0
 
     def __post_init__(self) -> None:
+        if not all(math.isfinite(v) for v in (self.min_rate, self.max_rate,
+                                               self.rate_increment, self.max_factor)):
+            raise ValueError("rates and max_factor must be finite numbers")
         if self.min_rate <= 0 or self.rate_increment < 0 or self.max_rate < 0:
             raise ValueError("rates must be > 0 (max_rate: >= 0, 0 meaning unlimited)")
         if self.max_rate and self.max_rate < self.min_rate:

@@ -16,6 +16,7 @@ owners) and says so.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -301,8 +302,8 @@ def guest_settings(begin: vm_pb2.TransferBegin) -> GuestSettings:
                              seed=begin.seed)
     except ValueError as exc:
         raise VmRefused("INVALID_ARGUMENT", f"bad guest layout: {exc}") from None
-    if begin.dirty_pages_per_second < 0:
-        raise VmRefused("INVALID_ARGUMENT", "dirty_pages_per_second must be >= 0")
+    if not 0 <= begin.dirty_pages_per_second < math.inf:
+        raise VmRefused("INVALID_ARGUMENT", "dirty_pages_per_second must be a number >= 0")
     return GuestSettings(layout, begin.dirty_pages_per_second, begin.guest_steps)
 
 

@@ -77,6 +77,8 @@ def test_a_bad_strategy_or_rate_is_refused(lab, source):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "teleport" in error.details()
     error = refused(lambda: migrate(lab, source, target, min_rate=10.0, max_rate=5.0))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_rate" in error.details()
+    error = refused(lambda: migrate(lab, source, target, min_rate=float("nan")))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "finite" in error.details()
     still_serving(lab, source)
 
 
