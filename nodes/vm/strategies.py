@@ -201,8 +201,9 @@ class SourceMigration:
             return Pause()
         if state == "paused":
             self.paused_at = now
-            if self.strategy is Strategy.POST_COPY:
-                self._begin_round(range(self.image.pages), live=False, rate=0.0, now=now)
+            if self.strategy is Strategy.POST_COPY:  # the push shares the link: max_rate
+                self._begin_round(range(self.image.pages), live=False,
+                                  rate=self.limits.max_rate, now=now)
                 self._state = "push"
                 self.committed = True
                 return Commit()

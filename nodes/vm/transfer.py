@@ -29,7 +29,7 @@ import grpc
 from nodes.rpc import vm_pb2
 from nodes.vm.guest import GuestLayout
 from nodes.vm.machine import GuestSettings, VirtualMachine, VmRefused
-from nodes.vm.memory import PAGE_SIZE
+from nodes.vm.memory import PAGE_SIZE, PageError
 from nodes.vm.strategies import (
     Commit,
     Done,
@@ -170,8 +170,12 @@ class Outgoing:
                 raise event
             kind = event.WhichOneof("body")
             if kind == "fault":
-                with self._lock:
-                    self.core.fault(list(event.fault.index))
+                try:
+                    with self._lock:
+                        self.core.fault(list(event.fault.index))
+                except PageError as exc:
+                    raise MigrationFailed(grpc.StatusCode.INTERNAL,
+                                          f"the destination faulted on a bad page: {exc}") from None
             elif kind == "complete":
                 self._complete = True
             if kind not in until and kind not in ("fault", "complete"):
@@ -256,6 +260,12 @@ class Outgoing:
         except MigrationFailed as exc:
             self._abort(exc, commit_sent, committed)
             raise
+        except Exception as exc:  # a bug here must still leave the vm running somewhere
+            failure = MigrationFailed(grpc.StatusCode.INTERNAL,
+                                      f"the migration driver failed: {type(exc).__name__}")
+            self._log.error("migration_driver_failed", problem=repr(exc))
+            self._abort(failure, commit_sent, committed)
+            raise failure from exc
         total = time.monotonic() - started
         with self._lock:
             result = result_message(self.core, plan, downtime, total, guest_step)
