@@ -71,14 +71,18 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
             lambda: self.vm.image.size_bytes if self.vm.image is not None else 0)
         Gauge("distlab_vm_guest_steps", "Guest steps (page writes) run so far.",
               registry=registry).set_function(lambda: self.vm.guest_step)
-        self._round = Gauge("distlab_vm_migration_round", "Round of the running migration.",
-                            registry=registry)
-        self._pages_left = Gauge("distlab_vm_migration_pages_left",
-                                 "Pages the running migration has still to send.",
-                                 registry=registry)
-        self._dirty_rate = Gauge("distlab_vm_migration_dirty_pages_per_second",
-                                 "Pages dirtied per second in the last pre-copy round.",
-                                 registry=registry)
+        # Read at each scrape from the running (or last) migration.
+        for name, help_text, field in (
+                ("distlab_vm_migration_round", "Round of the running migration.", "round"),
+                ("distlab_vm_migration_pages_left",
+                 "Pages the running migration has still to send.", "pages_left"),
+                ("distlab_vm_migration_dirty_pages_per_second",
+                 "Pages dirtied per second in the last pre-copy round.",
+                 "dirty_pages_per_second"),
+                ("distlab_vm_migration_transfer_bytes_per_second",
+                 "Page bytes per second the running migration has sent.", "bytes_per_second")):
+            Gauge(name, help_text, registry=registry).set_function(
+                lambda field=field: self._progress_value(field))
         self._sent = Counter("distlab_vm_migration_sent_bytes_total",
                              "Page bytes sent by migrations from this vm.", registry=registry)
         self._downtime = Histogram("distlab_vm_migration_downtime_seconds",
@@ -172,7 +176,7 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
             self._migration = migration
         self._log.info("migration_started", destination=plan.destination,
                        strategy=plan.strategy.value)
-        threading.Thread(target=self._run, args=(migration,), name="migration",
+        threading.Thread(target=migration.run, args=(self._count,), name="migration",
                          daemon=True).start()
         while not migration.finished.wait(PROGRESS_SECONDS):
             yield migration.progress()
@@ -180,8 +184,7 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
             context.abort(migration.error.code, str(migration.error))
         yield migration.progress()
 
-    def _run(self, migration: Outgoing) -> None:
-        migration.run()
+    def _count(self, migration: Outgoing) -> None:
         strategy = migration.plan.strategy.value
         if migration.result is not None:
             self._sent.inc(migration.result.bytes_sent)
@@ -192,15 +195,11 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
             self._log.warning("migration_failed", destination=migration.plan.destination,
                               code=migration.error.code.name, problem=str(migration.error))
 
-    def _watch(self) -> None:
-        """Keep the migration gauges current (called by Status and progress readers)."""
+    def _progress_value(self, field: str) -> float:
         migration = self._migration
-        if migration is None:
-            return
-        progress = migration.progress()
-        self._round.set(progress.round)
-        self._pages_left.set(progress.pages_left)
-        self._dirty_rate.set(progress.dirty_pages_per_second)
+        if migration is None or migration.finished.is_set():
+            return 0.0
+        return float(getattr(migration.progress(), field))
 
     def Transfer(self, request_iterator, context):
         first = next(request_iterator, None)
@@ -222,7 +221,6 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
 
     def Status(self, request, context):
         vm = self.vm
-        self._watch()
         migration = self._migration
         reply = vm_pb2.VmStatus(state=vm.state, pages=vm.image.pages if vm.image else 0,
                                 guest_step=vm.guest_step, moved_to=vm.moved_to,

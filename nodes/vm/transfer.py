@@ -108,7 +108,8 @@ class Outgoing:
                 bytes_per_second=core.transfer_rate(time.monotonic()), result=self.result)
 
     # -- the migration ---------------------------------------------------------------
-    def run(self) -> None:
+    def run(self, on_end: Callable[[Outgoing], None] = lambda migration: None) -> None:
+        """Migrate; `on_end` runs before `finished` is set, so whoever waits sees its work."""
         try:
             self.result = self._migrate()
             self.phase = "done"
@@ -117,7 +118,10 @@ class Outgoing:
             self.phase = "failed"
         finally:
             self._outbox_close()
-            self.finished.set()
+            try:
+                on_end(self)
+            finally:
+                self.finished.set()
 
     def _requests(self) -> Iterator[vm_pb2.TransferMessage]:
         while True:
