@@ -1,9 +1,10 @@
 """`make bench`: run every benchmark; each writes reports/bench/<name>.json."""
 
-from bench import chord, failover, foundation, scenarios, tiers
+from bench import chord, failover, foundation, migration_local, scenarios, tiers
 
 foundation.main()
 tiers.main()
 scenarios.main()
 chord.main()
 failover.main()
+migration_local.main([])

@@ -1,0 +1,29 @@
+"""python -m nodes.host — the migration lab's hypervisor: starts and moves vm processes."""
+
+import sys
+
+from nodes.common.config import Setting, positive
+from nodes.common.role import RoleSpec
+from nodes.common.server import main
+from nodes.host.service import PROTECTED, HostNode, parse_ports
+
+SPEC = RoleSpec(
+    name="host",
+    summary="a hypervisor: starts `python -m nodes.vm` processes, moves them live to "
+            "another host's hypervisor, and reports what it holds.",
+    settings=(
+        Setting("HOST_VM_PORTS", parse_ports, (50100, 50131), "gRPC ports of the vm processes, "
+                "first-last (each vm's metrics: its port + 1000)"),
+        Setting("HOST_ADVERTISE", str, "", "the name or address other machines reach this "
+                "host's vms at (default: the hostname)"),
+        Setting("HOST_VM_START_SECONDS", float, 30.0, "how long a vm process gets to answer",
+                positive),
+        Setting("HOST_MIGRATION_TIMEOUT_SECONDS", float, 600.0, "deadline of one migration",
+                positive),
+    ),
+    build=HostNode,
+    protected=PROTECTED,
+)
+
+if __name__ == "__main__":
+    sys.exit(main(SPEC))

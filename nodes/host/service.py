@@ -1,0 +1,263 @@
+"""The Hypervisor gRPC service: vm processes started, listed, stopped and moved between hosts.
+
+Runs `python -m nodes.vm` children (their stdout is this machine's, so their
+JSON lines reach the same log; stderr goes to DATA_DIR/<host>/<vm>.stderr),
+each on a port of HOST_VM_PORTS, its metrics on that port + 1000. A
+migration: the destination host prepares an incoming vm process, the local
+vm migrates itself there (Migration/Migrate, progress relayed), and on
+success the local process is stopped; on failure the destination's incoming
+process is stopped and the vm runs here as before.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from nodes.common.auth import service_methods
+from nodes.common.config import ConfigError
+from nodes.common.role import NodeContext, RoleNode
+from nodes.host.table import TableError, VmEntry, VmTable
+from nodes.rpc import vm_pb2, vm_pb2_grpc
+
+HYPERVISOR = vm_pb2.DESCRIPTOR.services_by_name["Hypervisor"]
+SERVICE_NAME = HYPERVISOR.full_name
+PROTECTED = service_methods(HYPERVISOR)
+METRICS_OFFSET = 1000
+# Settings a vm process gets from the hypervisor, never from the caller or this host's env.
+OWN_SETTINGS = ("NODE_NAME", "GRPC_PORT", "METRICS_PORT", "PEERS", "VM_INCOMING")
+# Settings a vm process gets as this host has them.
+INHERITED = ("CREDENTIAL_FILE", "DATA_DIR", "LOG_LEVEL", "GRACE_SECONDS", "MAX_MESSAGE_BYTES",
+             "RPC_TIMEOUT_SECONDS")
+PREPARE_SECONDS = 40.0
+
+
+def parse_ports(raw: str) -> tuple[int, int]:
+    first, _, last = raw.partition("-")
+    return int(first), int(last or first)
+
+
+def _abort(context, exc: TableError) -> None:
+    context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+
+
+class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
+    service_names = (SERVICE_NAME,)
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self._ctx = ctx
+        self._log = ctx.log
+        config = ctx.config
+        try:
+            self._table = VmTable(*config["HOST_VM_PORTS"])
+        except ValueError as exc:
+            raise ConfigError(f"HOST_VM_PORTS={config['HOST_VM_PORTS']!r}: {exc}") from None
+        self._advertise = config["HOST_ADVERTISE"] or socket.gethostname()
+        self._start_seconds = config["HOST_VM_START_SECONDS"]
+        self._lock = threading.Lock()
+        self._migrating: dict[str, str] = {}
+
+    def register(self, server: grpc.Server) -> None:
+        vm_pb2_grpc.add_HypervisorServicer_to_server(self, server)
+
+    def status(self) -> dict[str, str]:
+        with self._lock:
+            return {"vms": ",".join(sorted(self._table.entries)),
+                    "migrating": ",".join(sorted(self._migrating))}
+
+    def close(self) -> None:
+        with self._lock:
+            entries = list(self._table.entries.values())
+            self._table.entries.clear()
+        for entry in entries:
+            self._stop_process(entry)
+
+    # -- vm processes ----------------------------------------------------------------
+    def _environ(self, name: str, port: int, settings: dict[str, str],
+                 incoming: bool) -> dict[str, str]:
+        environ = {k: v for k, v in os.environ.items()
+                   if not k.startswith("VM_") and k not in OWN_SETTINGS}
+        environ.update(settings)
+        # The node contract's settings as this host has them: the vm is a machine of the lab.
+        config = self._ctx.config
+        environ.update({key: str(config[key]) for key in INHERITED})
+        environ.update(NODE_NAME=name, GRPC_PORT=str(port),
+                       METRICS_PORT=str(port + METRICS_OFFSET),
+                       VM_INCOMING="true" if incoming else "false")
+        return environ
+
+    def _spawn(self, name: str, settings: dict[str, str], incoming: bool, context) -> VmEntry:
+        for key in settings:
+            if not key.startswith("VM_") or key in OWN_SETTINGS:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"setting {key!r}: a vm takes VM_* settings, except VM_INCOMING")
+        with self._lock:
+            try:
+                port = self._table.reserve(name)
+            except TableError as exc:
+                _abort(context, exc)
+            directory = self._ctx.data_dir
+            directory.mkdir(parents=True, exist_ok=True)
+            stderr_path = directory / f"{name}.stderr"
+            with open(stderr_path, "wb") as stderr:
+                process = subprocess.Popen([sys.executable, "-m", "nodes.vm"],
+                                           env=self._environ(name, port, settings, incoming),
+                                           stdout=None, stderr=stderr)
+            entry = VmEntry(name, port, process, incoming)
+            self._table.add(entry)
+        problem = self._wait_serving(entry)
+        if problem:
+            with self._lock:
+                self._table.remove(name)
+            self._stop_process(entry)
+            detail = stderr_path.read_text(errors="replace").strip().splitlines()
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT if entry.process.returncode == 2
+                          else grpc.StatusCode.UNAVAILABLE,
+                          f"vm {name} did not start: {detail[-1] if detail else problem}")
+        self._log.info("vm_started", vm=name, port=port, incoming=incoming, pid=process.pid)
+        return entry
+
+    def _wait_serving(self, entry: VmEntry) -> str:
+        """"" once the vm answers health SERVING; else why not."""
+        deadline = time.monotonic() + self._start_seconds
+        with grpc.insecure_channel(f"127.0.0.1:{entry.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if entry.process.poll() is not None:
+                    return f"it exited with status {entry.process.returncode}"
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return ""
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.05)
+        return f"it did not answer within {self._start_seconds} s"
+
+    def _stop_process(self, entry: VmEntry) -> None:
+        process = entry.process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=self._ctx.config["GRACE_SECONDS"] + 5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._log.info("vm_stopped", vm=entry.name, exit_code=process.returncode)
+
+    def _info(self, entry: VmEntry) -> vm_pb2.VmInfo:
+        info = vm_pb2.VmInfo(name=entry.name, address=f"{self._advertise}:{entry.port}")
+        if entry.process.poll() is not None:
+            info.state = "exited"
+            return info
+        try:
+            status = self._vm(entry).Status(vm_pb2.VmStatusRequest(), timeout=2)
+        except grpc.RpcError as exc:
+            info.state = f"unreachable ({exc.code().name})"
+            return info
+        info.state, info.guest_step, info.pages = status.state, status.guest_step, status.pages
+        return info
+
+    def _vm(self, entry: VmEntry) -> vm_pb2_grpc.MigrationStub:
+        return vm_pb2_grpc.MigrationStub(
+            self._ctx.channels.get(f"127.0.0.1:{entry.port}", peer=entry.name))
+
+    def _peer(self, address: str) -> vm_pb2_grpc.HypervisorStub:
+        return vm_pb2_grpc.HypervisorStub(self._ctx.channels.get(address, peer=address))
+
+    # -- the service -----------------------------------------------------------------
+    def StartVm(self, request, context):
+        entry = self._spawn(request.name, dict(request.settings), incoming=False,
+                            context=context)
+        return self._info(entry)
+
+    def PrepareIncoming(self, request, context):
+        if request.from_host == self._ctx.name:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"vm {request.name} is on {self._ctx.name} already: a migration "
+                          "goes to another host")
+        return self._info(self._spawn(request.name, {}, incoming=True, context=context))
+
+    def StopVm(self, request, context):
+        with self._lock:
+            if request.name in self._migrating:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"vm {request.name} is migrating")
+            try:
+                entry = self._table.get(request.name)
+            except TableError as exc:
+                _abort(context, exc)
+            self._table.remove(request.name)
+        self._stop_process(entry)
+        return vm_pb2.VmInfo(name=entry.name, state="exited")
+
+    def ListVms(self, request, context):
+        with self._lock:
+            entries = list(self._table.entries.values())
+        return vm_pb2.ListVmsReply(host=self._ctx.name,
+                                   vms=[self._info(entry) for entry in entries])
+
+    def MigrateVm(self, request, context):
+        host, _, port = request.to.rpartition(":")
+        if not host or not port.isdigit():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"to {request.to!r} must be host:port of a hypervisor")
+        try:
+            socket.getaddrinfo(host, int(port))
+        except OSError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no machine named {host!r}")
+        with self._lock:
+            try:
+                entry = self._table.get(request.name)
+            except TableError as exc:
+                _abort(context, exc)
+            if request.name in self._migrating:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"vm {request.name} is already migrating to "
+                              f"{self._migrating[request.name]}")
+            self._migrating[request.name] = request.to
+        try:
+            yield from self._migrate(entry, request, context)
+        finally:
+            with self._lock:
+                self._migrating.pop(request.name, None)
+
+    def _migrate(self, entry: VmEntry, request, context):
+        peer = self._peer(request.to)
+        try:
+            target = peer.PrepareIncoming(vm_pb2.PrepareIncomingRequest(
+                name=entry.name, from_host=self._ctx.name), timeout=PREPARE_SECONDS)
+        except grpc.RpcError as exc:
+            context.abort(exc.code(), f"host {request.to}: {exc.details()}")
+        self._log.info("vm_migrating", vm=entry.name, to=request.to, address=target.address,
+                       strategy=request.strategy or "pre-copy")
+        migrate = vm_pb2.MigrateRequest(
+            destination=target.address, strategy=request.strategy, min_rate=request.min_rate,
+            max_rate=request.max_rate, rate_increment=request.rate_increment,
+            max_rounds=request.max_rounds)
+        try:
+            yield from self._vm(entry).Migrate(
+                migrate, timeout=self._ctx.config["HOST_MIGRATION_TIMEOUT_SECONDS"])
+        except grpc.RpcError as exc:
+            self._clean_up(peer, entry.name)
+            context.abort(exc.code(), exc.details())
+        with self._lock:
+            self._table.remove(entry.name)
+        self._stop_process(entry)
+        self._log.info("vm_moved", vm=entry.name, to=request.to)
+
+    def _clean_up(self, peer: vm_pb2_grpc.HypervisorStub, name: str) -> None:
+        """The migration failed: stop the destination's incoming process (best effort)."""
+        try:
+            peer.StopVm(vm_pb2.StopVmRequest(name=name), timeout=15)
+        except grpc.RpcError as exc:
+            self._log.warning("vm_incoming_not_stopped", vm=name, code=exc.code().name,
+                              problem=exc.details())
