@@ -470,7 +470,8 @@ def check_size_limit(target: Target, limit: int, *, methods: Sequence[Method] | 
             if not keep(method, body):
                 continue
             # A 64 KiB body needs more than a health Watch's short deadline to get there.
-            outcome = call_raw(target.channel, method, body, timeout=max(target.deadline(method), 1.0))
+            outcome = call_raw(target.channel, method, body,
+                               timeout=max(target.deadline(method), 1.0))
             after_call()
             target.check(outcome)
             if len(body) > limit:
