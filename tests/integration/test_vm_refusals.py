@@ -9,6 +9,7 @@ import pytest
 
 from nodes.rpc import vm_pb2, vm_pb2_grpc
 from nodes.vm.__main__ import SPEC
+from tests.integration.vm_support import still_serving
 
 GUEST = {"VM_IMAGE_MIB": "4", "VM_DIRTY_RATE": "200", "VM_HOT_PAGES": "64"}
 
@@ -28,14 +29,6 @@ def refused(call) -> grpc.RpcError:
         call()
     return error.value
 
-
-def still_serving(lab, vm) -> None:
-    data = vm_pb2_grpc.VMStub(lab.bare_channel(vm))
-    data.Put(vm_pb2.PutRequest(key=b"k", value=b"v"), timeout=10)
-    assert data.Get(vm_pb2.GetRequest(key=b"k"), timeout=10).value == b"v"
-    status = vm_pb2_grpc.MigrationStub(lab.channel(vm)).Status(vm_pb2.VmStatusRequest(),
-                                                              timeout=10)
-    assert status.state == "running"
 
 
 @pytest.fixture

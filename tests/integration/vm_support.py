@@ -197,3 +197,14 @@ def settled(lab: VmLab, vm: VmProcess, steps: int) -> vm_pb2.VmStatus:
         return status.guest_step >= steps and status.pages_missing == 0 and status
     wait_until(done, timeout=60, what=f"{vm.name} finished its guest")
     return lab.status(vm, checksum=True)
+
+
+def still_serving(lab, vm) -> None:
+    """`vm` (an in-process node of `lab`) still answers a write, a read and its Status, and
+    still runs its guest."""
+    data = vm_pb2_grpc.VMStub(lab.bare_channel(vm))
+    data.Put(vm_pb2.PutRequest(key=b"still-serving", value=b"ok"), timeout=10)
+    assert data.Get(vm_pb2.GetRequest(key=b"still-serving"), timeout=10).value == b"ok"
+    status = vm_pb2_grpc.MigrationStub(lab.channel(vm)).Status(vm_pb2.VmStatusRequest(),
+                                                              timeout=10)
+    assert status.state == "running"

@@ -13,6 +13,7 @@ import pytest
 from nodes.rpc import vm_pb2, vm_pb2_grpc
 from nodes.vm.__main__ import SPEC
 from tests.integration.fuzz.support import KINDS, Target, check_size_limit, fuzz, methods_of
+from tests.integration.vm_support import still_serving
 
 LIMIT = 64 * 1024
 SETTINGS = {"MAX_MESSAGE_BYTES": LIMIT, "VM_IMAGE_MIB": 1, "VM_DIRTY_RATE": 100,
@@ -32,14 +33,6 @@ def incoming(shared_lab):
     return shared_lab.start("vm-fuzz-in", spec=SPEC, VM_INCOMING="true", **SETTINGS)
 
 
-def still_serves(lab, node) -> None:
-    data = vm_pb2_grpc.VMStub(lab.bare_channel(node))
-    data.Put(vm_pb2.PutRequest(key=b"after-fuzz", value=b"ok"), timeout=5)
-    assert data.Get(vm_pb2.GetRequest(key=b"after-fuzz"), timeout=5).value == b"ok"
-    status = vm_pb2_grpc.MigrationStub(lab.channel(node)).Status(vm_pb2.VmStatusRequest(),
-                                                                timeout=5)
-    assert status.state == "running"
-
 
 def still_waits(lab, node) -> None:
     status = vm_pb2_grpc.MigrationStub(lab.channel(node)).Status
@@ -50,14 +43,14 @@ def still_waits(lab, node) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_data_plane_answers_every_body_cleanly(shared_lab, running, kind):
     fuzz(Target("vm", shared_lab.bare_channel(running), VM, credentialed=False), kind)
-    still_serves(shared_lab, running)
+    still_serving(shared_lab, running)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_migration_answers_every_body_cleanly(shared_lab, running, incoming, kind):
     for node in (running, incoming):
         fuzz(Target("vm-migration", shared_lab.channel(node), MIGRATION), kind)
-    still_serves(shared_lab, running)
+    still_serving(shared_lab, running)
     still_waits(shared_lab, incoming)
 
 
@@ -72,5 +65,5 @@ def test_bodies_at_the_size_limit(shared_lab, running, incoming):
     check_size_limit(Target("vm", shared_lab.bare_channel(running), VM, credentialed=False),
                      LIMIT)
     check_size_limit(Target("vm-migration", shared_lab.channel(incoming), MIGRATION), LIMIT)
-    still_serves(shared_lab, running)
+    still_serving(shared_lab, running)
     still_waits(shared_lab, incoming)
