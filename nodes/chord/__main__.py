@@ -45,7 +45,13 @@ SPEC = RoleSpec(
                 "CHORD_JOIN peer which ring it is in: rings born in a startup race merge, "
                 "cycles left by a healed partition are woven together", positive),
         Setting("CHORD_HOP_TIMEOUT_SECONDS", float, 0.5, "deadline of routing and maintenance "
-                "RPCs: how long a dead peer costs a lookup", positive),
+                "RPCs to a peer whose round trips are not measured yet; after that each "
+                "peer's deadline is srtt + 4 rttvar of its answers (doubled after a timeout)",
+                positive),
+        Setting("CHORD_HOP_TIMEOUT_MIN_SECONDS", float, 0.1, "the shortest such deadline: how "
+                "soon a dead peer is given up on", positive),
+        Setting("CHORD_HOP_TIMEOUT_MAX_SECONDS", float, 2.0, "the longest: how long a peer "
+                "starved of CPU is waited for", positive),
         Setting("CHORD_MAX_VALUE_BYTES", int, 64 * 1024, "largest value accepted", positive),
         Setting("CHORD_TOMBSTONE_GRACE_SECONDS", float, 300.0, "how long a deleted key's "
                 "tombstone is kept (the owner also waits for a repair that reached every "

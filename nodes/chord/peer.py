@@ -2,11 +2,14 @@
 
 `ChordPeer` serves `distlab.chord.Chord`. Protocol decisions are the
 `ChordNode`'s (membership) and the `KeyStore`'s (keyspace); this module turns
-their requests into RPCs (every one with a deadline: CHORD_HOP_TIMEOUT_SECONDS
-for routing and maintenance, RPC_TIMEOUT_SECONDS for data) and runs one
-maintenance thread: join (or create), stabilize, fix_fingers,
-check_predecessor, re-replication and the ring-merge check, each on its own
-period. Keys are held in memory only: replication on CHORD_REPLICAS
+their requests into RPCs (every one with a deadline: for routing and
+maintenance, each peer's own, learned from its round trips as Bamboo does
+(nodes.common.rtt, between CHORD_HOP_TIMEOUT_MIN_SECONDS and _MAX_SECONDS);
+RPC_TIMEOUT_SECONDS for data) and runs one maintenance thread: join (or
+create), stabilize, fix_fingers, check_predecessor, re-replication and the
+ring-merge check, each on its own period with jitter; fix_fingers and the
+merge check slow down (up to 8x) while rounds find nothing to change, which
+is most of what an idle ring costs. Keys are held in memory only: replication on CHORD_REPLICAS
 successors, not the disk, is what survives a failed peer.
 
 Liveness of other peers is the node contract's phi accrual detector
@@ -76,6 +79,7 @@ from nodes.common.config import ConfigError, own_ip
 from nodes.common.metrics import LATENCY_BUCKETS
 from nodes.common.peers import SILENCE_CODES, phi_detector, resolve_ipv4
 from nodes.common.role import NodeContext, RoleNode
+from nodes.common.rtt import RttEstimator
 from nodes.rpc import chord_pb2, chord_pb2_grpc
 
 SERVICE_NAME = chord_pb2.DESCRIPTOR.services_by_name["Chord"].full_name
@@ -92,6 +96,15 @@ TOMBSTONE_GRACE_REPAIRS = 2
 TRANSFER_BATCH_BYTES = 1024 * 1024
 LOOKUP_PURPOSES = ("client", "finger", "rehome")
 STABILIZE_CHANGES = ("successor_changed", "predecessor_changed", "none", "lost")
+# Each periodic task runs at its period times a random factor in 1 ± this: peers started
+# together would otherwise call each other in lock step, and a starved machine would see
+# every peer's round land at once.
+PERIOD_JITTER = 0.2
+# A ring that has stopped changing needs its fingers refreshed and its merge checked less
+# often: each quiet round (a full finger table with no change, a merge check that found
+# one ring) doubles the task's period, up to this factor; any change brings it back to 1.
+CALM_MAX_STRETCH = 8.0
+CALMING_TASKS = ("fix_fingers", "merge_check")
 TRANSFER_REASONS = ("join", "leave", "replicate", "rehome")
 
 
@@ -237,6 +250,11 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
                 f"outlive the repairs that hand it to every replica")
         self._replicated_ns = 0  # when the last repair that reached every replica started
         self._hop_timeout = config["CHORD_HOP_TIMEOUT_SECONDS"]
+        self._rtt = RttEstimator(initial=self._hop_timeout,
+                                 minimum=config["CHORD_HOP_TIMEOUT_MIN_SECONDS"],
+                                 maximum=config["CHORD_HOP_TIMEOUT_MAX_SECONDS"])
+        self._stretch = dict.fromkeys(CALMING_TASKS, 1.0)
+        self._fingers_changed = False  # in the finger round under way
         # Neighbours are heard from every stabilize round, the rhythm phi learns first.
         # fall=1: a refused connection is definite. rise=1: any answer is proof of life.
         self._liveness = phi_detector(
@@ -331,6 +349,21 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
             else:
                 self._liveness.refused(address, now)
 
+    def _hop(self, address: str, method: Callable, request: Any) -> Any:
+        """One routing or maintenance call to `address`, within the deadline its measured
+        round trips give (nodes.common.rtt); tells the liveness detector how it ended."""
+        started = time.monotonic()
+        try:
+            reply = method(request, timeout=self._rtt.timeout(address))
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._rtt.timed_out(address)
+            self._heard(address, exc)
+            raise
+        self._rtt.observe(address, time.monotonic() - started)
+        self._heard(address)
+        return reply
+
     def _suspected(self, address: str) -> bool:
         with self._liveness_lock:
             return not self._liveness.is_up(address)
@@ -339,12 +372,10 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
         """A peer's view of itself; SILENT when it did not answer but is not suspected;
         None when it is (or its answer made no sense)."""
         try:
-            reply = self._stub(address).Neighbours(chord_pb2.NeighboursRequest(),
-                                                   timeout=self._hop_timeout)
-        except grpc.RpcError as exc:
-            self._heard(address, exc)
+            reply = self._hop(address, self._stub(address).Neighbours,
+                              chord_pb2.NeighboursRequest())
+        except grpc.RpcError:
             return None if self._suspected(address) else SILENT
-        self._heard(address)
         try:
             return NodeView(node_from(reply.self, self.bits),
                             optional_node(reply.predecessor, self.bits),
@@ -373,22 +404,17 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
         stub = self._stub(request.node.address)
         try:
             if isinstance(request, AskRoute):
-                reply = stub.Route(chord_pb2.RouteRequest(
-                    target=format_id(request.target, self.bits), ring=request.ring),
-                    timeout=self._hop_timeout)
-                self._heard(request.node.address)
+                reply = self._hop(request.node.address, stub.Route, chord_pb2.RouteRequest(
+                    target=format_id(request.target, self.bits), ring=request.ring))
                 if reply.ring != request.ring:
                     return None
                 return RouteAnswer(reply.owner_found,
                                    tuple(node_from(n, self.bits) for n in reply.nodes),
                                    tuple(node_from(n, self.bits) for n in reply.successors))
             if isinstance(request, SendRectify):
-                stub.Rectify(chord_pb2.RectifyRequest(
-                    candidate=node_message(request.candidate, self.bits), ring=request.ring),
-                    timeout=self._hop_timeout)
-                self._heard(request.node.address)
-        except grpc.RpcError as exc:
-            self._heard(request.node.address, exc)
+                self._hop(request.node.address, stub.Rectify, chord_pb2.RectifyRequest(
+                    candidate=node_message(request.candidate, self.bits), ring=request.ring))
+        except grpc.RpcError:
             return None
         except RingError:
             return None
@@ -472,7 +498,9 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
             for task, when in due.items():
                 if now >= when and self._core.member and not self._stopping.is_set():
                     self._attempt(task, getattr(self, f"_{task}"))
-                    due[task] = time.monotonic() + self._periods[task]
+                    period = self._periods[task] * self._stretch.get(task, 1.0)
+                    due[task] = time.monotonic() + period * random.uniform(
+                        1 - PERIOD_JITTER, 1 + PERIOD_JITTER)
             self._stopping.wait(max(0.0, min(due.values()) - time.monotonic()))
 
     def _attempt(self, task: str, action: Callable[[], Any]) -> Any:
@@ -495,6 +523,7 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
             with self._lock:
                 after = core.successor
             self._log.info("chord_successor_changed", old=before.address, new=after.address)
+            self._stretch = dict.fromkeys(CALMING_TASKS, 1.0)  # the ring moves: look again
         self._rounds += 1
         self._replicate_owned(force=self._rounds % REPAIR_EVERY_ROUNDS == 0)
         self._expire_tombstones()
@@ -502,10 +531,18 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
     def _fix_fingers(self) -> None:
         core = self._core
         with self._lock:
-            target = core.next_finger_target()
+            target, index = core.next_finger_target(), core.next_finger
         found = self._lookup(target, "finger")
         with self._lock:
-            core.file_finger(found)
+            self._fingers_changed |= core.file_finger(found)
+            wrapped = core.next_finger <= index  # the last lookup of a round filled the top
+        if wrapped:
+            self._settle("fix_fingers", changed=self._fingers_changed)
+            self._fingers_changed = False
+
+    def _settle(self, task: str, changed: bool) -> None:
+        """A round of `task` ended: quiet rounds stretch its period, a change resets it."""
+        self._stretch[task] = 1.0 if changed else min(self._stretch[task] * 2, CALM_MAX_STRETCH)
 
     def _check_predecessor(self) -> None:
         core = self._core
@@ -525,12 +562,16 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
             return
         view = self._probe(random.choice(others), None)
         if view is None or not view.ring or view.ring > core.ring:
+            self._settle("merge_check", changed=view is None)
             return
         if view.ring == core.ring:
-            if self._run(core.weave(view)):
+            woven = self._run(core.weave(view))
+            if woven:
                 self._log.warning("chord_ring_woven", via=view.node.address,
                                   successor=core.successor.address)
+            self._settle("merge_check", changed=woven)
             return
+        self._settle("merge_check", changed=True)
         self._log.warning("chord_ring_merge", old_ring=core.ring, new_ring=view.ring,
                           via=view.node.address)
         with self._lock:

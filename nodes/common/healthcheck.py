@@ -1,27 +1,33 @@
-"""python -m nodes.common.healthcheck — exit 0 when this machine's gRPC health says SERVING.
+"""The container's health probe: exit 0 when this machine's gRPC health says SERVING.
 
-Docker's HEALTHCHECK runs it inside the machine, so Compose's
-`depends_on: condition: service_healthy` rests on grpc.health.v1.
+Docker runs it every few seconds in every machine, so it must cost next to
+nothing: the image runs it as `python -I -S /app/nodes/common/healthcheck.py`
+(no site, no imports beyond the socket module) and it asks the node's
+`/healthz` on METRICS_PORT, which the node answers by calling its own
+grpc.health.v1 service (nodes.common.httpd). `python -m
+nodes.common.healthcheck` works too.
 """
 
 import os
+import socket
 import sys
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 def main() -> int:
-    port = os.environ.get("GRPC_PORT") or "50051"
+    port = int(os.environ.get("METRICS_PORT") or "9100")
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=2.0)
-    except grpc.RpcError as exc:
-        print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        with socket.create_connection(("127.0.0.1", port), timeout=2.5) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            reply = b""
+            while chunk := conn.recv(4096):
+                reply += chunk
+    except OSError as exc:
+        print(f"unhealthy: metrics port {port}: {exc}", file=sys.stderr)
         return 1
-    if reply.status != health_pb2.HealthCheckResponse.SERVING:
-        print(f"unhealthy: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}",
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or status_line[1] != b"200":
+        print(f"unhealthy: {body.decode(errors='replace').strip() or head[:80]!r}",
               file=sys.stderr)
         return 1
     return 0

@@ -41,8 +41,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
+from nodes.common import httpd
 from nodes.common.aio import AioServerInterceptor, EventLoopThread
 from nodes.common.auth import (
     AioCredentialInterceptor,
@@ -71,6 +72,9 @@ from nodes.common.role import NodeContext, RoleSpec
 from nodes.rpc import control_pb2, control_pb2_grpc
 
 VERSION = "0.1.0"
+# Below the probe's own 2.5 s socket timeout and Docker's 3 s: a slow answer is reported as
+# one, not as a probe that hung.
+HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 CONTROL_SERVICE = control_pb2.DESCRIPTOR.services_by_name["Control"].full_name
 CONTROL_METHODS = service_methods(control_pb2.DESCRIPTOR.services_by_name["Control"])
 # What a busy node must still answer: whether it is alive, what it is, and its operator.
@@ -124,6 +128,7 @@ class NodeServer:
         self._pool: futures.ThreadPoolExecutor | None = None
         self._loop: EventLoopThread | None = None
         self._metrics_server = None
+        self._health_channel: grpc.Channel | None = None
 
     @property
     def name(self) -> str:
@@ -164,8 +169,8 @@ class NodeServer:
                 CredentialInterceptor(self.credential_check)])
             services = self._add_services(self._server)
             self.grpc_port = self._server.add_insecure_port(address)
-        self._metrics_server, _ = start_http_server(self.config["METRICS_PORT"],
-                                                    registry=self.registry)
+        self._metrics_server = httpd.start(self.config["METRICS_PORT"], self.registry,
+                                           self._own_health)
         self.metrics_port = self._metrics_server.server_port
         if self._loop is not None:
             self._loop.run(self._server.start())
@@ -180,6 +185,19 @@ class NodeServer:
         self.role.serving(self.grpc_port)
         self.log.info("node_started", grpc_port=self.grpc_port, metrics_port=self.metrics_port,
                       services=list(services), peers=list(self.config["PEERS"]))
+
+    def _own_health(self) -> tuple[bool, str]:
+        """What this node's gRPC health service answers over loopback: the container's
+        health probe (through /healthz) sees exactly what a gRPC client would."""
+        if self._health_channel is None:
+            self._health_channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        try:
+            reply = health_pb2_grpc.HealthStub(self._health_channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=HEALTH_PROBE_TIMEOUT_SECONDS)
+        except grpc.RpcError as exc:
+            return False, f"{exc.code().name}: {exc.details()}"
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING, status
 
     def _set_not_serving(self, reason: str) -> None:
         if not self._not_serving:
@@ -238,6 +256,8 @@ class NodeServer:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
+        if self._health_channel is not None:
+            self._health_channel.close()
         self.log.info("node_stopped")
 
 
