@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from nodes.common.server import main
 from nodes.kv.__main__ import SPEC as KV_SPEC
@@ -37,6 +38,7 @@ def test_no_acknowledged_put_is_lost_to_a_failing_disk(lab, tmp_path):
 
     for n in range(3):
         put(f"before/{n}")
+    health = lab.health(node)
     with FailingDisk(data_dir / "kv-a", "kv.wal") as disk:
         disk.fail_next_write(errno.ENOSPC, after_bytes=9)
         full = refused(kv.Put, kv_pb2.PutRequest(key="disk-full", value=b"x"))
@@ -44,6 +46,9 @@ def test_no_acknowledged_put_is_lost_to_a_failing_disk(lab, tmp_path):
         assert full.details().startswith("not applied") and "ENOSPC" in full.details()
         for n in range(3):
             put(f"after-full/{n}")  # the node still takes writes once the log is cut back
+        # A cut-back log is no reason to be routed around.
+        assert health.Check(HealthCheckRequest(), timeout=5).status == \
+            HealthCheckResponse.SERVING
 
         disk.fail_next_fsync(errno.EIO)
         failed = refused(kv.Put, kv_pb2.PutRequest(key="fsync-failed", value=b"x"))
@@ -55,11 +60,18 @@ def test_no_acknowledged_put_is_lost_to_a_failing_disk(lab, tmp_path):
             "not applied")
         state = lab.control(node).Status(control_pb2.StatusRequest(), timeout=5).state
         assert "fsync of kv.wal failed: EIO" in state["wal_stopped"]
+        # It can only refuse writes now: health checkers (the switch, clients) route around it.
+        for service in ("", "distlab.kv.KV"):
+            assert health.Check(HealthCheckRequest(service=service), timeout=5).status == \
+                HealthCheckResponse.NOT_SERVING, service
         # Reads go on: memory holds exactly what was acknowledged.
         assert kv.Get(kv_pb2.GetRequest(key="before/0"), timeout=5).value == acked["before/0"][0]
 
     lab.stop(node)
-    restarted = lab.kv(lab.start("kv-a", data_dir=str(data_dir)))
+    again = lab.start("kv-a", data_dir=str(data_dir))
+    assert lab.health(again).Check(HealthCheckRequest(), timeout=5).status == \
+        HealthCheckResponse.SERVING
+    restarted = lab.kv(again)
     for key, (value, version) in acked.items():
         got = restarted.Get(kv_pb2.GetRequest(key=key), timeout=5)
         assert (got.value, got.version) == (value, version), key
