@@ -150,7 +150,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
                 await self._fail(method, context, started, exc)
             finally:
                 if bounded:
-                    self._meter.admission.leave()
+                    self._meter.admission.leave(method)
             self._meter.record(method, started, context.code() or grpc.StatusCode.OK)
             return result
 
@@ -171,7 +171,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
                 await self._fail(method, context, started, exc)
             finally:
                 if bounded:
-                    self._meter.admission.leave()
+                    self._meter.admission.leave(method)
             self._meter.record(method, started, context.code() or grpc.StatusCode.OK)
 
         return metered
@@ -184,7 +184,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
             message = self._meter.undecodable(method, request)
             self._meter.record(method, started, grpc.StatusCode.INVALID_ARGUMENT)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-        if bounded and not self._meter.admission.try_enter():
+        if bounded and not self._meter.admission.try_enter(method):
             message = self._meter.overloaded(method)
             self._meter.record(method, started, grpc.StatusCode.RESOURCE_EXHAUSTED)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
