@@ -9,7 +9,9 @@ operations per second through the switch for `--seconds` (default 30 min).
 Every `--every` seconds it samples each process's RSS, each replica's keys
 (Control Status) and, on the tail, the idempotency records and their expiry
 index (a prefix Read each). At the end the workload settles and the bank
-checker judges the history.
+checker judges the history; with a window shorter than the run, an
+indefinite transfer (a timeout) older than the window can no longer be
+resolved by replaying it, which makes that verdict unknown, never invalid.
 
 The verdict compares the mean of the last third of the samples with the
 middle third (the first third is warm-up): a series is flat when it grew by
@@ -47,6 +49,8 @@ FLAT_RATIO = 1.10
 # the records of a few seconds of load.
 RSS_NOISE_MIB = 3.0
 RECORDS_NOISE = 200
+# Long enough that a loaded machine seldom turns a transfer indefinite.
+OPERATION_TIMEOUT = 5.0
 READ_LIMIT = 10_000  # the data tier's largest prefix Read (DATA_MAX_READ_LIMIT)
 
 
@@ -144,7 +148,7 @@ def run(seconds: float, rate: float, every: float, window: float) -> dict[str, A
                    APP_IDEMPOTENCY_SWEEP_SECONDS=2) as tier, \
             grpc.insecure_channel(tier.switch) as channel:
         workload = BankWorkload(channel, BankConfig(processes=4, max_ops=10**9, seconds=seconds,
-                                                    rate=rate, timeout=2.0))
+                                                    rate=rate, timeout=OPERATION_TIMEOUT))
         workload.setup()
         with Sampler(tier, every) as sampler:
             history = workload.run()
