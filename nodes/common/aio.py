@@ -23,6 +23,7 @@ import grpc
 from nodes.common.faults import FaultRules
 from nodes.common.interceptors import (
     KINDS,
+    REFUSED_METADATA,
     Admission,
     ServerInterceptor,
     Undecodable,
@@ -187,6 +188,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
         if bounded and not self._meter.admission.try_enter(method):
             message = self._meter.overloaded(method)
             self._meter.record(method, started, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.set_trailing_metadata((REFUSED_METADATA,))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         return started
 

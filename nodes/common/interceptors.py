@@ -31,6 +31,9 @@ from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
 
 CALLER_METADATA_KEY = "x-distlab-node"
+# Trailing metadata of a call refused before its handler ran (admission): it did nothing,
+# so a proxy (the switch) may send it to another backend whatever the method.
+REFUSED_METADATA = ("x-distlab-refused", "overload")
 # The longest a dropped call is held. Also what a caller without a deadline gets: gRPC
 # reports "no deadline" as a time_remaining of about 1e10 s, not None, and waiting that
 # long overflows the platform's time_t.
@@ -260,6 +263,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
         if bounded and not self.meter.admission.try_enter(method):
             message = self.meter.overloaded(method)
             self.meter.record(method, started, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.set_trailing_metadata((REFUSED_METADATA,))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         decision = self.meter.fault(method, context)
         if decision is not None:

@@ -147,3 +147,21 @@ def test_a_refused_call_does_not_hold_a_slot(lab):
     assert refusals == ["RESOURCE_EXHAUSTED"] * 5
     assert running.result().served_by == "app-1"
     assert work(bank_pb2.WorkRequest(), timeout=5).served_by == "app-1"
+
+
+def test_a_call_a_full_backend_refused_unstarted_is_sent_to_another(lab):
+    """Work is not idempotent, yet a call refused by a full app's admission never ran: the
+    switch sends it to the other app instead of handing the caller the refusal."""
+    full, spare = start_apps(lab, 2)
+    switch = start_switch(lab, full, spare, SWITCH_POLICY="round_robin")
+    lab.wait_until(lambda: switch_state(lab, switch)["backends"] == "2/2", what="both healthy")
+    direct = bank_pb2_grpc.BankStub(lab.channel(full)).Work
+    filling = [direct.future(bank_pb2.WorkRequest(io_millis=3000), timeout=20)
+               for _ in range(3)]  # all one method may hold of the app's 4 places
+    lab.wait_until(lambda: lab.scrape(full).get("distlab_rpc_server_in_flight") >= 3,
+                   what="the full app working on 3 calls")
+    work = bank_pb2_grpc.BankStub(lab.channel(switch)).Work
+    served_by = [work(bank_pb2.WorkRequest(), timeout=5).served_by for _ in range(6)]
+    assert served_by == ["app-2"] * 6
+    assert lab.scrape(full).get("distlab_rpc_server_overloaded_total", method=WORK) >= 3
+    assert all(call.result().served_by == "app-1" for call in filling)
