@@ -51,6 +51,8 @@ CAPACITY_SECONDS = 6.0
 LEVEL_SECONDS = 12.0
 CHEAP_PER_SECOND = 10.0
 CALL_TIMEOUT = 3.0
+# As compose.yaml runs it: the switch holds a thread per call in flight, refusals included.
+SWITCH_WORKERS = 64
 ACCOUNT = "overload-probe"
 
 
@@ -84,7 +86,7 @@ def bank_tier(*, replicas: int = DATA_REPLICAS, apps: int = APPS, app_workers: i
             app_pids[address] = pid
         switch_pid, switch = stack.enter_context(node(
             "switch", SWITCH_BACKENDS=",".join(app_pids), SWITCH_HEALTH_INTERVAL_SECONDS=0.5,
-            CREDENTIAL_FILE=credential_file))
+            WORKERS=SWITCH_WORKERS, CREDENTIAL_FILE=credential_file))
         yield BankTier(switch, switch_pid, app_pids, replica_pids, master, credential)
 
 
@@ -98,6 +100,7 @@ class OpenLoop:
         self.per_second = per_second
         self.seconds = seconds
         self.codes: Counter[str] = Counter()
+        self.details: dict[str, str] = {}  # the first details seen for each failing code
         self.refusal_millis: list[float] = []
         self._lock = threading.Lock()
         self._pending: list[futures.Future] = []
@@ -131,6 +134,8 @@ class OpenLoop:
         code = future.code()
         with self._lock:
             self.codes[code.name] += 1
+            if code != grpc.StatusCode.OK:
+                self.details.setdefault(code.name, future.details())
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 self.refusal_millis.append((time.monotonic() - sent) * 1000)
 
@@ -168,7 +173,14 @@ def level(bank: bank_pb2_grpc.BankStub, offered: float, seconds: float) -> dict[
             "goodput_per_s": round(work_codes["OK"] / seconds, 1),
             "work_answers": dict(work_codes), "cheap_answers": dict(cheap_codes),
             "cheap_success": ratio(cheap_codes["OK"], sum(cheap_codes.values())),
+            "cheap_refusals": cheap.details,
             "refusal_p50_ms": round(refusals[len(refusals) // 2], 1) if refusals else None}
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on; the load average says what else was running."""
+    return {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 1)}
 
 
 def run(*, levels: tuple[float, ...] = LEVELS, level_seconds: float = LEVEL_SECONDS) -> dict:
@@ -183,8 +195,7 @@ def run(*, levels: tuple[float, ...] = LEVELS, level_seconds: float = LEVEL_SECO
             row = level(bank, multiple * measured, level_seconds)
             row["goodput_vs_capacity"] = ratio(row["goodput_per_s"], measured)
             rows[f"x{multiple:g}"] = row
-    return {"machine": {"cpus": len(os.sched_getaffinity(0)),
-                        "python": platform.python_version()},
+    return {"machine": machine(),
             "setup": {"apps": APPS, "app_workers": APP_WORKERS, "work_io_ms": WORK_MILLIS,
                       "data_replicas": DATA_REPLICAS, "level_seconds": level_seconds,
                       "cheap_per_s": CHEAP_PER_SECOND, "call_timeout_s": CALL_TIMEOUT},

@@ -34,7 +34,7 @@ from typing import Any
 
 import grpc
 
-from bench.overload import BankTier, bank_tier
+from bench.overload import BankTier, bank_tier, machine
 from bench.tiers_local import rss_mib
 from distlab.tiers.bank import BankConfig, BankWorkload
 from nodes.app.bank import IDEMPOTENCY_EXPIRY_PREFIX, IDEMPOTENCY_PREFIX
@@ -155,7 +155,7 @@ def run(seconds: float, rate: float, every: float, window: float) -> dict[str, A
         bank = workload.check()
     return {"setup": {"seconds": seconds, "rate_per_s": rate, "sample_every_s": every,
                       "idempotency_window_s": window, "replicas": REPLICAS, "apps": APPS},
-            "operations": history.counts(),
+            "machine": machine(), "operations": history.counts(),
             "bank_checker": {"valid": bank.valid, "problems": bank.problems[:5]},
             "verdict": verdict(sampler.samples), "samples": sampler.samples}
 
