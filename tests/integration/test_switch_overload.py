@@ -16,6 +16,7 @@ import threading
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2
 
 from nodes.app.__main__ import SPEC as APP_SPEC
@@ -165,3 +166,27 @@ def test_a_call_a_full_backend_refused_unstarted_is_sent_to_another(lab):
     assert served_by == ["app-2"] * 6
     assert lab.scrape(full).get("distlab_rpc_server_overloaded_total", method=WORK) >= 3
     assert all(call.result().served_by == "app-1" for call in filling)
+
+
+@pytest.mark.parametrize("architecture", ["threaded", "async"])
+def test_both_server_kinds_mark_an_admission_refusal_as_never_started(lab, architecture):
+    """What lets the switch send a refused call elsewhere: the x-distlab-refused trailer,
+    from the thread-pool and the asyncio server alike."""
+    (app,) = start_apps(lab, 1, APP_ARCHITECTURE=architecture, MAX_CONCURRENT_RPCS=2)
+    work = bank_pb2_grpc.BankStub(lab.channel(app)).Work
+    running = work.future(bank_pb2.WorkRequest(io_millis=1500), timeout=10)
+    lab.wait_until(lambda: _refused(work), what="a second Work refused")
+    assert running.result().served_by == "app-1"
+
+
+def _refused(work) -> bool:
+    """Whether one more Work is refused for overload (2 places, 1 kept from one method),
+    carrying the marker; False while the first Work has not reached the app yet."""
+    try:
+        work(bank_pb2.WorkRequest(), timeout=5)
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+        assert ("x-distlab-refused", "overload") in [
+            tuple(item) for item in error.trailing_metadata()]
+        return True
+    return False
