@@ -4,10 +4,11 @@
 times the call, refuses it RESOURCE_EXHAUSTED when the node already works on
 MAX_CONCURRENT_RPCS calls, or one method already holds all but
 MAX_CONCURRENT_RPCS_RESERVED of them (`Admission`; health, Control and
-reflection are never refused), refuses an undecodable request body INVALID_ARGUMENT (the
-caller's fault, logged without a traceback), applies inbound fault rules,
-and turns an unexpected exception into INTERNAL with a one-line message
-(never a stack trace to the caller). `ServerCallMeter` is the part of that
+reflection are never refused; the refusal's trailer REFUSED_METADATA says
+the call never ran), refuses an undecodable request body INVALID_ARGUMENT
+(the caller's fault, logged without a traceback), applies inbound fault
+rules, and turns an unexpected exception into INTERNAL with a one-line
+message (never a stack trace to the caller). `ServerCallMeter` is the part of that
 which does no waiting, shared with the asyncio server's interceptor
 (nodes.common.aio). `ClientInterceptor`
 does the same for one outgoing channel to one peer, adds a default deadline,
