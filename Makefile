@@ -6,7 +6,7 @@ LAB    ?=
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
-.PHONY: host up down status test unit integration e2e bench images protos lint clean doctor
+.PHONY: host up down status test unit integration e2e bench soak images protos lint clean doctor
 
 $(STAMP): pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ e2e: protos images
 bench: protos host  ## measured figures, written to reports/bench/*.json (HAProxy image too)
 	@DISTLAB_BENCH_IMAGES=1 scripts/images.sh
 	$(BIN)/python -m bench
+
+soak: protos  ## 30 minutes of bank load on loopback: is state flat? reports/bench/soak.json
+	$(BIN)/python -m bench.soak
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,6 +1,9 @@
-"""`make bench`: run every benchmark; each writes reports/bench/<name>.json."""
+"""`make bench`: run every benchmark; each writes reports/bench/<name>.json.
 
-from bench import chord, failover, foundation, migration_local, scenarios, tiers
+The soak (`python -m bench.soak`, 30 minutes by default) is not among them: `make soak`.
+"""
+
+from bench import chord, failover, foundation, migration_local, overload, scenarios, tiers
 
 foundation.main()
 tiers.main()
@@ -8,3 +11,4 @@ scenarios.main()
 chord.main()
 failover.main()
 migration_local.main([])
+overload.main([])

@@ -36,6 +36,8 @@ MARKED_KINDS = ("partition", "loss", "bandwidth", "delay")
 NETEM_MISSING = "Specified qdisc kind is unknown"
 NO_LAB = "none (is a lab up? distlab up)"
 LOG = logging.getLogger(__name__)
+# Ended faults the journal keeps (the newest recorded); active ones are always kept.
+KEEP_ENDED = 1000
 
 
 @dataclass
@@ -64,10 +66,14 @@ class Journal:
     crash leaves the old journal or the new one (both: distlab.files). A journal that does not
     parse is moved aside (kept as `<journal>.corrupt-<UTC time>`), reported in
     `set_aside` and the log, and read as empty, so `heal` still sweeps.
+
+    Bounded: a save keeps every active fault and the `keep_ended` ended ones recorded
+    last, so a long chaos run's journal (and every load of it) stays the same size.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, keep_ended: int = KEEP_ENDED) -> None:
         self.path = path
+        self.keep_ended = keep_ended
         #: What was found unreadable and where it was kept, one message each.
         self.set_aside: list[str] = []
 
@@ -122,7 +128,19 @@ class Journal:
         return taken
 
     def _write(self, records: list[FaultRecord]) -> None:
+        ended = [r for r in records if not r.active]
+        if len(ended) > self.keep_ended:
+            dropped = {id(r) for r in ended[:len(ended) - self.keep_ended]}
+            records[:] = [r for r in records if id(r) not in dropped]
         replace_durably(self.path, [json.dumps([asdict(r) for r in records], indent=1)])
+
+
+def _next_number(records: list[FaultRecord]) -> int:
+    """The number of the next fault id ("f<number>-<kind>"): past every id the journal
+    holds, so an id is never reused once older records were dropped (the newest is kept)."""
+    numbers = [int(r.id[1:].partition("-")[0]) for r in records
+               if r.id.startswith("f") and r.id[1:].partition("-")[0].isdigit()]
+    return max([len(records), *numbers]) + 1
 
 
 class Nemesis:
@@ -144,7 +162,7 @@ class Nemesis:
                 undo: list[list], *, instant: bool = False) -> FaultRecord:
         with self.journal.update() as records:
             now = self._clock()
-            record = FaultRecord(id=f"f{len(records) + 1}-{kind}", kind=kind,
+            record = FaultRecord(id=f"f{_next_number(records)}-{kind}", kind=kind,
                                  machines=[m.name for m in machines], params=params,
                                  started=now, ended=now if instant else None, undo=undo)
             records.append(record)

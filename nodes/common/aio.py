@@ -23,6 +23,7 @@ import grpc
 from nodes.common.faults import FaultRules
 from nodes.common.interceptors import (
     KINDS,
+    REFUSED_METADATA,
     Admission,
     ServerInterceptor,
     Undecodable,
@@ -150,7 +151,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
                 await self._fail(method, context, started, exc)
             finally:
                 if bounded:
-                    self._meter.admission.leave()
+                    self._meter.admission.leave(method)
             self._meter.record(method, started, context.code() or grpc.StatusCode.OK)
             return result
 
@@ -171,7 +172,7 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
                 await self._fail(method, context, started, exc)
             finally:
                 if bounded:
-                    self._meter.admission.leave()
+                    self._meter.admission.leave(method)
             self._meter.record(method, started, context.code() or grpc.StatusCode.OK)
 
         return metered
@@ -184,9 +185,10 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
             message = self._meter.undecodable(method, request)
             self._meter.record(method, started, grpc.StatusCode.INVALID_ARGUMENT)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-        if bounded and not self._meter.admission.try_enter():
+        if bounded and not self._meter.admission.try_enter(method):
             message = self._meter.overloaded(method)
             self._meter.record(method, started, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.set_trailing_metadata((REFUSED_METADATA,))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         return started
 

@@ -131,6 +131,11 @@ COMMON_SETTINGS: tuple[Setting, ...] = (
             "RESOURCE_EXHAUSTED at once (health, Control and reflection are never refused "
             "and have threads of their own); 0: the role's default (one per worker thread)",
             non_negative),
+    Setting("MAX_CONCURRENT_RPCS_RESERVED", int, -1,
+            "places of MAX_CONCURRENT_RPCS that calls of one method alone never take, so a "
+            "flood of one slow call leaves room for the others; -1: an eighth of the limit "
+            "(at least 1 from a limit of 2; 0 for a limit of 1)",
+            lambda value: None if value >= -1 else "must be >= -1"),
     Setting("RPC_TIMEOUT_SECONDS", float, 2.0, "default deadline of outgoing RPCs", positive),
     Setting("PEERS", comma_list, (), "DNS names whose addresses are this node's peers "
             "(a Compose service name gives every replica)"),

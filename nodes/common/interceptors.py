@@ -2,11 +2,13 @@
 
 `ServerInterceptor` wraps every handler of a node's server: it counts and
 times the call, refuses it RESOURCE_EXHAUSTED when the node already works on
-MAX_CONCURRENT_RPCS calls (`Admission`; health, Control and reflection are
-never refused), refuses an undecodable request body INVALID_ARGUMENT (the
-caller's fault, logged without a traceback), applies inbound fault rules,
-and turns an unexpected exception into INTERNAL with a one-line message
-(never a stack trace to the caller). `ServerCallMeter` is the part of that
+MAX_CONCURRENT_RPCS calls, or one method already holds all but
+MAX_CONCURRENT_RPCS_RESERVED of them (`Admission`; health, Control and
+reflection are never refused; the refusal's trailer REFUSED_METADATA says
+the call never ran), refuses an undecodable request body INVALID_ARGUMENT
+(the caller's fault, logged without a traceback), applies inbound fault
+rules, and turns an unexpected exception into INTERNAL with a one-line
+message (never a stack trace to the caller). `ServerCallMeter` is the part of that
 which does no waiting, shared with the asyncio server's interceptor
 (nodes.common.aio). `ClientInterceptor`
 does the same for one outgoing channel to one peer, adds a default deadline,
@@ -30,6 +32,9 @@ from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
 
 CALLER_METADATA_KEY = "x-distlab-node"
+# Trailing metadata of a call refused before its handler ran (admission): it did nothing,
+# so a proxy (the switch) may send it to another backend whatever the method.
+REFUSED_METADATA = ("x-distlab-refused", "overload")
 # The longest a dropped call is held. Also what a caller without a deadline gets: gRPC
 # reports "no deadline" as a time_remaining of about 1e10 s, not None, and waiting that
 # long overflows the platform's time_t.
@@ -58,29 +63,49 @@ class Admission:
     of `unbounded_services` (health, Control, reflection) are neither counted
     nor refused: a node that is busy must still say it is alive and still obey
     its operator.
+
+    The last `reserved` places are never taken by calls of one method alone: a
+    flood of one kind of call (slow Work, say) fills at most `limit - reserved`,
+    so the cheap calls beside it (Balance) are still answered, not refused.
     """
 
-    def __init__(self, limit: int, unbounded_services: tuple[str, ...]) -> None:
+    def __init__(self, limit: int, unbounded_services: tuple[str, ...],
+                 reserved: int = 0) -> None:
         if limit < 1:
             raise ValueError("the concurrency limit must be at least 1")
+        if not 0 <= reserved < limit:
+            raise ValueError("the reserved places must be at least 0 and fewer than the limit")
         self.limit = limit
+        self.reserved = reserved
         self._unbounded = tuple(f"/{service}/" for service in unbounded_services)
         self._working = 0
+        self._by_method: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def bounds(self, method: str) -> bool:
         return not method.startswith(self._unbounded)
 
-    def try_enter(self) -> bool:
+    def try_enter(self, method: str) -> bool:
         with self._lock:
-            if self._working >= self.limit:
+            mine = self._by_method.get(method, 0)
+            if self._working >= self.limit or mine >= self.limit - self.reserved:
                 return False
             self._working += 1
+            self._by_method[method] = mine + 1
             return True
 
-    def leave(self) -> None:
+    def leave(self, method: str) -> None:
         with self._lock:
             self._working -= 1
+            left = self._by_method.pop(method) - 1
+            if left:  # only methods in progress are kept: the map stays as small as they are
+                self._by_method[method] = left
+
+
+def default_reserved(limit: int) -> int:
+    """MAX_CONCURRENT_RPCS_RESERVED when it is not set: an eighth of the limit, at least one
+    place once there are two (a node working on one call at a time has none to spare)."""
+    return 0 if limit < 2 else max(1, limit // 8)
 
 
 @dataclass(frozen=True)
@@ -136,8 +161,10 @@ class ServerCallMeter:
     def overloaded(self, method: str) -> str:
         """Count a call refused for overload; return what its caller is told."""
         self._metrics.server_overloaded.labels(method=method).inc()
-        return (f"overloaded: this node already works on {self.admission.limit} calls "
-                f"(its MAX_CONCURRENT_RPCS); try again later or another node")
+        limit, reserved = self.admission.limit, self.admission.reserved
+        return (f"overloaded: this node works on at most {limit} calls at once "
+                f"(its MAX_CONCURRENT_RPCS), at most {limit - reserved} of one method "
+                f"(MAX_CONCURRENT_RPCS_RESERVED={reserved}); try again later or another node")
 
     def undecodable(self, method: str, request: Undecodable) -> str:
         """Count and log (one line, no traceback) a request body that did not decode; return
@@ -205,7 +232,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 self._fail(method, context, started, exc, requests)
             finally:
                 if bounded:
-                    self.meter.admission.leave()
+                    self.meter.admission.leave(method)
             self._end(method, context, started)
             return result
 
@@ -218,7 +245,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 self._fail(method, context, started, exc, requests)
             finally:  # also when the caller goes away and the generator is closed
                 if bounded:
-                    self.meter.admission.leave()
+                    self.meter.admission.leave(method)
             self._end(method, context, started)
 
         return streamed_result if streams_out else unary_result
@@ -234,9 +261,10 @@ class ServerInterceptor(grpc.ServerInterceptor):
             message = self.meter.undecodable(method, request)
             self.meter.record(method, started, grpc.StatusCode.INVALID_ARGUMENT)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
-        if bounded and not self.meter.admission.try_enter():
+        if bounded and not self.meter.admission.try_enter(method):
             message = self.meter.overloaded(method)
             self.meter.record(method, started, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.set_trailing_metadata((REFUSED_METADATA,))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         decision = self.meter.fault(method, context)
         if decision is not None:
@@ -244,7 +272,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 self._inject(context, decision)
             except Exception as exc:
                 if bounded:
-                    self.meter.admission.leave()
+                    self.meter.admission.leave(method)
                 if context.code() is None:  # not the injected status: a bug, told as INTERNAL
                     self.meter.record(method, started, grpc.StatusCode.INTERNAL)
                     context.abort(grpc.StatusCode.INTERNAL, self.meter.bug(method, exc))

@@ -15,7 +15,9 @@ role's services stay open.
 
 Overload: the node works on at most MAX_CONCURRENT_RPCS calls of the role's
 services at once and refuses one more RESOURCE_EXHAUSTED at once
-(nodes.common.interceptors.Admission). A thread-pool server has threads for
+(nodes.common.interceptors.Admission), and no one method takes the last
+MAX_CONCURRENT_RPCS_RESERVED places, so a flood of slow calls leaves room for
+cheap ones. A thread-pool server has threads for
 all of them plus `ServerMode.reserved_threads`, so health checks, Control
 and the refusals themselves never queue behind the role's work.
 
@@ -64,7 +66,7 @@ from nodes.common.config import (
 from nodes.common.control import ControlService
 from nodes.common.durable import LogCorrupt
 from nodes.common.faults import FaultRules
-from nodes.common.interceptors import Admission, ServerInterceptor
+from nodes.common.interceptors import Admission, ServerInterceptor, default_reserved
 from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
 from nodes.common.peers import Heartbeat, phi_detector
@@ -151,9 +153,11 @@ class NodeServer:
                    ("grpc.max_send_message_length", limit),
                    ("grpc.so_reuseport", int(mode.reuse_port))]
         threads = mode.workers or self.config["WORKERS"]
-        admission = Admission(
-            self.config["MAX_CONCURRENT_RPCS"] or mode.max_concurrent_rpcs or threads,
-            UNBOUNDED_SERVICES)
+        limit = self.config["MAX_CONCURRENT_RPCS"] or mode.max_concurrent_rpcs or threads
+        reserved = self.config["MAX_CONCURRENT_RPCS_RESERVED"]
+        # -1: not set. A method always keeps one place, whatever the two settings say.
+        reserved = default_reserved(limit) if reserved < 0 else min(reserved, limit - 1)
+        admission = Admission(limit, UNBOUNDED_SERVICES, reserved)
         if not mode.asyncio:  # every admitted call holds a thread: there must be one for each
             threads = max(threads, admission.limit) + mode.reserved_threads
         self._pool = pool = futures.ThreadPoolExecutor(max_workers=threads,

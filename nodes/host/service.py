@@ -12,6 +12,7 @@ process is stopped and the vm runs here as before.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,6 +39,7 @@ OWN_SETTINGS = ("NODE_NAME", "GRPC_PORT", "METRICS_PORT", "PEERS", "VM_INCOMING"
 INHERITED = ("CREDENTIAL_FILE", "DATA_DIR", "LOG_LEVEL", "GRACE_SECONDS", "MAX_MESSAGE_BYTES",
              "RPC_TIMEOUT_SECONDS")
 PREPARE_SECONDS = 40.0
+SETTING_NAME = re.compile(r"^VM_[A-Z0-9_]{1,64}$")
 
 
 def parse_ports(raw: str) -> tuple[int, int]:
@@ -95,10 +97,16 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
         return environ
 
     def _spawn(self, name: str, settings: dict[str, str], incoming: bool, context) -> VmEntry:
-        for key in settings:
-            if not key.startswith("VM_") or key in OWN_SETTINGS:
+        for key, value in settings.items():
+            if not SETTING_NAME.match(key) or key in OWN_SETTINGS:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"setting {key!r}: a vm takes VM_* settings, except VM_INCOMING")
+                              f"setting {key[:80]!r}: a vm takes VM_* settings (capitals, "
+                              f"digits and _), except VM_INCOMING")
+            # An environment variable cannot hold one; found here, not as Popen's ValueError
+            # after the vm's port was reserved.
+            if "\0" in value:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"setting {key}: the value contains a NUL byte")
         with self._lock:
             try:
                 port = self._table.reserve(name)

@@ -12,7 +12,9 @@ A write the log could not take is answered UNAVAILABLE: "not applied: ..."
 when the log certainly does not hold it, "may or may not be applied: ..."
 when it might (see nodes.common.durable for the policy). After a failed
 fsync the node refuses every write until it is restarted, serves reads of
-what it acknowledged, and says why in Status (`wal_stopped`).
+what it acknowledged, says why in Status (`wal_stopped`), and reports
+NOT_SERVING in grpc.health, so the switch and health-checking clients send
+their writes elsewhere instead of to a node that can only refuse them.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ class KVNode(RoleNode, kv_pb2_grpc.KVServicer):
                                   "Time to fsync one write-ahead-log append.",
                                   buckets=LATENCY_BUCKETS, registry=ctx.registry)
         self._compact_bytes = ctx.config["KV_WAL_COMPACT_BYTES"]
-        self._wal = WriteAheadLog(ctx.data_dir / "kv.wal",
-                                  on_fsync=fsync_seconds.observe, log=ctx.log)
+        self._wal = WriteAheadLog(ctx.data_dir / "kv.wal", on_fsync=fsync_seconds.observe,
+                                  log=ctx.log, on_stop=ctx.set_not_serving)
         self._lock = threading.Lock()
         records = self._wal.replay()
         for record in records:

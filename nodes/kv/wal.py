@@ -20,9 +20,10 @@ from nodes.kv.store import Record, decode_record
 
 class WriteAheadLog:
     def __init__(self, path: Path, *, on_fsync: Callable[[float], None] = lambda _: None,
-                 log: EventLog | None = None) -> None:
+                 log: EventLog | None = None,
+                 on_stop: Callable[[str], None] = lambda _: None) -> None:
         self.path = path
-        self._log = LogFile(path, on_fsync=on_fsync, log=log)
+        self._log = LogFile(path, on_fsync=on_fsync, log=log, on_stop=on_stop)
         self._snapshot_bytes = 0
 
     @property

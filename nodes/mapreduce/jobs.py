@@ -33,6 +33,10 @@ from nodes.mapreduce.scheduler import Split
 BUILTIN_DIR = Path(__file__).with_name("builtin")
 BUILTINS = ("wordcount", "indexer", "grep", "sort")
 MAX_MODULE_BYTES = 1024 * 1024
+# An input's name: Linux's NAME_MAX per part, and a whole well under PATH_MAX (4096) once the
+# input directory is put in front.
+MAX_PART_BYTES = 255
+MAX_NAME_BYTES = 1024
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: Where a map task's partition file keeps its records: one JSON [key, value] per line.
 PARTITION_FILE = "part-{partition}"
@@ -71,7 +75,15 @@ def stable_hash(key: str) -> int:
 
 
 def inside(input_dir: Path, name: str) -> Path:
-    """`name` under `input_dir`, refusing anything that leaves it (absolute, `..`, links)."""
+    """`name` under `input_dir`, refusing anything that leaves it (absolute, `..`, links) and
+    anything no file system takes as a name (a NUL byte, a part or a path too long), so
+    such a name is the caller's mistake rather than an OSError later."""
+    if "\0" in name:
+        raise InputError(f"input {name[:200]!r} contains a NUL byte")
+    if len(name.encode()) > MAX_NAME_BYTES or any(len(part.encode()) > MAX_PART_BYTES
+                                                  for part in Path(name).parts):
+        raise InputError(f"input {name[:200]!r} is too long: at most {MAX_NAME_BYTES} "
+                         f"bytes, {MAX_PART_BYTES} per directory or file name")
     if not name or Path(name).is_absolute() or ".." in Path(name).parts:
         raise InputError(f"input {name[:200]!r} must be a path relative to the input "
                          f"directory, without '..'")

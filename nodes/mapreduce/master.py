@@ -346,10 +346,11 @@ class MasterNode(RoleNode, mapreduce_pb2_grpc.MasterServicer):
             # Persisted after the rename: a crash between them runs the task again, and its
             # output replaces the file with the same bytes.
             self._persist()
-        if not ok:
+        if not ok and job is not None:  # a failure of no job is a stray report, not news
             self._ctx.log.warning("mr_task_failed", job=request.job_id,
                                   task=f"{request.kind[:1]}{request.task}",
-                                  attempt=request.attempt, worker=request.worker, error=error,
+                                  attempt=request.attempt, worker=request.worker[:200],
+                                  error=error[:2000],
                                   lost_map_tasks=list(request.lost_map_tasks))
         if outcome.job_finished and job is not None:
             self._ctx.log.info("mr_job_finished", job=job.job_id, state=job.state,

@@ -17,7 +17,9 @@ node's outbound fault rules for that backend, like every node's outgoing
 calls; and answers with the backend's response, or its status code, details
 and trailing metadata unchanged. Idempotent methods are retried on
 UNAVAILABLE or a per-try timeout, on a different backend, within the attempt
-limit, the caller's deadline and the retry budget.
+limit, the caller's deadline and the retry budget; any unary method is, the
+same way, when the backend refused it before running it (RESOURCE_EXHAUSTED
+with REFUSED_METADATA: its admission limit), since it then did nothing.
 
 Kept short on purpose (it is benchmarked against HAProxy): no thread, no
 log line and no channel created per request; handlers are built once per
@@ -40,7 +42,7 @@ import grpc
 
 from nodes.common.auth import METADATA_KEY as CREDENTIAL_METADATA_KEY
 from nodes.common.faults import FaultRules
-from nodes.common.interceptors import CALLER_METADATA_KEY
+from nodes.common.interceptors import CALLER_METADATA_KEY, REFUSED_METADATA
 from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
 from nodes.switch.backends import Backend, BackendPool
@@ -187,8 +189,9 @@ class Forwarder(grpc.GenericRpcHandler):
                 if result.trailing:
                     context.set_trailing_metadata(_forwardable(result.trailing))
                 return result.response
-            if (retryable and attempt < self._rules.max_attempts
-                    and _worth_retrying(result.code, per_try_capped)
+            if ((retryable and _worth_retrying(result.code, per_try_capped)
+                    or _refused_unstarted(result))
+                    and attempt < self._rules.max_attempts
                     and (deadline is None or deadline > time.monotonic())):
                 tried.append(backend)
                 retry_to = self._retry_target(tried, affinity)
@@ -333,6 +336,13 @@ def _worth_retrying(code: grpc.StatusCode, per_try_capped: bool) -> bool:
     per-try time (not the caller's): another backend may well answer."""
     return code is grpc.StatusCode.UNAVAILABLE or (
         code is grpc.StatusCode.DEADLINE_EXCEEDED and per_try_capped)
+
+
+def _refused_unstarted(result: Result) -> bool:
+    """Whether the backend refused the call before running it (its admission limit): then
+    another backend may take it, idempotent or not."""
+    return (result.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            and tuple(REFUSED_METADATA) in (tuple(item) for item in result.trailing))
 
 
 def _deadline_of(context: grpc.ServicerContext) -> float | None:

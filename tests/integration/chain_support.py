@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
+from distlab.checkers.linearizable import check_linearizable
+from distlab.history import FAIL, INFO, OK, History, Op
 from nodes.common.auth import Credential
 from nodes.common.channel import Channels
 from nodes.common.faults import FaultRules
@@ -160,7 +162,9 @@ def start_tier(lab: Lab, names: tuple[str, ...] = ("data-1", "data-2", "data-3")
 
 class Writer:
     """Writes keys <prefix><n> one after another in a thread, bounded in count and time,
-    and records what the client said: acknowledged, certainly not applied, or maybe."""
+    and records what the client said: acknowledged, certainly not applied, or maybe. Each
+    write is also an operation of a register history (`history`), which `check` ends with
+    a read of every key and gives to the register checker."""
 
     def __init__(self, client: DataClient, prefix: str, *, limit: int = 2000,
                  seconds: float = 30.0) -> None:
@@ -169,6 +173,7 @@ class Writer:
         self.acked: dict[str, bytes] = {}
         self.not_applied: set[str] = set()
         self.maybe: set[str] = set()
+        self.history = History()
         self._limit = limit
         self._seconds = seconds
         self._stop = threading.Event()
@@ -188,12 +193,22 @@ class Writer:
             if self._stop.is_set() or time.monotonic() > ends:
                 return
             key, value = f"{self.prefix}{n}", b"value-%d" % n
+            invoked = self.history.now()
             try:
                 self.client.txn(put((key, value)))
             except DataUnavailable as exc:
                 (self.not_applied if exc.definite else self.maybe).add(key)
+                self._record("write", key, invoked, FAIL if exc.definite else INFO, value)
                 continue
             self.acked[key] = value
+            self._record("write", key, invoked, OK, value)
+
+    def _record(self, name: str, key: str, invoked: float, kind: str, value: bytes | None,
+                ) -> None:
+        text = None if value is None else value.decode()
+        args = {"key": key, "value": text} if name == "write" else {"key": key}
+        self.history.add(Op(0, name, args, invoked, self.history.now(), kind,
+                            result=text if name == "read" else None))
 
     def wait_for_more(self, count: int, lab: Lab) -> None:
         target = len(self.acked) + count
@@ -201,12 +216,20 @@ class Writer:
                        what=f"{count} more acknowledged writes")
 
     def check(self, reader: DataClient) -> None:
-        """Every acknowledged write is there with its value; no refused one is."""
+        """Every acknowledged write is there with its value; no refused one is; and the
+        register checker finds the history (every write, then a read of every key)
+        linearizable."""
         keys = sorted(self.acked.keys() | self.not_applied | self.maybe)
         found: dict[str, bytes] = {}
         for start in range(0, len(keys), 100):
+            invoked = self.history.now()
             reply = reader.read(chain_pb2.ReadRequest(keys=keys[start:start + 100]))
-            found.update((entry.key, entry.value) for entry in reply.found)
+            batch = {entry.key: entry.value for entry in reply.found}
+            for key in keys[start:start + 100]:
+                self._record("read", key, invoked, OK, batch.get(key))
+            found.update(batch)
+        verdict = check_linearizable(self.history, time_limit=30)
+        assert verdict.valid is True, verdict.problems[:3]
         lost = {key for key, value in self.acked.items() if found.get(key) != value}
         assert not lost, f"acknowledged writes lost: {sorted(lost)[:5]}"
         applied_anyway = self.not_applied & found.keys()

@@ -5,38 +5,14 @@ requests are refused with what was wrong."""
 
 from __future__ import annotations
 
-import socket
-
 import grpc
 import pytest
 
 from nodes.host.__main__ import SPEC as HOST_SPEC
 from nodes.rpc import vm_pb2, vm_pb2_grpc
+from tests.integration.vm_support import free_port_range
 
 VM_SETTINGS = {"VM_IMAGE_MIB": "4", "VM_DIRTY_RATE": "500", "VM_HOT_PAGES": "64"}
-
-
-def free_port_range(count: int = 4) -> str:
-    """A range of `count` ports, each free with its metrics port (+1000) on this machine."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count + 1000 > 65535:
-            continue
-        sockets = []
-        try:
-            for port in [*range(base, base + count), *range(base + 1000, base + 1000 + count)]:
-                held = socket.socket()
-                sockets.append(held)
-                held.bind(("127.0.0.1", port))
-            return f"{base}-{base + count - 1}"
-        except OSError:
-            continue
-        finally:
-            for held in sockets:
-                held.close()
-    raise AssertionError("no free port range")
 
 
 def start_host(lab, name: str):
@@ -133,6 +109,12 @@ def test_bad_requests_are_refused_with_what_was_wrong_and_change_nothing(lab, ho
         (refused(lambda: stub.StartVm(vm_pb2.StartVmRequest(
             name="vm-2", settings={"GRPC_PORT": "1"}), timeout=30)),
          grpc.StatusCode.INVALID_ARGUMENT, "VM_* settings"),
+        (refused(lambda: stub.StartVm(vm_pb2.StartVmRequest(
+            name="vm-2", settings={"VM_A=B": "1"}), timeout=30)),
+         grpc.StatusCode.INVALID_ARGUMENT, "VM_* settings"),
+        (refused(lambda: stub.StartVm(vm_pb2.StartVmRequest(
+            name="vm-2", settings={"VM_HOT_PAGES": "1\0"}), timeout=30)),
+         grpc.StatusCode.INVALID_ARGUMENT, "NUL byte"),
     ]
     for error, code, words in cases:
         assert (error.code(), words in error.details()) == (code, True), error.details()

@@ -6,11 +6,15 @@ writes its disk did not take, or a log that grows with every overwrite.
 """
 
 import errno
+import threading
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
+from distlab.history import FAIL, INFO, History
+from distlab.tiers.register import RegisterConfig, RegisterWorkload
 from nodes.common.server import main
 from nodes.kv.__main__ import SPEC as KV_SPEC
 from nodes.rpc import control_pb2, kv_pb2
@@ -37,6 +41,7 @@ def test_no_acknowledged_put_is_lost_to_a_failing_disk(lab, tmp_path):
 
     for n in range(3):
         put(f"before/{n}")
+    health = lab.health(node)
     with FailingDisk(data_dir / "kv-a", "kv.wal") as disk:
         disk.fail_next_write(errno.ENOSPC, after_bytes=9)
         full = refused(kv.Put, kv_pb2.PutRequest(key="disk-full", value=b"x"))
@@ -44,6 +49,9 @@ def test_no_acknowledged_put_is_lost_to_a_failing_disk(lab, tmp_path):
         assert full.details().startswith("not applied") and "ENOSPC" in full.details()
         for n in range(3):
             put(f"after-full/{n}")  # the node still takes writes once the log is cut back
+        # A cut-back log is no reason to be routed around.
+        assert health.Check(HealthCheckRequest(), timeout=5).status == \
+            HealthCheckResponse.SERVING
 
         disk.fail_next_fsync(errno.EIO)
         failed = refused(kv.Put, kv_pb2.PutRequest(key="fsync-failed", value=b"x"))
@@ -55,11 +63,18 @@ def test_no_acknowledged_put_is_lost_to_a_failing_disk(lab, tmp_path):
             "not applied")
         state = lab.control(node).Status(control_pb2.StatusRequest(), timeout=5).state
         assert "fsync of kv.wal failed: EIO" in state["wal_stopped"]
+        # It can only refuse writes now: health checkers (the switch, clients) route around it.
+        for service in ("", "distlab.kv.KV"):
+            assert health.Check(HealthCheckRequest(service=service), timeout=5).status == \
+                HealthCheckResponse.NOT_SERVING, service
         # Reads go on: memory holds exactly what was acknowledged.
         assert kv.Get(kv_pb2.GetRequest(key="before/0"), timeout=5).value == acked["before/0"][0]
 
     lab.stop(node)
-    restarted = lab.kv(lab.start("kv-a", data_dir=str(data_dir)))
+    again = lab.start("kv-a", data_dir=str(data_dir))
+    assert lab.health(again).Check(HealthCheckRequest(), timeout=5).status == \
+        HealthCheckResponse.SERVING
+    restarted = lab.kv(again)
     for key, (value, version) in acked.items():
         got = restarted.Get(kv_pb2.GetRequest(key=key), timeout=5)
         assert (got.value, got.version) == (value, version), key
@@ -68,6 +83,50 @@ def test_no_acknowledged_put_is_lost_to_a_failing_disk(lab, tmp_path):
             grpc.StatusCode.NOT_FOUND
     newest = max(version for _, version in acked.values())
     assert restarted.Put(kv_pb2.PutRequest(key="next", value=b"1"), timeout=5).version > newest
+
+
+def test_registers_stay_linearizable_through_a_full_disk_a_failed_fsync_and_a_restart(
+        lab, tmp_path):
+    """The register workload (3 keys, 3 clients) runs while the disk fills up and then an
+    fsync fails; the node is restarted and the workload goes on against it. The register
+    checker judges the whole history, before and after the restart: an acknowledged write
+    lost, or one answered "not applied" that shows up, makes it invalid."""
+    data_dir = tmp_path / "disk"
+    node = lab.start("kv-a", data_dir=str(data_dir))
+    history, run_id = History(), "disk"
+    config = RegisterConfig(keys=3, processes=3, max_ops=100_000, seconds=60, timeout=2)
+
+    def writes(kind: str) -> int:
+        return sum(op.type == kind for op in history.of("write"))
+
+    before = RegisterWorkload(lab.channel(node), config, history=history, run_id=run_id)
+    stop = threading.Event()
+    running = threading.Thread(target=before.run, args=(stop,))
+    with FailingDisk(data_dir / "kv-a", "kv.wal") as disk:
+        running.start()
+        try:
+            lab.wait_until(lambda: len(history) >= 30, what="30 operations")
+            disk.fail_next_write(errno.ENOSPC, after_bytes=7)
+            lab.wait_until(lambda: disk.failed_calls, what="the injected ENOSPC")
+            settled = len(history)
+            lab.wait_until(lambda: len(history) >= settled + 30, what="30 more operations")
+            disk.fail_next_fsync(errno.EIO)
+            lab.wait_until(lambda: writes(FAIL) >= 3, what="writes refused by the stopped log")
+        finally:
+            stop.set()
+            running.join()
+    assert disk.failed_calls == ["write ENOSPC", "fsync EIO"]
+    assert writes(INFO) >= 1  # the write whose fsync failed: it may or may not be there
+
+    lab.stop(node)
+    again = lab.start("kv-a", data_dir=str(data_dir))
+    after = RegisterWorkload(lab.channel(again), RegisterConfig(
+        keys=3, processes=3, max_ops=60, seconds=30, timeout=2), history=history,
+        run_id=run_id, first_process=3)
+    after.run()
+    verdict = after.check(time_limit=30)
+    assert verdict.valid is True, verdict.problems
+    assert verdict.figures["keys"] == 3
 
 
 def test_overwriting_one_key_1500_times_leaves_a_small_log(lab, tmp_path):

@@ -1,10 +1,13 @@
 """The switch in front of app servers past their capacity, and callers that send garbage.
 
 The issue's reproduction: 24 calls of Work(io=4 s) through the switch
-against 2 threaded app servers of 4 workers each (capacity: 8 at once). The
-app servers take what they can, refuse the rest RESOURCE_EXHAUSTED at once,
-and keep answering health checks, so the switch never marks both down and
-keeps routing. Only Work is called, so no data tier is needed.
+against 2 threaded app servers of 4 workers each (MAX_CONCURRENT_RPCS 4).
+Each app keeps one of its 4 places from any single method
+(MAX_CONCURRENT_RPCS_RESERVED, an eighth of the limit and at least 1), so it
+takes 3 Work calls, refuses the rest RESOURCE_EXHAUSTED at once, keeps
+answering health checks (the switch never marks both down and keeps
+routing) and still has room for a call of another method. Only Work and Echo
+are called, so no data tier is needed.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import threading
 import time
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2
 
 from nodes.app.__main__ import SPEC as APP_SPEC
@@ -56,6 +60,20 @@ def test_overload_is_refused_early_while_health_keeps_answering(lab):
     sent = time.monotonic()
     calls = [work.future(bank_pb2.WorkRequest(io_millis=4000), timeout=20) for _ in range(24)]
 
+    # Once the refusals are back, the admitted Work holds its places for seconds yet: a call
+    # of another method still gets in (it is answered by the app, which has no data tier
+    # here, rather than refused for overload).
+    lab.wait_until(lambda: sum(call.done() for call in calls) >= 18, what="the refusals")
+    for app in apps:
+        balance = bank_pb2_grpc.BankStub(lab.channel(app)).Balance
+        try:
+            balance(bank_pb2.BalanceRequest(account="a"), timeout=5)
+            answered = "OK"
+        except grpc.RpcError as error:
+            answered = error.code().name
+        assert answered != "RESOURCE_EXHAUSTED", app.name
+        assert not all(call.done() for call in calls)  # it was during the overload
+
     # While the work runs, every app answers its health checks and the switch keeps both.
     seen_healthy, health_answered = set(), []
     while not all(call.done() for call in calls):
@@ -66,7 +84,7 @@ def test_overload_is_refused_early_while_health_keeps_answering(lab):
         time.sleep(0.1)
     outcomes = [outcome(call) for call in calls]
     assert sorted(set(outcomes)) == ["OK", "RESOURCE_EXHAUSTED"], outcomes
-    assert outcomes.count("OK") == 8  # 2 x 4 workers
+    assert outcomes.count("OK") == 6  # 2 apps x (4 places - 1 kept from one method)
     assert all(health_answered) and seen_healthy == {"2/2"}
     refused = next(call for call in calls if outcome(call) == "RESOURCE_EXHAUSTED")
     assert "MAX_CONCURRENT_RPCS" in refused.exception().details()
@@ -130,3 +148,45 @@ def test_a_refused_call_does_not_hold_a_slot(lab):
     assert refusals == ["RESOURCE_EXHAUSTED"] * 5
     assert running.result().served_by == "app-1"
     assert work(bank_pb2.WorkRequest(), timeout=5).served_by == "app-1"
+
+
+def test_a_call_a_full_backend_refused_unstarted_is_sent_to_another(lab):
+    """Work is not idempotent, yet a call refused by a full app's admission never ran: the
+    switch sends it to the other app instead of handing the caller the refusal."""
+    full, spare = start_apps(lab, 2)
+    switch = start_switch(lab, full, spare, SWITCH_POLICY="round_robin")
+    lab.wait_until(lambda: switch_state(lab, switch)["backends"] == "2/2", what="both healthy")
+    direct = bank_pb2_grpc.BankStub(lab.channel(full)).Work
+    filling = [direct.future(bank_pb2.WorkRequest(io_millis=3000), timeout=20)
+               for _ in range(3)]  # all one method may hold of the app's 4 places
+    lab.wait_until(lambda: lab.scrape(full).get("distlab_rpc_server_in_flight") >= 3,
+                   what="the full app working on 3 calls")
+    work = bank_pb2_grpc.BankStub(lab.channel(switch)).Work
+    served_by = [work(bank_pb2.WorkRequest(), timeout=5).served_by for _ in range(6)]
+    assert served_by == ["app-2"] * 6
+    assert lab.scrape(full).get("distlab_rpc_server_overloaded_total", method=WORK) >= 3
+    assert all(call.result().served_by == "app-1" for call in filling)
+
+
+@pytest.mark.parametrize("architecture", ["threaded", "async"])
+def test_both_server_kinds_mark_an_admission_refusal_as_never_started(lab, architecture):
+    """What lets the switch send a refused call elsewhere: the x-distlab-refused trailer,
+    from the thread-pool and the asyncio server alike."""
+    (app,) = start_apps(lab, 1, APP_ARCHITECTURE=architecture, MAX_CONCURRENT_RPCS=2)
+    work = bank_pb2_grpc.BankStub(lab.channel(app)).Work
+    running = work.future(bank_pb2.WorkRequest(io_millis=1500), timeout=10)
+    lab.wait_until(lambda: _refused(work), what="a second Work refused")
+    assert running.result().served_by == "app-1"
+
+
+def _refused(work) -> bool:
+    """Whether one more Work is refused for overload (2 places, 1 kept from one method),
+    carrying the marker; False while the first Work has not reached the app yet."""
+    try:
+        work(bank_pb2.WorkRequest(), timeout=5)
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+        assert ("x-distlab-refused", "overload") in [
+            tuple(item) for item in error.trailing_metadata()]
+        return True
+    return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -208,3 +209,26 @@ def still_serving(lab, vm) -> None:
     status = vm_pb2_grpc.MigrationStub(lab.channel(vm)).Status(vm_pb2.VmStatusRequest(),
                                                               timeout=10)
     assert status.state == "running"
+
+
+def free_port_range(count: int = 4) -> str:
+    """A range of `count` ports, each free with its metrics port (+1000) on this machine."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count + 1000 > 65535:
+            continue
+        sockets = []
+        try:
+            for port in [*range(base, base + count), *range(base + 1000, base + 1000 + count)]:
+                held = socket.socket()
+                sockets.append(held)
+                held.bind(("127.0.0.1", port))
+            return f"{base}-{base + count - 1}"
+        except OSError:
+            continue
+        finally:
+            for held in sockets:
+                held.close()
+    raise AssertionError("no free port range")

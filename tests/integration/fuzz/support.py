@@ -31,7 +31,17 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import HypothesisDeprecationWarning
 
-from nodes.rpc import bank_pb2, chain_pb2, chord_pb2, control_pb2, kv_pb2, tracker_pb2
+from nodes.rpc import (
+    bank_pb2,
+    chain_pb2,
+    chord_pb2,
+    control_pb2,
+    kv_pb2,
+    mapreduce_pb2,
+    peer_pb2,
+    tracker_pb2,
+    vm_pb2,
+)
 
 KINDS = ("random", "extreme", "mutated", "wrong_type", "unknown_fields")
 CALL_TIMEOUT = 5.0
@@ -51,7 +61,8 @@ INTERNAL_TEXT = re.compile(r"Traceback|Exception|File \"|<class |object at 0x|"
                            r"\b[A-Z][A-Za-z]*Error\b|\b(dict|list|tuple|NoneType|str|bytes|int)\b"
                            r"\(|'NoneType'")
 ALL_MESSAGES = tuple(
-    message for module in (bank_pb2, chain_pb2, chord_pb2, control_pb2, kv_pb2, tracker_pb2)
+    message for module in (bank_pb2, chain_pb2, chord_pb2, control_pb2, kv_pb2, mapreduce_pb2,
+                           peer_pb2, tracker_pb2, vm_pb2)
     for message in module.DESCRIPTOR.message_types_by_name.values())
 
 INT_EXTREMES = {

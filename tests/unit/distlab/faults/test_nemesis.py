@@ -427,3 +427,18 @@ def test_an_rpc_fault_on_a_machine_without_endpoint_fails_with_a_hint(nemesis):
     assert "no gRPC endpoint" in str(raised.value)
     assert raised.value.hint
     assert nemesis.records() == []
+
+
+def test_the_journal_keeps_every_active_fault_and_only_the_newest_ended_ones(
+        kv_lab, machines_of, tmp_path):
+    journal = Journal(tmp_path / "bounded.json", keep_ended=5)
+    bounded = Nemesis(machines_of(kv_lab), journal)
+    paused = bounded.pause("kv-3")  # active all along: never dropped
+    restarts = [bounded.restart("kv-1") for _ in range(12)]
+    records = journal.load()
+    assert [r.id for r in records] == [paused.id, *(r.id for r in restarts[-5:])]
+    # Ids go on past the dropped ones: the next fault is not a reused id.
+    assert bounded.restart("kv-1").id == "f14-restart"
+    bounded.heal()
+    assert [r.id for r in journal.load() if r.active] == []
+    assert len(journal.load()) == 5

@@ -8,6 +8,7 @@ from nodes.common.interceptors import (
     DROP_WAIT_CAP_SECONDS,
     Admission,
     Undecodable,
+    default_reserved,
     drop_seconds,
     tolerant,
 )
@@ -16,12 +17,32 @@ from nodes.rpc import bank_pb2
 HEALTH = "grpc.health.v1.Health"
 
 
+WORK, BALANCE = "/distlab.bank.Bank/Work", "/distlab.bank.Bank/Balance"
+
+
 def test_admission_refuses_past_the_limit_and_frees_places_as_calls_end():
     admission = Admission(2, (HEALTH,))
-    assert admission.try_enter() and admission.try_enter()
-    assert not admission.try_enter()
-    admission.leave()
-    assert admission.try_enter()
+    assert admission.try_enter(WORK) and admission.try_enter(BALANCE)
+    assert not admission.try_enter(BALANCE)
+    admission.leave(WORK)
+    assert admission.try_enter(BALANCE)
+
+
+def test_one_method_never_takes_the_reserved_places():
+    admission = Admission(4, (HEALTH,), reserved=1)
+    assert [admission.try_enter(WORK) for _ in range(4)] == [True, True, True, False]
+    assert admission.try_enter(BALANCE)  # the place the flood of Work left
+    assert not admission.try_enter(BALANCE)  # the limit itself still holds
+    admission.leave(WORK)
+    assert admission.try_enter(WORK)  # a place freed is anyone's
+    admission.leave(BALANCE)
+    assert not admission.try_enter(WORK)  # Work holds all it may
+
+
+def test_the_default_reserve_is_an_eighth_of_the_limit_and_none_for_one_place():
+    assert [default_reserved(n) for n in (1, 2, 4, 16, 256)] == [0, 1, 1, 2, 32]
+    with pytest.raises(ValueError):
+        Admission(2, (), reserved=2)
 
 
 def test_admission_never_bounds_the_unbounded_services():

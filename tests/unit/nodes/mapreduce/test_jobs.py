@@ -13,6 +13,7 @@ from nodes.mapreduce.jobs import (
     JobError,
     builtin_source,
     check_name,
+    inside,
     load_job,
     read_output,
     read_split,
@@ -69,6 +70,14 @@ def test_a_symlink_out_of_the_input_directory_is_refused(tmp_path):
     (tmp_path / "in" / "link").symlink_to(tmp_path / "secret")
     with pytest.raises(InputError, match="outside"):
         split_inputs(tmp_path / "in", ["link"], 100)
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("a\0b", "NUL byte"), ("x" * 256, "too long"), ("d/" * 600 + "f", "too long")])
+def test_a_name_no_file_system_takes_is_refused_before_any_file_is_touched(tmp_path, name,
+                                                                          problem):
+    with pytest.raises(InputError, match=problem):
+        inside(tmp_path, name)
 
 
 def test_missing_and_empty_inputs_are_refused(tmp_path):
