@@ -30,7 +30,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def _cgroup_dirs(container_id: str) -> tuple[Path, Path] | None:
     """(cpu dir, memory dir) of a container, for cgroup v1 (cgroupfs or systemd) or v2."""
     for cpu, memory in (
-            (CGROUP / "cpuacct" / "docker" / container_id, CGROUP / "memory" / "docker" / container_id),
+            (CGROUP / "cpuacct" / "docker" / container_id,
+             CGROUP / "memory" / "docker" / container_id),
             (CGROUP / "cpuacct" / "system.slice" / f"docker-{container_id}.scope",
              CGROUP / "memory" / "system.slice" / f"docker-{container_id}.scope"),
             (CGROUP / "system.slice" / f"docker-{container_id}.scope",) * 2,

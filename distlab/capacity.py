@@ -34,21 +34,17 @@ class Idle:
     cpu_seconds_per_peer_check: float = 0.0
 
 
-# ESTIMATES, NOT MEASUREMENTS: the lead replaces these with the figures `make bench`
-# measures (idle CPU and RSS per peer at 16, 32 and 64; issue 15). Until then they are
-# chosen to agree with what issue 15 saw on a 2-core machine: 16 chord peers comfortable,
-# 32 slow to converge, 48 up but one peer unhealthy, 64 never healthy.
-#  - cpu: a Docker health check every 3 s starts a Python interpreter (~60-80 ms of
-#    CPU), ~0.02 cores by itself; stabilization, finger fixes and gRPC keep-alives are
-#    small beside it.
+# chord is MEASURED (bench/idle_cost.py, docs/chord.md "What a peer costs"; 2-core
+# machine, 2026-12-06): 0.021 cores and 30-37 MiB RSS per idle peer at 16, 32 and 64
+# peers alike, plus ~0.003 cores of the engine's per container (the health probe's exec)
+# and ~15 MiB of shim and docker-proxy. The other lines are estimates of the same shape:
+# a Python gRPC node with a health probe every 3 s and its periodic work.
 #  - cpu_seconds_per_peer_check: a health-check RPC costs ~1 ms of CPU on each side
-#    (Python gRPC), made every PEER_INTERVAL_SECONDS (5 s for chord, 1 s for kv, data).
-#  With these, chord needs ~0.4 of 2 cores idle at 16 peers, ~1.0 at 32, ~1.9 at 48 and
-#  ~2.9 at 64: the thresholds below then say ok, warn, warn, refuse.
-#  - memory_mib: a Python gRPC node idles at ~60-70 MiB RSS; the engine adds a
-#    containerd shim and a docker-proxy for the published port (~15 MiB).
+#    (Python gRPC), made every PEER_INTERVAL_SECONDS (1 s for kv and data, which watch
+#    each other); chord peers no longer do (they learn liveness from their own calls).
+#  - memory_mib: resident set plus the engine's share per container.
 IDLE: dict[str, Idle] = {
-    "chord": Idle(cpu=0.02, memory_mib=80, cpu_seconds_per_peer_check=0.002),
+    "chord": Idle(cpu=0.024, memory_mib=55),
     "kv": Idle(cpu=0.02, memory_mib=80, cpu_seconds_per_peer_check=0.002),
     "data": Idle(cpu=0.02, memory_mib=85, cpu_seconds_per_peer_check=0.002),
     "data-master": Idle(cpu=0.02, memory_mib=80),
@@ -63,9 +59,8 @@ DEFAULT_IDLE = Idle(cpu=0.02, memory_mib=80)  # a role without its own line
 
 # Where "comfortable" ends and "will not come up" begins, as fractions of the engine.
 # CPU: idle work above half the cores leaves too little for the lab's actual traffic and
-# for a scenario's clients (issue 15's 32 peers, ~1 core idle on 2, took minutes to form
-# a ring); above all the cores, health checks queue behind each other, time out, and the
-# lab never turns healthy (its 64 peers). Memory: past half, the page cache and the host's
+# for a scenario's clients; above all the cores, health checks queue behind each other,
+# time out, and the lab never turns healthy. Memory: past half, the page cache and the host's
 # own processes feel it; past 90 % the kernel's OOM killer picks machines at random.
 WARN_CPU_FRACTION = 0.5
 REFUSE_CPU_FRACTION = 1.0
@@ -95,6 +90,9 @@ class Resources:
 class Engine:
     cpus: int  # docker info NCPU
     memory: int  # docker info MemTotal, bytes
+    # The kernel's ARP table limit (net.ipv4.neigh.default.gc_thresh3), one table for
+    # every network namespace on the host; 0 when unknown (a remote engine).
+    neighbours: int = 0
 
 
 @dataclass
@@ -121,6 +119,7 @@ def estimate(counts: Mapping[str, int], roles: Mapping[str, str],
     its role (the IDLE line it costs); `resources` its compose limits."""
     cpu = 0.0
     memory = limits = 0
+    machines = sum(max(n, 0) for n in counts.values())
     for service, count in counts.items():
         if count <= 0:
             continue
@@ -133,7 +132,6 @@ def estimate(counts: Mapping[str, int], roles: Mapping[str, str],
         per_memory = max(int(idle.memory_mib * MIB), spec.memory_reservation)
         memory += count * per_memory
         limits += count * (spec.memory_limit or per_memory)
-    machines = sum(max(n, 0) for n in counts.values())
     result = Estimate(Verdict.OK, machines, cpu, memory, limits, engine)
     cpu_share, memory_share = cpu / max(engine.cpus, 1), memory / max(engine.memory, 1)
     if cpu_share > REFUSE_CPU_FRACTION:
@@ -142,6 +140,14 @@ def estimate(counts: Mapping[str, int], roles: Mapping[str, str],
     if memory_share > REFUSE_MEMORY_FRACTION:
         result.reasons.append(f"they need {memory_share:.0%} of the engine's memory: the "
                               f"kernel would kill machines")
+    # Every machine may talk to every other (a joining Chord peer probes them all, Prometheus
+    # and the host reach each one): that many ARP entries, or new connections fail.
+    entries = machines * machines
+    if engine.neighbours and entries > engine.neighbours:
+        result.reasons.append(
+            f"{machines} machines that talk to each other need up to {entries} ARP entries "
+            f"and the kernel keeps {engine.neighbours}: connections would fail (raise "
+            f"net.ipv4.neigh.default.gc_thresh3; scripts/setup-host.sh does)")
     if result.reasons:
         result.verdict = Verdict.REFUSE
         return result

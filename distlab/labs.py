@@ -15,7 +15,9 @@ import yaml
 
 from distlab.errors import UnknownLab, UsageError
 
-MAX_REPLICAS = 64
+# A typo guard (chord=1000), not a capacity limit: `distlab up` weighs the lab against the
+# engine (distlab/capacity.py) and says whether it fits.
+MAX_REPLICAS = 256
 
 
 @dataclass(frozen=True)

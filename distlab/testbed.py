@@ -75,7 +75,7 @@ class Testbed:
         if self.grafana_image():
             counts["grafana"] = 1
         have = self.runtime.resources()
-        if not have or not all(have):
+        if not have or not all(have[:2]):
             return None
         return capacity.estimate(counts, chosen.roles,
                                  capacity.load_resources(self.root / "compose.yaml"),

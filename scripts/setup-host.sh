@@ -42,11 +42,11 @@ fi
 
 # The kernel's ARP table is one for all network namespaces, and every container keeps an
 # entry for each machine it talks to: 64 Chord peers that each probe the others need
-# ~4000. Debian's default hard limit (gc_thresh3) is 1024; past it the kernel logs
+# ~4000, 128 of them ~16 000. Debian's default hard limit (gc_thresh3) is 1024; past it the kernel logs
 # "neighbor table overflow", new connections between machines and from the host fail,
 # and the ring never forms (issue 15; docs/chord.md). Kubernetes nodes raise it the same
 # way. Only ever raised, never lowered.
-NEIGH_LIMITS=(4096 8192 16384)
+NEIGH_LIMITS=(8192 16384 32768)
 for n in 1 2 3; do
   key=net.ipv4.neigh.default.gc_thresh$n
   want=${NEIGH_LIMITS[$((n - 1))]}

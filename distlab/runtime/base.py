@@ -91,6 +91,7 @@ class Runtime(ABC):
     @abstractmethod
     def clean(self) -> CleanReport: ...
 
-    def resources(self) -> tuple[int, int] | None:
-        """(CPUs, memory bytes) the machines share, or None when the backend cannot say."""
+    def resources(self) -> tuple[int, int, int] | None:
+        """(CPUs, memory bytes, ARP table limit or 0) the machines share, or None when the
+        backend cannot say."""
         return None

@@ -37,6 +37,15 @@ COMPOSE_DOWN_SECONDS = 120.0
 # Docker's own failures (requests' timeouts and lost connections come through docker-py
 # unwrapped): every one becomes EngineUnavailable with a plain reason, never a traceback.
 ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+NEIGHBOUR_LIMIT = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+
+
+def neighbour_limit() -> int:
+    """This host's ARP table limit, shared by every container on it (0: cannot read)."""
+    try:
+        return int(NEIGHBOUR_LIMIT.read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 def read_images_env(root: Path) -> dict[str, str]:
@@ -113,15 +122,18 @@ class ComposeRuntime(Runtime):
             ) from None
         return sorted((machine_info(s) for s in summaries), key=_machine_order)
 
-    def resources(self) -> tuple[int, int]:
-        """The engine's CPUs and memory (`docker info` NCPU, MemTotal)."""
+    def resources(self) -> tuple[int, int, int]:
+        """The engine's CPUs and memory (`docker info` NCPU, MemTotal) and, when the engine
+        runs on this host, the kernel's ARP table limit (0 when it is elsewhere)."""
         try:
             info = self.docker.api.info()
         except ENGINE_ERRORS as exc:
             raise EngineUnavailable(
                 f"cannot read docker info: {sweep.describe(exc, self.docker.api.timeout)}"
             ) from None
-        return int(info.get("NCPU") or 0), int(info.get("MemTotal") or 0)
+        local = self.docker.api.base_url.startswith("http+docker://")  # the unix socket
+        return (int(info.get("NCPU") or 0), int(info.get("MemTotal") or 0),
+                neighbour_limit() if local else 0)
 
     def _container(self, name: str):
         try:
