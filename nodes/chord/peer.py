@@ -255,6 +255,7 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
                                  maximum=config["CHORD_HOP_TIMEOUT_MAX_SECONDS"])
         self._stretch = dict.fromkeys(CALMING_TASKS, 1.0)
         self._fingers_changed = False  # in the finger round under way
+        self._shown_neighbours: set[str] = set()  # peers with a distlab_peer_up series
         # Neighbours are heard from every stabilize round, the rhythm phi learns first.
         # fall=1: a refused connection is definite. rise=1: any answer is proof of life.
         self._liveness = phi_detector(
@@ -525,8 +526,30 @@ class ChordPeer(RoleNode, chord_pb2_grpc.ChordServicer):
             self._log.info("chord_successor_changed", old=before.address, new=after.address)
             self._stretch = dict.fromkeys(CALMING_TASKS, 1.0)  # the ring moves: look again
         self._rounds += 1
+        self._show_neighbour_verdicts()
         self._replicate_owned(force=self._rounds % REPAIR_EVERY_ROUNDS == 0)
         self._expire_tombstones()
+
+    def _show_neighbour_verdicts(self) -> None:
+        """distlab_peer_up for the predecessor and successors: what the liveness detector
+        believes of them (the overview's peer view). Chord peers do not run the node
+        contract's peer watcher — checking every other peer costs N² — so the series are
+        the neighbours of the moment, and a former neighbour's series is removed."""
+        core = self._core
+        with self._lock:
+            pred = core.predecessor
+            neighbours = {n.address for n in self._others(core)}
+        if pred is not None and pred != core.me:
+            neighbours.add(pred.address)
+        gauge = self._ctx.metrics.peer_up
+        for address in self._shown_neighbours - neighbours:
+            try:
+                gauge.remove(address)
+            except KeyError:
+                pass  # its label was bounded to `other`, shared with others
+        for address in neighbours:
+            gauge.labels(peer=address).set(0 if self._suspected(address) else 1)
+        self._shown_neighbours = neighbours
 
     def _fix_fingers(self) -> None:
         core = self._core

@@ -184,6 +184,11 @@ def test_eight_peers_form_one_ring_that_agrees_on_every_owner(lab, peers):
     assert scrapes[0].get("distlab_chord_lookups_total", purpose="client", result="ok") >= len(
         KEYS)
     assert scrapes[0].get("distlab_chord_lookup_hops_count", purpose="client") >= len(KEYS)
+    # The overview's peer view: each peer's verdict on its predecessor and successors.
+    neighbours = {lab.address(nodes[i]) for i in (7, 1, 2, 3, 4)}
+    shown = {dict(labels)["peer"]: value for (name, labels), value in scrapes[0].samples.items()
+             if name == "distlab_peer_up"}
+    assert shown == dict.fromkeys(neighbours, 1.0)
 
 
 def test_peers_started_at_once_end_in_one_ring(lab, peers, tmp_path):
