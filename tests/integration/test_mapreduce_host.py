@@ -4,10 +4,13 @@ inputs, submitting, following and reading output (distlab.mapreduce.client), and
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import grpc
 import pytest
 
-from distlab.history import OK
+from distlab.history import FAIL, OK
 from distlab.mapreduce.client import MapReduceClient, MapReduceError
 from distlab.mapreduce.workload import MapReduceConfig, MapReduceWorkload
 from nodes.rpc import mapreduce_pb2
@@ -77,3 +80,49 @@ def test_the_workload_runs_jobs_and_the_output_check_compares_them(mr):  # noqa:
     (mr.jobs_dir / "output" / status.outputs[0]).write_text("alpha 1\n")
     tampered = workload.check()
     assert tampered.valid is False and "differ from the sequential run" in tampered.problems[0]
+
+
+def test_the_workload_reaches_a_master_that_moved_and_follows_it_through_a_restart(
+        mr):  # noqa: F811
+    """In containers a restarted master comes back on another published port: the channel
+    the workload started with stops answering, and `reconnect` gives it the new one."""
+    mr.start_master()
+    for index in range(2):
+        mr.start_worker(f"mr-worker-{index}")
+    with socket.socket() as probe:  # a port nothing listens on: the master's old address
+        probe.bind(("127.0.0.1", 0))
+        gone = f"127.0.0.1:{probe.getsockname()[1]}"
+    workload = MapReduceWorkload(mr.lab.channel(gone), MapReduceConfig(
+        processes=1, max_ops=3, seconds=60, seed=4, reducers=2, corpus_kib=64),
+        reconnect=lambda: mr.lab.channel(mr.master))
+    workload.client.reconnect()  # setup uploads through the master where it is now ...
+    workload.setup()
+    # ... and then the master "moves": the first job is submitted to its old address.
+    workload.client.stub = MapReduceClient(mr.lab.channel(gone)).stub
+    runner = threading.Thread(target=workload.run)
+    runner.start()
+    mr.lab.wait_until(lambda: any(op.type == OK for op in workload.history.of("job")),
+                      timeout=30, what="a first job done")
+    mr.restart_master()
+    runner.join(60)
+    jobs = workload.history.of("job")
+    assert jobs[0].type == FAIL and jobs[0].result == {"unheard": True}, jobs[0]
+    assert [op.type for op in jobs[1:]] == [OK, OK]
+    verdict = workload.check()
+    assert verdict.valid is True, verdict.problems
+    assert verdict.figures["submissions_unheard"] == 1
+    assert verdict.figures["jobs_compared"] == 2
+
+
+def test_a_submission_the_master_refuses_makes_the_output_check_invalid(mr):  # noqa: F811
+    mr.start_master()
+    mr.start_worker("mr-worker-0")
+    workload = MapReduceWorkload(mr.lab.channel(mr.master), MapReduceConfig(
+        processes=1, max_ops=1, seconds=30, seed=5, reducers=2, corpus_kib=16))
+    workload.setup()
+    workload.inputs = ["no-such-input"]
+    workload.run()
+    (refused,) = workload.history.of("job")
+    assert refused.type == FAIL and refused.result == {"unheard": False}
+    verdict = workload.check()
+    assert verdict.valid is False and "refused" in verdict.problems[0], verdict.problems
