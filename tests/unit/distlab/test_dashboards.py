@@ -114,7 +114,7 @@ def _scenario_fault_annotations(raw: dict[str, Any]) -> list[dict[str, Any]]:
     return [a for a in raw["annotations"]["list"] if a.get("expr") == SCENARIO_FAULTS]
 
 
-@pytest.mark.parametrize("uid", ["distlab-overview", "distlab-tiers"])
+@pytest.mark.parametrize("uid", ["distlab-overview", "distlab-tiers", "distlab-mapreduce"])
 def test_dashboards_annotate_the_faults_a_scenario_injects(uid: str) -> None:
     (dashboard,) = [d for d in load_dashboards(DASHBOARDS) if d.uid == uid]
     raw = json.loads(dashboard.path.read_text())
