@@ -1,6 +1,7 @@
 """The mapreduce lab, for real: jobs submitted from the host to the master machine, run by
 three worker machines that fetch map output from each other over gRPC. One lab for the
-module; every test starts and ends healed.
+module; a test that breaks something starts and ends healed (`healed`), so the others
+find it whole.
 
 What MIT 6.5840's lab 1 tests, against containers: word count and the inverted index
 equal a sequential run of the same job; map tasks and reduce tasks run at the same time on
@@ -214,21 +215,21 @@ class WorkerSupervisor:
 
 
 @pytest.mark.parametrize("job", ["wordcount", "indexer"])
-def test_output_equals_a_sequential_run(healed, client, inputs, job):
+def test_output_equals_a_sequential_run(testbed, client, inputs, job):
     _, status = run_job(client, job, "corpus")
     assert status.state == "done", status.error
     assert client.output(status) == sequential(inputs, "corpus", job)
     assert (status.map.idle, status.map.in_progress, status.reduce.completed) == (0, 0, 3)
 
 
-def test_map_and_reduce_tasks_run_in_parallel_on_different_workers(healed, client, inputs):
+def test_map_and_reduce_tasks_run_in_parallel_on_different_workers(testbed, client, inputs):
     # Every task of the timing job sleeps a second: six maps and three reduces on three
     # workers overlap unless the master hands out one task at a time.
     reply, status = run_job(client, str(HERE / "mr_timing_job.py"), "timing", seconds="1")
     assert status.state == "done", status.error
     assert client.output(status) == {"p0": "6", "p1": "6", "p2": "6"}
     tasks = reply.map_tasks + reply.reduce_tasks
-    windows = eventually(lambda: found if len(found := task_windows(healed, reply.job_id))
+    windows = eventually(lambda: found if len(found := task_windows(testbed, reply.job_id))
                          >= tasks else None,
                          timeout=30, what="every task's report in the workers' logs")
     assert len({window.worker for window in windows}) >= 2, windows
@@ -237,7 +238,7 @@ def test_map_and_reduce_tasks_run_in_parallel_on_different_workers(healed, clien
         assert pair, f"no two {phase} tasks overlapped on different workers: {windows}"
 
 
-def test_without_failures_no_task_runs_twice(healed, client, inputs):
+def test_without_failures_no_task_runs_twice(testbed, client, inputs):
     # Tasks of a few milliseconds: far below the backup threshold (MR_BACKUP_AFTER_SECONDS),
     # so no backup copy runs either.
     reply, status = run_job(client, "wordcount", "small")
@@ -246,13 +247,13 @@ def test_without_failures_no_task_runs_twice(healed, client, inputs):
     tasks = sorted([f"m{i}" for i in range(reply.map_tasks)]
                    + [f"r{i}" for i in range(reply.reduce_tasks)])
     assert sorted(status.attempts) == tasks and set(status.attempts.values()) == {1}
-    handed = log_events(healed, MASTER, "mr_task_assigned", job=reply.job_id)
+    handed = log_events(testbed, MASTER, "mr_task_assigned", job=reply.job_id)
     assert sorted(event["task"] for event in handed) == tasks
     assert {event["reason"] for event in handed} == {"first"}
 
     def executions() -> list[str]:
         return sorted(event["task"] for worker in WORKERS
-                      for event in log_events(healed, worker, "mr_task_reported",
+                      for event in log_events(testbed, worker, "mr_task_reported",
                                               job=reply.job_id))
 
     ran = eventually(lambda: found if len(found := executions()) >= len(tasks) else None,
@@ -341,7 +342,7 @@ def test_the_master_killed_mid_job_finishes_it_after_a_restart(healed, client, i
 # -- bad input -----------------------------------------------------------------------------
 
 
-def test_bad_jobs_and_inputs_get_a_clear_error_and_the_next_job_runs(healed, client, inputs,
+def test_bad_jobs_and_inputs_get_a_clear_error_and_the_next_job_runs(testbed, client, inputs,
                                                                     tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "nothing.txt").write_bytes(b"")
@@ -391,7 +392,7 @@ def test_bad_jobs_and_inputs_get_a_clear_error_and_the_next_job_runs(healed, cli
 # -- what a user watches and runs ----------------------------------------------------------
 
 
-def test_every_mapreduce_dashboard_query_returns_series(healed, client, inputs):
+def test_every_mapreduce_dashboard_query_returns_series(testbed, client, inputs):
     _, status = run_job(client, "indexer", "small", reducers=2)
     assert status.state == "done", status.error
     assert_dashboards_answer("mapreduce")
@@ -400,7 +401,7 @@ def test_every_mapreduce_dashboard_query_returns_series(healed, client, inputs):
 @pytest.mark.parametrize("scenario, kind", [("mapreduce-kill-worker", "kill"),
                                             ("mapreduce-restart-master", "restart"),
                                             ("mapreduce-slow-worker", "rpc")])
-def test_each_mapreduce_scenario_comes_out_valid(healed, tmp_path, scenario, kind):
+def test_each_mapreduce_scenario_comes_out_valid(testbed, tmp_path, scenario, kind):
     result = subprocess.run([DISTLAB, "run", str(REPO / "scenarios" / f"{scenario}.yaml"),
                              "--short", "--reports", str(tmp_path)],
                             capture_output=True, text=True, timeout=400, cwd=REPO)
@@ -413,4 +414,4 @@ def test_each_mapreduce_scenario_comes_out_valid(healed, tmp_path, scenario, kin
     (check,) = outcome["checks"]
     assert (check["name"], check["outcome"]) == ("output", "valid"), check
     assert check["figures"]["jobs_compared"] >= 2, check["figures"]
-    assert healed.nemesis.active() == [], "a fault outlived its scenario"
+    assert testbed.nemesis.active() == [], "a fault outlived its scenario"
