@@ -104,11 +104,18 @@ class MapReduceWorkload(ClientWorkload):
                     self.client.reconnect()
                 stop.wait(0.5)
                 continue
-            status = self.client.wait(submitted.job_id,
-                                      timeout=max(0.0, ends - time.monotonic()))
+            args = {"job": job, "job_id": submitted.job_id}
+            try:
+                status = self.client.wait(submitted.job_id,
+                                          timeout=max(0.0, ends - time.monotonic()))
+            except MapReduceError as exc:
+                # No answer about it before the run ended (the master was down): it may
+                # still finish, unseen.
+                self.history.add(Op(process, "job", args, invoke, self.history.now(), INFO,
+                                    result={"state": "unknown"}, error=str(exc)[:200]))
+                continue
             kind = {"done": OK, "failed": FAIL}.get(status.state, INFO)
-            self.history.add(Op(process, "job", {"job": job, "job_id": submitted.job_id},
-                                invoke, self.history.now(), kind,
+            self.history.add(Op(process, "job", args, invoke, self.history.now(), kind,
                                 result={"state": status.state, "map_tasks": submitted.map_tasks,
                                         "attempts": sum(status.attempts.values())},
                                 error=status.error[:200]))

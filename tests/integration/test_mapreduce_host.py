@@ -93,7 +93,7 @@ def test_the_workload_reaches_a_master_that_moved_and_follows_it_through_a_resta
         probe.bind(("127.0.0.1", 0))
         gone = f"127.0.0.1:{probe.getsockname()[1]}"
     workload = MapReduceWorkload(mr.lab.channel(gone), MapReduceConfig(
-        processes=1, max_ops=3, seconds=60, seed=4, reducers=2, corpus_kib=64),
+        processes=1, max_ops=4, seconds=60, seed=4, reducers=2, corpus_kib=64),
         reconnect=lambda: mr.lab.channel(mr.master))
     workload.client.reconnect()  # setup uploads through the master where it is now ...
     workload.setup()
@@ -107,11 +107,13 @@ def test_the_workload_reaches_a_master_that_moved_and_follows_it_through_a_resta
     runner.join(60)
     jobs = workload.history.of("job")
     assert jobs[0].type == FAIL and jobs[0].result == {"unheard": True}, jobs[0]
-    assert [op.type for op in jobs[1:]] == [OK, OK]
+    # A job submitted while the master restarts is not heard either; every other one ends.
+    unheard = [op for op in jobs if op.result == {"unheard": True}]
+    assert all(op.type == OK for op in jobs if op not in unheard), jobs
     verdict = workload.check()
     assert verdict.valid is True, verdict.problems
-    assert verdict.figures["submissions_unheard"] == 1
-    assert verdict.figures["jobs_compared"] == 2
+    assert verdict.figures["submissions_unheard"] == len(unheard)
+    assert verdict.figures["jobs_compared"] == len(jobs) - len(unheard) >= 1
 
 
 def test_a_submission_the_master_refuses_makes_the_output_check_invalid(mr):  # noqa: F811
