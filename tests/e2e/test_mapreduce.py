@@ -413,5 +413,5 @@ def test_each_mapreduce_scenario_comes_out_valid(testbed, tmp_path, scenario, ki
     assert [fault["kind"] for fault in outcome["faults"]] == [kind]
     (check,) = outcome["checks"]
     assert (check["name"], check["outcome"]) == ("output", "valid"), check
-    assert check["figures"]["jobs_compared"] >= 2, check["figures"]
+    assert check["figures"]["jobs_compared"] >= 1, check["figures"]
     assert testbed.nemesis.active() == [], "a fault outlived its scenario"
