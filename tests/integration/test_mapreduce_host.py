@@ -1,6 +1,6 @@
 """The host side of the MapReduce lab against a loopback master and workers: uploading
 inputs, submitting, following and reading output (distlab.mapreduce.client), and the
-`mapreduce` workload with its `output` check."""
+`mapreduce` workload with its `output` check, alone and played by the scenario context."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import pytest
 from distlab.history import FAIL, OK
 from distlab.mapreduce.client import MapReduceClient, MapReduceError
 from distlab.mapreduce.workload import MapReduceConfig, MapReduceWorkload
+from distlab.registry import load_registry
+from distlab.scenarios.context import ScenarioContext
+from distlab.scenarios.model import Check, Workload
 from nodes.rpc import mapreduce_pb2
 from tests.integration.mapreduce_support import mr  # noqa: F401 - the fixture
 
@@ -128,3 +131,40 @@ def test_a_submission_the_master_refuses_makes_the_output_check_invalid(mr):  # 
     assert refused.type == FAIL and refused.result == {"unheard": False}
     verdict = workload.check()
     assert verdict.valid is False and "refused" in verdict.problems[0], verdict.problems
+
+
+
+class LoopbackTestbed:
+    """What ScenarioContext asks of a Testbed to run workloads and checks: the registry, and
+    a channel to the lab's entry role (wherever the master is now)."""
+
+    def __init__(self, mr) -> None:  # noqa: F811
+        self.registry = load_registry()
+        self.mr = mr
+        self.asked = 0
+
+    def client(self, role: str) -> grpc.Channel:
+        assert role == "mapreduce-master"
+        self.asked += 1
+        return self.mr.lab.channel(self.mr.master)
+
+
+def test_the_scenario_context_plays_the_workload_and_the_output_check(mr):  # noqa: F811
+    """The runner's side of a mapreduce scenario on loopback: the registered workload built
+    from its scenario fields, following its jobs through a restart of the master (asking
+    the testbed for the master again), and the `output` check on what it saw."""
+    mr.start_master()
+    for index in range(2):
+        mr.start_worker(f"mr-worker-{index}")
+    testbed = LoopbackTestbed(mr)
+    context = ScenarioContext(testbed, lab="mapreduce", seed=6)
+    context.start_workloads([Workload("mapreduce", 1, 0.0, 2.0, 100, reducers=2,
+                                      corpus_kib=64)], seconds=6)
+    mr.lab.wait_until(lambda: context.history.of("job"), timeout=30, what="a first job")
+    mr.restart_master()
+    context.sleep_until(6)
+    context.stop_workloads()
+    (verdict,) = context.settle_and_check([Check("output")], [])
+    assert verdict.valid is True, verdict.problems
+    assert verdict.figures["jobs_compared"] >= 2, verdict.figures
+    assert testbed.asked >= 2, "the workload never reconnected through the runner"
