@@ -63,6 +63,9 @@ class WorkloadStart:
     history: History  # shared by every workload of the run
     run_id: str
     first_process: int  # process numbers already taken by earlier workloads
+    # A fresh channel to the entry role: a machine that restarts comes back on another
+    # published port, and a workload that outlives its entry machine's restart needs it.
+    reconnect: Callable[[], grpc.Channel] | None = None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ from distlab.mapreduce.client import MapReduceClient, master_channel
 def _client() -> MapReduceClient:
     from distlab.testbed import Testbed
 
-    return MapReduceClient(master_channel(Testbed()))
+    testbed = Testbed()
+    # Followed through a restart of the master, which comes back on another port.
+    return MapReduceClient(master_channel(testbed), reconnect=lambda: master_channel(testbed))
 
 
 def _progress(status) -> str:

@@ -1,6 +1,11 @@
 """One choke point for the host's calls to the MapReduce master: upload inputs, submit,
 follow, read output. Every call has a deadline; errors become MapReduceErrors that say what
-the master answered. The channel must present the lab credential (`master_channel`)."""
+the master answered. The channel must present the lab credential (`master_channel`).
+
+A master machine that restarts comes back on another published port, so a client given
+`reconnect` (a function returning a fresh channel, `lambda: master_channel(testbed)`)
+opens a new channel when the master stops answering, and `wait` follows a job through the
+master's restart."""
 
 from __future__ import annotations
 
@@ -20,13 +25,23 @@ UPLOAD_SECONDS = 600.0
 FINISHED = ("done", "failed")
 
 
+#: The master did not answer (it is down or restarting): nothing it refused.
+UNANSWERED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 class MapReduceError(DistlabError):
-    """The master refused or could not answer; the message has its status and words."""
+    """The master refused or could not answer; the message has its status and words,
+    `code` the status (None when no call was made)."""
+
+    def __init__(self, message: str, *, hint: str = "",
+                 code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
 
 
 def _error(what: str, exc: grpc.RpcError) -> MapReduceError:
     return MapReduceError(f"{what}: {exc.code().name}: {exc.details()}",
-                          hint="distlab status (is the mapreduce lab up?)")
+                          hint="distlab status (is the mapreduce lab up?)", code=exc.code())
 
 
 def master_channel(testbed) -> grpc.Channel:
@@ -54,8 +69,31 @@ def _visible_files(directory: Path) -> list[Path]:
 
 
 class MapReduceClient:
-    def __init__(self, channel: grpc.Channel) -> None:
+    def __init__(self, channel: grpc.Channel, *,
+                 reconnect: Callable[[], grpc.Channel] | None = None) -> None:
         self.stub = mapreduce_pb2_grpc.MasterStub(channel)
+        self._reconnect = reconnect
+        self._reopened: grpc.Channel | None = None  # the channel `reconnect` gave us, if any
+
+    def reconnect(self) -> bool:
+        """Open a fresh channel to the master (it may have restarted on another port);
+        False when there is no way to, or no master runs right now."""
+        if self._reconnect is None:
+            return False
+        try:
+            channel = self._reconnect()
+        except DistlabError:
+            return False
+        if self._reopened is not None:
+            self._reopened.close()
+        self._reopened = channel
+        self.stub = mapreduce_pb2_grpc.MasterStub(channel)
+        return True
+
+    def close(self) -> None:
+        if self._reopened is not None:
+            self._reopened.close()
+            self._reopened = None
 
     def upload(self, local: Path, name: str) -> int:
         """Store a local file as input `name` on the master's volume; its size."""
@@ -113,7 +151,8 @@ class MapReduceClient:
              poll: float = 0.25) -> mapreduce_pb2.JobStatusReply:
         """Follow a job until it is done or failed; the last status even when `timeout`
         passes first (its state then says it is not finished). A master that does not
-        answer for a moment (it is restarting) is waited for, within `timeout`."""
+        answer for a moment (it is restarting) is waited for, within `timeout`, and
+        reached again through `reconnect` when it comes back elsewhere."""
         deadline = time.monotonic() + timeout
         status = None
         while True:
@@ -124,9 +163,9 @@ class MapReduceClient:
                 if status.state in FINISHED:
                     return status
             except grpc.RpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
-                                      grpc.StatusCode.DEADLINE_EXCEEDED):
+                if exc.code() not in UNANSWERED:
                     raise _error(f"status of {job_id}", exc) from None
+                self.reconnect()
             if time.monotonic() > deadline:
                 if status is None:
                     raise MapReduceError(f"the master did not answer about {job_id} "

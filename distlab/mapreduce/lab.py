@@ -19,7 +19,7 @@ def _build(spec: Workload, start: WorkloadStart) -> MapReduceWorkload:
         processes=spec.processes, max_ops=spec.max_ops, seconds=start.seconds,
         timeout=spec.timeout, seed=start.seed, rate=spec.rate, reducers=spec.reducers,
         corpus_kib=spec.corpus_kib), history=start.history, run_id=start.run_id,
-        first_process=start.first_process)
+        first_process=start.first_process, reconnect=start.reconnect)
 
 
 def _check(workload: Any, options: dict[str, Any]):

@@ -90,7 +90,7 @@ class ScenarioContext:
                              hint=f"workloads run against: {', '.join(served)}")
         channel = self.testbed.client(role)
         for spec in specs:
-            workload = self._build(spec, channel, seconds)
+            workload = self._build(spec, channel, seconds, role)
             workload.setup()
             thread = threading.Thread(target=workload.run, args=(self._stop,),
                                       name=f"workload-{spec.type}", daemon=True)
@@ -105,10 +105,11 @@ class ScenarioContext:
             self.say(f"workload {spec.type}: {spec.processes} processes"
                      + (f" at {spec.rate:g} ops/s" if spec.rate else ", closed loop"))
 
-    def _build(self, spec: Workload, channel, seconds: float) -> ClientWorkload:
+    def _build(self, spec: Workload, channel, seconds: float, role: str) -> ClientWorkload:
         start = WorkloadStart(channel, seconds, seed=self.seed + len(self._workloads),
                               history=self.history, run_id=self._run_id,
-                              first_process=sum(w.spec.processes for w in self._workloads))
+                              first_process=sum(w.spec.processes for w in self._workloads),
+                              reconnect=lambda: self.testbed.client(role))
         return self.testbed.registry.workloads[spec.type].build(spec, start)
 
     def stop_workloads(self) -> None:

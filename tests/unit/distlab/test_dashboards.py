@@ -70,6 +70,19 @@ def test_overview_dashboard_settings() -> None:
             assert all(t["datasource"] == DS for t in panel["targets"])
 
 
+def test_mapreduce_dashboard_shows_tasks_records_reexecutions_backups_and_load() -> None:
+    (mapreduce,) = [d for d in load_dashboards(DASHBOARDS) if d.uid == "distlab-mapreduce"]
+    exprs = {q.panel_title: q.expr for q in mapreduce.panels}
+    wanted = {"by (phase, state) (distlab_mapreduce_tasks)": "tasks by phase and state",
+              "rate(distlab_mapreduce_records_total": "records per second",
+              "distlab_mapreduce_scheduler_events_total": "re-executions and backups",
+              "by (machine) (rate(distlab_mapreduce_worker_task_seconds_sum": "load per worker"}
+    for fragment, what in wanted.items():
+        assert any(fragment in expr for expr in exprs.values()), f"no panel of {what}"
+    raw = json.loads(mapreduce.path.read_text())
+    assert raw["refresh"] == "5s" and raw["time"]["from"] == "now-15m"
+
+
 def test_repo_dashboard_queries_render_without_variables() -> None:
     for dashboard in load_dashboards(DASHBOARDS):
         for query in dashboard.panels:
@@ -114,7 +127,7 @@ def _scenario_fault_annotations(raw: dict[str, Any]) -> list[dict[str, Any]]:
     return [a for a in raw["annotations"]["list"] if a.get("expr") == SCENARIO_FAULTS]
 
 
-@pytest.mark.parametrize("uid", ["distlab-overview", "distlab-tiers"])
+@pytest.mark.parametrize("uid", ["distlab-overview", "distlab-tiers", "distlab-mapreduce"])
 def test_dashboards_annotate_the_faults_a_scenario_injects(uid: str) -> None:
     (dashboard,) = [d for d in load_dashboards(DASHBOARDS) if d.uid == uid]
     raw = json.loads(dashboard.path.read_text())
