@@ -39,6 +39,9 @@ doctor: protos
 test: protos images  ## everything CI runs: unit, integration, e2e
 	$(PYTEST) tests -q -ra
 
+test-scale: protos images  ## labs at scale (64 Chord peers for 10 minutes); CI runs it too
+	$(PYTEST) tests/scale -m scale -q -ra -s
+
 unit: protos
 	$(PYTEST) tests/unit -q
 

@@ -1,11 +1,15 @@
 """Chord in containers, for `make bench` (added to reports/bench/chord.json as "containers"):
 
-for N = 8, 16, 32 peers, after the ring stabilized:
+for N = 16, 32, 64, 128 peers: time from healthy to one correct ring, and then
 - lookups of random keys from random peers: mean and p99 hops, and the ratio of the
   mean to the analysis' ½·log2 N; lookup latency p50/p99 as the host saw it;
-- (at the largest N) time from killing 25 % of the peers at once to every stored key
+- what an idle peer costs: CPU and resident memory per container, and the engine's
+  CPU (bench.idle_cost);
+- (at CHURN_PEERS) time from killing 25 % of the peers at once to every stored key
   readable again, and time for a new peer to own keys (scale up by one, until its
   Chord.State reports owned keys).
+A size that does not come up or form a ring within its bound is reported as such
+(128 peers idle at more than this 2-core machine's CPUs), and the next size runs.
 Bounded: a fixed number of lookups and keys, and a cap on every wait.
 """
 
@@ -19,11 +23,16 @@ from typing import Any
 
 import grpc
 
+from bench import idle_cost
 from distlab.chord.ringmap import check_ring, fetch_states
+from distlab.errors import DistlabError
 from distlab.testbed import Testbed
 from nodes.rpc import chord_pb2, chord_pb2_grpc
 
-SIZES = (8, 16, 32)
+SIZES = (16, 32, 64, 128)
+CHURN_PEERS = 32
+UP_SECONDS = 600
+IDLE_WINDOW_SECONDS = 30
 LOOKUPS = 300
 KEYS = 100
 WAIT_SECONDS = 300
@@ -109,20 +118,41 @@ def churn(testbed: Testbed, size: int, rng: random.Random) -> dict[str, Any]:
             "new_peer": newcomer.name if newcomer else None}
 
 
+def one_size(testbed: Testbed, size: int, rng: random.Random) -> dict[str, Any]:
+    testbed.clean()
+    started = time.monotonic()
+    try:
+        testbed.up("chord", [f"chord={size}"], timeout=UP_SECONDS)
+    except DistlabError as exc:
+        return {"came_up": False, "problem": str(exc)[:300]}
+    row: dict[str, Any] = {"came_up": True,
+                           "seconds_to_healthy": round(time.monotonic() - started, 1)}
+    try:
+        row["seconds_to_one_ring_after_healthy"] = round(wait_ring(testbed, size), 1)
+    except RuntimeError as exc:
+        row["problem"] = str(exc)
+        return row
+    row.update(lookups(testbed, rng))
+    row["ratio_mean_to_half_log2_n"] = round(row["hops_mean"] / (0.5 * math.log2(size)), 3)
+    cost = idle_cost.sample(testbed, IDLE_WINDOW_SECONDS)
+    peers_only = [c for name, c in cost.pop("per_container").items() if name.startswith("chord")]
+    row["idle_cores_per_peer"] = round(statistics.fmean(c["cores"] for c in peers_only), 4)
+    row["idle_rss_mib_per_peer"] = round(statistics.fmean(c["rss_mib"] for c in peers_only), 1)
+    row["idle_engine_cores"] = cost["engine_cores"]
+    return row
+
+
 def run() -> dict[str, Any]:
     testbed = Testbed()
     rng = random.Random(2001)
-    figures: dict[str, Any] = {"lookups": {}}
+    figures: dict[str, Any] = {"sizes": {}}
     try:
         for size in SIZES:
-            testbed.clean()
-            testbed.up("chord", [f"chord={size}"], timeout=300)
-            stabilized = wait_ring(testbed, size)
-            row = lookups(testbed, rng)
-            row["ratio_mean_to_half_log2_n"] = round(row["hops_mean"] / (0.5 * math.log2(size)), 3)
-            row["seconds_to_one_ring_after_healthy"] = round(stabilized, 1)
-            figures["lookups"][f"n_{size}"] = row
-        figures["churn"] = churn(testbed, SIZES[-1], rng)
+            figures["sizes"][f"n_{size}"] = one_size(testbed, size, rng)
+        testbed.clean()
+        testbed.up("chord", [f"chord={CHURN_PEERS}"], timeout=UP_SECONDS)
+        wait_ring(testbed, CHURN_PEERS)
+        figures["churn"] = churn(testbed, CHURN_PEERS, rng)
     finally:
         testbed.clean()
     return figures

@@ -10,8 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from distlab.chord.ringmap import check_ring, fetch_states
-from nodes.rpc import chord_pb2, chord_pb2_grpc
+from nodes.rpc import chord_pb2
+from tests.e2e.chord_support import one_ring, readable_everywhere, running_peers, stub_of
 from tests.e2e.conftest import assert_dashboards_answer, eventually, lab_fixture
 
 pytestmark = pytest.mark.e2e
@@ -20,35 +20,6 @@ PEERS = 12
 KEYS = [f"key-{n}" for n in range(40)]
 
 testbed = lab_fixture("chord", scale=[f"chord={PEERS}"])
-
-
-def one_ring(testbed, size: int):
-    """The ring check when every running peer answers and they form one ring of `size`."""
-    states, silent = fetch_states(testbed.machines())
-    check = check_ring(states)
-    return check if check.ok and not silent and len(check.ordered) == size else None
-
-
-def running_peers(testbed) -> list[str]:
-    return sorted((m.name for m in testbed.machines()
-                   if m.info.role == "chord" and m.info.state == "running"),
-                  key=lambda name: int(name.rsplit("-", 1)[1]))
-
-
-def stub_of(testbed, name: str) -> chord_pb2_grpc.ChordStub:
-    return chord_pb2_grpc.ChordStub(testbed.machine(name).refresh().channel())
-
-
-def readable_everywhere(testbed, values: dict[str, bytes], peers: list[str]) -> bool:
-    for name in peers:
-        stub = stub_of(testbed, name)
-        for key, value in values.items():
-            try:
-                if stub.Get(chord_pb2.GetRequest(key=key), timeout=5).value != value:
-                    return False
-            except grpc.RpcError:
-                return False
-    return True
 
 
 @pytest.fixture(scope="module")
