@@ -66,28 +66,56 @@ def lab_credential() -> Iterator[tuple[str, Credential]]:
         yield path, credential
 
 
+#: A node that exits at start is started again on fresh ports this many times in all: a
+#: port free_port found can be taken (by any process's outgoing connection) before the node
+#: binds it, and one such race must not end a benchmark run of many minutes.
+NODE_STARTS = 3
+
+
 @contextmanager
 def node(role: str, **env: object):
-    """A node process on loopback; yields (pid, "127.0.0.1:port") once it answers health."""
-    port = free_port()
-    environ = {**os.environ, "GRPC_PORT": str(port), "METRICS_PORT": str(free_port()),
-               "NODE_NAME": f"{role}-bench-{port}", "LOG_LEVEL": "warning",
-               **{key: str(value) for key, value in env.items()}}
-    process = subprocess.Popen([sys.executable, "-m", f"nodes.{role}"], env=environ,
-                               stdout=subprocess.DEVNULL)
-    target = f"127.0.0.1:{port}"
+    """A node process on loopback; yields (pid, "127.0.0.1:port") once it answers health.
+
+    Its ports are picked here unless `env` names them; a node that exits before it serves
+    (a port taken meanwhile) is started again on fresh ones, up to NODE_STARTS times."""
+    for start in range(1, NODE_STARTS + 1):
+        port = free_port()
+        environ = {**os.environ, "GRPC_PORT": str(port), "METRICS_PORT": str(free_port()),
+                   "NODE_NAME": f"{role}-bench-{port}", "LOG_LEVEL": "warning",
+                   **{key: str(value) for key, value in env.items()}}
+        process = subprocess.Popen([sys.executable, "-m", f"nodes.{role}"], env=environ,
+                                   stdout=subprocess.DEVNULL)
+        target = f"127.0.0.1:{environ['GRPC_PORT']}"
+        try:
+            wait_serving(target, process=process)
+        except NodeExited:  # gone already: nothing to stop
+            if start == NODE_STARTS:
+                raise
+            continue
+        except BaseException:
+            stop_process(process)
+            raise
+        break
     try:
-        wait_serving(target)
         yield process.pid, target
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
 
 
-def wait_serving(target: str, timeout: float = 30.0) -> None:
+def stop_process(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+class NodeExited(RuntimeError):
+    """The node's process ended before it answered health."""
+
+
+def wait_serving(target: str, timeout: float = 30.0,
+                 process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -97,6 +125,9 @@ def wait_serving(target: str, timeout: float = 30.0) -> None:
                     return
             except grpc.RpcError:
                 pass
+            if process is not None and process.poll() is not None:
+                raise NodeExited(f"node at {target} exited with {process.returncode} before "
+                                 f"it served")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"node at {target} did not become healthy")
             time.sleep(0.1)
