@@ -49,6 +49,7 @@ from bench.load import ratio
 from bench.tiers import Prober
 from bench.tiers_local import (
     data_tier,
+    healthy_backends,
     lab_credential,
     metric_total,
     scrape,
@@ -253,8 +254,13 @@ def app_kill_once(credential_file: str, credential: Credential, *,
             killed = time.monotonic()
             os.kill(next(iter(tier.apps.values())), signal.SIGKILL)
             time.sleep(APP_AFTER_KILL_SECONDS)
+        # Which of the switch's two ways took the dead app out: ejection for failed calls
+        # (passive), the health checks (active), or both.
+        ejections = metric_total(tier.switch_metrics_port, "distlab_switch_ejections_total")
+        healthy = healthy_backends(tier.switch_metrics_port)
     return {"reads": after_kill(reads.samples, killed),
-            "writes": after_kill(writes.samples, killed)}
+            "writes": after_kill(writes.samples, killed),
+            "switch": {"ejections": ejections, "healthy_apps_at_end": healthy}}
 
 
 def app_failover(runs: int, credential_file: str, credential: Credential, *,
@@ -267,6 +273,7 @@ def app_failover(runs: int, credential_file: str, credential: Credential, *,
             "median_last_failure_s": median([row["last_failure_s"] for row in rows]),
             "median_failed_calls": median([row["failed_calls"] for row in rows]),
             "runs": rows}
+    figures["switch_after_each_kill"] = [run["switch"] for run in measured]
     return figures
 
 
@@ -410,10 +417,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{figures['fixed']['seconds']}, phi median {figures['phi']['median_s']} s "
               f"{figures['phi']['seconds']}, phi/fixed x{figures.get('phi_vs_fixed')}")
     for key in ("app_kill_to_last_failed_call", "app_kill_under_cpu_hog"):
-        for call, figures in report[key].items():
+        for call in ("reads", "writes"):
+            figures = report[key][call]
             print(f"{key} ({call}): median {figures['median_last_failure_s']} s, "
                   f"{figures['median_failed_calls']} failed calls; runs "
                   f"{[(r['last_failure_s'], r['failed_calls']) for r in figures['runs']]}")
+        print(f"{key}: the switch after each kill {report[key]['switch_after_each_kill']}")
     quiet = report["false_suspicions_under_cpu_hog"]
     print(f"false suspicions in {quiet['seconds']} s under the hog: fixed "
           f"{quiet['fixed']['false_suspicions']}, phi {quiet['phi']['false_suspicions']}, "
