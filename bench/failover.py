@@ -20,8 +20,9 @@ written to reports/bench/failover.json:
 
 Each node is a `python -m nodes.<role>` process (bench.tiers_local.node) with a
 credential of the run's own; the hog processes end by themselves at their deadline
-and are killed at the end anyway. Bounded: about (RUNS + HOG_RUNS) x (2 x 10 s + 20 s)
-plus HOG_SECONDS.
+and are killed at the end anyway. Bounded: a round of kills (a head kill per detector and
+an app kill) takes about 50 s here, so about (RUNS + HOG_RUNS) x 50 s plus HOG_SECONDS and
+half a minute to start the calm labs: some 17 minutes by default.
 """
 
 from __future__ import annotations
