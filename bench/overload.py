@@ -35,9 +35,8 @@ from typing import Any
 
 import grpc
 
-from bench.failover import data_tier
 from bench.load import ratio
-from bench.tiers_local import lab_credential, node, wait_chain
+from bench.tiers_local import data_tier, lab_credential, switched_apps, wait_chain
 from nodes.common.auth import Credential
 from nodes.rpc import bank_pb2, bank_pb2_grpc
 
@@ -76,18 +75,12 @@ def bank_tier(*, replicas: int = DATA_REPLICAS, apps: int = APPS, app_workers: i
     with ExitStack() as stack:
         credential_file, credential = stack.enter_context(lab_credential())
         replica_pids, _, master = stack.enter_context(
-            data_tier(credential_file, "phi", replicas=replicas))
+            data_tier(credential_file, replicas=replicas, CHAIN_CHECK_DETECTOR="phi"))
         wait_chain(master, replicas, credential)
-        app_pids = {}
-        for _ in range(apps):
-            pid, address = stack.enter_context(node(
-                "app", DATA_MASTER=master, APP_WORKERS=app_workers,
-                CREDENTIAL_FILE=credential_file, **app_env))
-            app_pids[address] = pid
-        switch_pid, switch = stack.enter_context(node(
-            "switch", SWITCH_BACKENDS=",".join(app_pids), SWITCH_HEALTH_INTERVAL_SECONDS=0.5,
-            WORKERS=SWITCH_WORKERS, CREDENTIAL_FILE=credential_file))
-        yield BankTier(switch, switch_pid, app_pids, replica_pids, master, credential)
+        tier = stack.enter_context(switched_apps(
+            master, credential_file, apps, app_env={"APP_WORKERS": app_workers, **app_env},
+            switch_env={"SWITCH_HEALTH_INTERVAL_SECONDS": 0.5, "WORKERS": SWITCH_WORKERS}))
+        yield BankTier(tier.switch, tier.switch_pid, tier.apps, replica_pids, master, credential)
 
 
 class OpenLoop:
