@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,7 @@ import grpc
 
 from bench.load import ratio
 from bench.rpc_overhead import machine_facts
-from bench.tiers_local import free_port, lab_credential, wait_serving
+from bench.tiers_local import cpu_seconds, free_port, lab_credential, wait_serving
 from nodes.common.auth import Credential, with_credential
 from nodes.mapreduce.jobs import builtin_source, load_job, read_output, run_sequential
 from nodes.rpc import control_pb2, control_pb2_grpc, mapreduce_pb2, mapreduce_pb2_grpc
@@ -52,10 +53,13 @@ WORKER_COUNTS = (1, 2, 4)
 #: The experiments' cluster: four workers, so "a quarter" is one of them.
 EXPERIMENT_WORKERS = 4
 REDUCERS = 4
-#: Splits per corpus: M = 8 map tasks whatever --mb is, so the task grain stays the same.
-MAP_TASKS = 8
+#: Splits per corpus: M = 4 map tasks whatever --mb is (the textbook's 64 MB in 4 splits of 16 MB).
+MAP_TASKS = 4
 #: The straggler's ReportTask calls are held this many times the no-fault job time.
-STRAGGLER_DELAY_FACTOR = 1.0
+STRAGGLER_DELAY_FACTOR = 0.5
+#: The workers' deadline for calls to the master: above the straggler's delay, so its
+#: held reports arrive late rather than fail (same in every run, so runs compare).
+WORKER_RPC_TIMEOUT_SECONDS = 60.0
 #: Long enough that the straggler is rescued by backups, not by a timeout re-execution.
 TASK_TIMEOUT_SECONDS = 120.0
 #: When, as a fraction of the no-fault job time, a quarter of the workers are killed.
@@ -66,7 +70,7 @@ SEED = 2004
 
 
 def write_corpus(path: Path, mib: float, seed: int = SEED) -> int:
-    """Text of about `mib` MiB: lines of 4-16 words drawn Zipf-like from a made-up
+    """Text of at most `mib` MiB: lines of 4-16 words drawn Zipf-like from a made-up
     vocabulary of letters, so word count has many rare keys and a few hot ones."""
     rng = random.Random(seed)
     letters = "abcdefghijklmnopqrstuvwxyz"
@@ -84,6 +88,10 @@ def write_corpus(path: Path, mib: float, seed: int = SEED) -> int:
                 lines.append(" ".join(words[start:end]) + ".\n")
                 start = end
             block = "".join(lines)
+            if written + len(block) > target:  # at most `mib`: M splits, not M and a crumb
+                block = block[:block.rfind("\n", 0, target - written) + 1]
+                if not block:
+                    break
             out.write(block)
             written += len(block)
     return written
@@ -124,10 +132,14 @@ class Cluster:
         port = free_port()
         process = self._spawn("worker", name, port, {
             "MR_MASTER": self.master_address, "MR_ADVERTISE_HOST": "127.0.0.1",
-            "GRACE_SECONDS": 0})
+            "GRACE_SECONDS": 0, "RPC_TIMEOUT_SECONDS": WORKER_RPC_TIMEOUT_SECONDS})
         address = f"127.0.0.1:{port}"
         wait_serving(address)
         self.workers[name] = (process, address)
+
+    def pids(self) -> list[int]:
+        processes = [process for process, _ in self.workers.values()]
+        return [process.pid for process in [self.master, *processes] if process is not None]
 
     def kill_worker(self, name: str) -> None:
         process, _ = self.workers.pop(name)
@@ -175,14 +187,17 @@ def cluster(jobs_dir: Path, credential_file: str, credential: Credential, worker
             running.stop()
 
 
-def run_job(running: Cluster, inputs: list[str], split_mb: float, deadline: float,
-            during=None) -> tuple[float, mapreduce_pb2.JobStatusReply]:
-    """Submit word count, wait for its end (calling `during(elapsed)` while it runs);
-    the job's time as the master measured it (submission to its last commit)."""
+def run_job(running: Cluster, inputs: list[str], split_mb: int, deadline: float,
+            during=None) -> dict[str, Any]:
+    """Submit word count and wait for its end, calling `during(running, elapsed)` while it
+    runs: the job's time as the master measured it (submission to its last commit), the
+    CPU seconds its processes used meanwhile (when none was replaced), its status."""
+    pids = running.pids()
+    cpu_before = cpu_seconds(pids)
     stub = running.stub()
     job_id = stub.SubmitJob(mapreduce_pb2.SubmitJobRequest(
-        builtin="wordcount", inputs=inputs, reducers=REDUCERS, split_mb=max(1, int(split_mb))
-    ), timeout=30).job_id
+        builtin="wordcount", inputs=inputs, reducers=REDUCERS, split_mb=split_mb),
+        timeout=30).job_id
     started = time.monotonic()
     while True:
         status = stub.JobStatus(mapreduce_pb2.JobStatusRequest(job_id=job_id), timeout=10)
@@ -192,118 +207,179 @@ def run_job(running: Cluster, inputs: list[str], split_mb: float, deadline: floa
         if elapsed > deadline:
             raise RuntimeError(f"{job_id} not finished within {deadline:.0f} s: {status}")
         if during is not None:
-            during(elapsed)
-        time.sleep(0.02)
+            during(running, elapsed)
+        time.sleep(0.1)  # the master times the job; polling often would only load it
     if status.state != "done":
         raise RuntimeError(f"{job_id} failed: {status.error}")
-    return status.finished_at - status.submitted_at, status
+    same = running.pids() == pids
+    return {"seconds": status.finished_at - status.submitted_at,
+            "cpu_seconds": cpu_seconds(pids) - cpu_before if same else None,
+            "status": status}
 
 
-def describe(seconds: float, status: mapreduce_pb2.JobStatusReply, baseline: float,
-             expected: dict[str, str], jobs_dir: Path) -> dict[str, Any]:
-    output = read_output(jobs_dir / "output" / name for name in status.outputs)
-    attempts = dict(status.attempts)
-    return {"job_seconds": round(seconds, 3),
-            "ratio_to_reference": ratio(baseline, seconds),
-            "output_equals_sequential": output == expected,
-            "attempts": sum(attempts.values()),
-            "tasks": len(attempts)}
+def summary(values: list[float]) -> dict[str, float]:
+    return {"best": round(min(values), 3), "median": round(statistics.median(values), 3),
+            "all": [round(value, 3) for value in values]}
+
+
+class Bench:
+    """One corpus, one credential and the sequential reference, for every run."""
+
+    def __init__(self, stack: ExitStack, mib: float) -> None:
+        self.jobs_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(
+            prefix="distlab-bench-mr-jobs-")))
+        (self.jobs_dir / "input").mkdir()
+        self.corpus_bytes = write_corpus(self.jobs_dir / "input" / "corpus.txt", mib)
+        self.inputs = ["corpus.txt"]
+        self.credential_file, self.credential = stack.enter_context(lab_credential())
+        # Splits are whole MiB (SubmitJob's split_mb): M is MAP_TASKS from --mb 4 up.
+        self.split_mb = max(1, round(mib / MAP_TASKS))
+        self.module = load_job(builtin_source("wordcount"), "reference", {})
+        self.expected: dict[str, str] = {}
+        self.deadline = 600.0
+
+    def sequential(self) -> tuple[float, float]:
+        """The job without the framework, in this process: wall and CPU seconds."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.expected = run_sequential(self.module, self.jobs_dir / "input", self.inputs)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        self.deadline = max(60.0, 20 * wall)
+        return wall, cpu
+
+    def job(self, workers: int, *, prepare=None, during=None, **env: Any) -> dict[str, Any]:
+        with cluster(self.jobs_dir, self.credential_file, self.credential, workers,
+                     **env) as running:
+            if prepare is not None:
+                prepare(running)
+            result = run_job(running, self.inputs, self.split_mb, self.deadline, during)
+        status = result.pop("status")
+        output = read_output(self.jobs_dir / "output" / name for name in status.outputs)
+        if output != self.expected:
+            raise RuntimeError(f"{workers} workers: the output differs from the sequential "
+                               f"run's")
+        result["attempts"] = sum(status.attempts.values())
+        result["tasks"] = len(status.attempts)
+        return result
+
+
+def scaling(bench: Bench, rounds: int) -> dict[str, Any]:
+    """Sequential and 1, 2, 4 workers, interleaved round by round, so load that comes and
+    goes on a shared machine falls on every variant alike."""
+    walls: dict[str, list[float]] = {"sequential": []}
+    cpus: dict[str, list[float]] = {"sequential": []}
+    for round_ in range(rounds):
+        wall, cpu = bench.sequential()
+        walls["sequential"].append(wall)
+        cpus["sequential"].append(cpu)
+        print(f"round {round_ + 1}: sequential {wall:.2f} s", end="", flush=True)
+        for workers in WORKER_COUNTS:
+            result = bench.job(workers)
+            walls.setdefault(f"workers_{workers}", []).append(result["seconds"])
+            cpus.setdefault(f"workers_{workers}", []).append(result["cpu_seconds"])
+            print(f", {workers} worker(s) {result['seconds']:.2f} s", end="", flush=True)
+        print(flush=True)
+    figures: dict[str, Any] = {}
+    for name, values in walls.items():
+        figures[name] = {"seconds": summary(values), "cpu_seconds": summary(cpus[name])}
+    base = figures["sequential"]
+    for workers in WORKER_COUNTS:
+        row = figures[f"workers_{workers}"]
+        row["speedup_best"] = ratio(base["seconds"]["best"], row["seconds"]["best"])
+        row["speedup_median"] = ratio(base["seconds"]["median"], row["seconds"]["median"])
+        row["speedups_per_round"] = [ratio(a, b) for a, b in zip(
+            walls["sequential"], walls[f"workers_{workers}"], strict=True)]
+        # CPU the framework spends beyond the job's own work: master, RPCs, files, JSON.
+        row["cpu_vs_sequential"] = ratio(row["cpu_seconds"]["median"],
+                                         base["cpu_seconds"]["median"])
+    return figures
+
+
+def straggler(bench: Bench) -> dict[str, Any]:
+    """One of four workers has each ReportTask it sends held; without backups and with,
+    beside a no-fault run made just before."""
+    no_fault = bench.job(EXPERIMENT_WORKERS)
+    delay = round(min(max(1.0, STRAGGLER_DELAY_FACTOR * no_fault["seconds"]),
+                      WORKER_RPC_TIMEOUT_SECONDS / 2), 2)
+
+    def slow_one(running: Cluster) -> None:
+        running.control("mr-worker-0").AddFaultRule(control_pb2.FaultRule(
+            method=REPORT_TASK, action=control_pb2.FaultRule.DELAY,
+            direction=control_pb2.FaultRule.OUTBOUND, delay_seconds=delay), timeout=5)
+
+    figures = {"workers": EXPERIMENT_WORKERS, "report_delay_seconds": delay,
+               "no_fault": no_fault,
+               "without_backups": bench.job(EXPERIMENT_WORKERS, prepare=slow_one,
+                                            MR_BACKUP_FRACTION=0),
+               "with_backups": bench.job(EXPERIMENT_WORKERS, prepare=slow_one)}
+    for case in ("without_backups", "with_backups"):
+        figures[case]["vs_no_fault"] = ratio(figures[case]["seconds"], no_fault["seconds"])
+        print(f"straggler ({delay} s per report) {case}: {figures[case]['seconds']:.2f} s, "
+              f"x{figures[case]['vs_no_fault']} of no-fault "
+              f"({no_fault['seconds']:.2f} s)", flush=True)
+    return figures
+
+
+def killed_quarter(bench: Bench) -> dict[str, Any]:
+    """A quarter of the workers killed with SIGKILL at KILL_AT of the no-fault time and
+    restarted at once (a new process: their map output is gone), beside a no-fault run."""
+    no_fault = bench.job(EXPERIMENT_WORKERS)
+    kill_at = KILL_AT * no_fault["seconds"]
+    killed: list[str] = []
+
+    def kill_a_quarter(running: Cluster, elapsed: float) -> None:
+        if killed or elapsed < kill_at:
+            return
+        for index in range(EXPERIMENT_WORKERS // 4):
+            name = f"mr-worker-{index}"
+            running.kill_worker(name)
+            running.start_worker(name)
+            killed.append(name)
+
+    row = bench.job(EXPERIMENT_WORKERS, during=kill_a_quarter)
+    row.update(killed=killed, killed_at_seconds=round(kill_at, 2),
+               vs_no_fault=ratio(row["seconds"], no_fault["seconds"]))
+    print(f"a quarter killed at {KILL_AT:.0%}: {row['seconds']:.2f} s, "
+          f"x{row['vs_no_fault']} of no-fault ({no_fault['seconds']:.2f} s)", flush=True)
+    return {"workers": EXPERIMENT_WORKERS, "no_fault": no_fault, "killed": row}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.mapreduce",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=float, default=64.0, help="corpus size in MiB")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the scaling runs (best and median reported)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    load_before = os.getloadavg()
-    # Splits are whole MiB (SubmitJob's split_mb); M is MAP_TASKS from --mb 8 up.
-    split_mb = max(1, round(args.mb / MAP_TASKS))
     report: dict[str, Any] = {"benchmark": "mapreduce", "machine": machine_facts(),
-                              "load_average_before": [round(x, 2) for x in load_before],
-                              "parameters": {"corpus_mib": args.mb, "split_mib": split_mb,
-                                             "reducers": REDUCERS, "job": "wordcount",
-                                             "task_timeout_seconds": TASK_TIMEOUT_SECONDS}}
+                              "load_average_before": _load()}
     with ExitStack() as stack:
-        jobs_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(
-            prefix="distlab-bench-mr-jobs-")))
-        (jobs_dir / "input").mkdir()
-        corpus_bytes = write_corpus(jobs_dir / "input" / "corpus.txt", args.mb)
-        inputs = ["corpus.txt"]
-        credential_file, credential = stack.enter_context(lab_credential())
-
-        started = time.perf_counter()
-        expected = run_sequential(load_job(builtin_source("wordcount"), "reference", {}),
-                                  jobs_dir / "input", inputs)
-        baseline = time.perf_counter() - started
-        report["sequential"] = {"seconds": round(baseline, 3), "corpus_bytes": corpus_bytes,
-                                "keys": len(expected)}
-        print(f"sequential word count of {corpus_bytes / 2**20:.0f} MiB: {baseline:.2f} s",
-              flush=True)
-        deadline = max(60.0, 20 * baseline)
-
-        def one(workers: int, during=None, prepare=None, **env: Any) -> dict[str, Any]:
-            with cluster(jobs_dir, credential_file, credential, workers, **env) as running:
-                if prepare is not None:
-                    prepare(running)
-                seconds, status = run_job(running, inputs, split_mb, deadline,
-                                          during=(lambda e: during(running, e)) if during
-                                          else None)
-            return describe(seconds, status, baseline, expected, jobs_dir)
-
-        scaling = {}
-        for workers in WORKER_COUNTS:
-            scaling[f"workers_{workers}"] = row = one(workers)
-            print(f"{workers} worker(s): {row['job_seconds']:.2f} s, "
-                  f"x{row['ratio_to_reference']} of sequential", flush=True)
-        report["scaling"] = scaling
-        no_fault = scaling[f"workers_{EXPERIMENT_WORKERS}"]["job_seconds"]
-
-        delay = round(max(2.0, STRAGGLER_DELAY_FACTOR * no_fault), 2)
-
-        def slow_one(running: Cluster) -> None:
-            running.control("mr-worker-0").AddFaultRule(control_pb2.FaultRule(
-                method=REPORT_TASK, action=control_pb2.FaultRule.DELAY,
-                direction=control_pb2.FaultRule.OUTBOUND, delay_seconds=delay), timeout=5)
-
-        straggler = {"delay_seconds": delay,
-                     "no_fault": scaling[f"workers_{EXPERIMENT_WORKERS}"]}
-        straggler["without_backups"] = one(EXPERIMENT_WORKERS, prepare=slow_one,
-                                           MR_BACKUP_FRACTION=0)
-        straggler["with_backups"] = one(EXPERIMENT_WORKERS, prepare=slow_one)
-        for case in ("without_backups", "with_backups"):
-            straggler[case]["ratio_to_no_fault"] = ratio(straggler[case]["job_seconds"],
-                                                         no_fault)
-            print(f"straggler ({delay} s per report), {case}: "
-                  f"{straggler[case]['job_seconds']:.2f} s, "
-                  f"x{straggler[case]['ratio_to_no_fault']} of no-fault", flush=True)
-        report["straggler"] = straggler
-
-        killed: list[str] = []
-
-        def kill_a_quarter(running: Cluster, elapsed: float) -> None:
-            if killed or elapsed < KILL_AT * no_fault:
-                return
-            for index in range(EXPERIMENT_WORKERS // 4):
-                name = f"mr-worker-{index}"
-                running.kill_worker(name)
-                running.start_worker(name)  # a new process: its map output is gone
-                killed.append(name)
-
-        row = one(EXPERIMENT_WORKERS, during=kill_a_quarter)
-        row["killed"] = killed
-        row["killed_at_seconds"] = round(KILL_AT * no_fault, 2)
-        row["ratio_to_no_fault"] = ratio(row["job_seconds"], no_fault)
-        report["killed_quarter"] = {"no_fault": scaling[f"workers_{EXPERIMENT_WORKERS}"],
-                                    "killed": row}
-        print(f"a quarter killed at {KILL_AT:.0%}: {row['job_seconds']:.2f} s, "
-              f"x{row['ratio_to_no_fault']} of no-fault", flush=True)
-    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        bench = Bench(stack, args.mb)
+        report["parameters"] = {
+            "job": "wordcount", "corpus_mib": args.mb, "corpus_bytes": bench.corpus_bytes,
+            "split_mib": bench.split_mb, "reducers": REDUCERS, "rounds": args.rounds,
+            "task_timeout_seconds": TASK_TIMEOUT_SECONDS,
+            "job_seconds": "submission to the last commit, as the master saw it",
+            "speedup": "sequential seconds / job seconds (best of rounds, and medians)",
+            "cpu_seconds": "CPU used by the master and workers during the job; sequential: "
+                           "this process"}
+        report["scaling"] = scaling(bench, args.rounds)
+        report["straggler"] = straggler(bench)
+        report["killed_quarter"] = killed_quarter(bench)
+    report["load_average_after"] = _load()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
+    for workers in WORKER_COUNTS:
+        row = report["scaling"][f"workers_{workers}"]
+        print(f"{workers} worker(s): x{row['speedup_best']} of sequential (best), "
+              f"x{row['speedup_median']} (median); CPU x{row['cpu_vs_sequential']}")
     print(f"load average before {report['load_average_before']}, after "
           f"{report['load_average_after']}; written to {args.out}")
     return report
+
+
+def _load() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
 
 
 if __name__ == "__main__":
