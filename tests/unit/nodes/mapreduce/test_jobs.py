@@ -161,3 +161,15 @@ def test_a_partition_function_that_raises_is_the_job_s_fault(tmp_path):
     split = split_inputs(tmp_path, ["in.txt"], 100)[0]
     with pytest.raises(JobError, match="partition raised on key 'a': ZeroDivisionError"):
         run_map(module, tmp_path, split, 2, tmp_path / "out")
+
+
+def test_keys_that_are_not_strings_become_strings_and_meet_their_string_twins(tmp_path):
+    (tmp_path / "in.txt").write_text("x\n")
+    module = load_job("def map(k, v):\n    yield 1, 'a'\n    yield '1', 'b'\n    yield 2, 'c'\n"
+                      "def reduce(k, vs): return ''.join(sorted(vs))", "job-1", {})
+    split = split_inputs(tmp_path, ["in.txt"], 100)[0]
+    counters = run_map(module, tmp_path, split, 1, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "part-0").read_bytes()) == [
+        ["1", ["a", "b"]], ["2", ["c"]]]
+    assert counters["map_records_out"] == 3
+    assert run_sequential(module, tmp_path, ["in.txt"]) == {"1": "ab", "2": "c"}
