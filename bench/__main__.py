@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark; each writes reports/bench/<name>.json."""
 
-from bench import chord, failover, foundation, migration_local, scenarios, tiers
+from bench import chord, failover, foundation, mapreduce, migration_local, scenarios, tiers
 
 foundation.main()
 tiers.main()
@@ -8,3 +8,4 @@ scenarios.main()
 chord.main()
 failover.main()
 migration_local.main([])
+mapreduce.main([])
