@@ -160,16 +160,17 @@ class Cluster:
     def stop(self) -> None:
         for channel in self.channels:
             channel.close()
-        processes = [process for process, _ in self.workers.values()]
-        processes += [self.master] if self.master is not None else []
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        # Workers first: a worker whose master went away first logs its lost connection.
+        workers = [process for process, _ in self.workers.values()]
+        for group in (workers, [self.master] if self.master is not None else []):
+            for process in group:
+                process.terminate()
+            for process in group:
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 @contextmanager

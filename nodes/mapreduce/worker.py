@@ -155,6 +155,16 @@ class WorkerNode(RoleNode, mapreduce_pb2_grpc.WorkerServicer):
         beat = threading.Thread(target=self._heartbeat, args=(task, beating), daemon=True,
                                 name="mr-heartbeat")
         beat.start()
+        try:
+            self._run_and_report(task)
+        finally:
+            # Only now: heartbeats go on until the report is in, so a report held up (a
+            # slow link, a busy master) does not make the master count this worker silent
+            # and run its map tasks again.
+            beating.set()
+        self._current = ""
+
+    def _run_and_report(self, task) -> None:
         started = time.perf_counter()
         report = mapreduce_pb2.ReportTaskRequest(
             worker=self.name, incarnation=self.incarnation, job_id=task.job_id, kind=task.kind,
@@ -172,12 +182,9 @@ class WorkerNode(RoleNode, mapreduce_pb2_grpc.WorkerServicer):
             report.lost_map_tasks.extend(exc.lost)
         except Exception as exc:  # noqa: BLE001 - a disk or fetch fault fails this attempt only
             report.error, outcome = f"{type(exc).__name__}: {exc}", "failed"
-        finally:
-            beating.set()
         self.task_seconds.labels(phase=task.kind).observe(time.perf_counter() - started)
         self.tasks.labels(phase=task.kind, outcome=outcome).inc()
         self._report(report)
-        self._current = ""
 
     def _report(self, report) -> None:
         # Reports are idempotent at the master (a duplicate is ignored): retry a few times.
