@@ -344,12 +344,21 @@ def killed_quarter(bench: Bench) -> dict[str, Any]:
     return {"workers": EXPERIMENT_WORKERS, "no_fault": no_fault, "killed": row}
 
 
+def repeated(experiment, bench: Bench, rounds: int, cases: tuple[str, ...]) -> dict[str, Any]:
+    """`experiment` run `rounds` times (each with its own no-fault run beside it): every
+    round's figures, and per case the median of its ratios to its no-fault run, so one
+    burst of load on a shared machine does not make the figure."""
+    runs = [experiment(bench) for _ in range(rounds)]
+    return {"rounds": runs, "median_vs_no_fault": {case: statistics.median(
+        run[case]["vs_no_fault"] for run in runs) for case in cases}}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.mapreduce",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=float, default=64.0, help="corpus size in MiB")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of the scaling runs (best and median reported)")
+                        help="rounds of every comparison (best and median reported)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     report: dict[str, Any] = {"benchmark": "mapreduce", "machine": machine_facts(),
@@ -365,8 +374,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cpu_seconds": "CPU used by the master and workers during the job; sequential: "
                            "this process"}
         report["scaling"] = scaling(bench, args.rounds)
-        report["straggler"] = straggler(bench)
-        report["killed_quarter"] = killed_quarter(bench)
+        report["straggler"] = repeated(straggler, bench, args.rounds,
+                                       ("without_backups", "with_backups"))
+        report["killed_quarter"] = repeated(killed_quarter, bench, args.rounds, ("killed",))
     report["load_average_after"] = _load()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
@@ -374,6 +384,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row = report["scaling"][f"workers_{workers}"]
         print(f"{workers} worker(s): x{row['speedup_best']} of sequential (best), "
               f"x{row['speedup_median']} (median); CPU x{row['cpu_vs_sequential']}")
+    for name in ("straggler", "killed_quarter"):
+        print(f"{name}: median x of no-fault {report[name]['median_vs_no_fault']}")
     print(f"load average before {report['load_average_before']}, after "
           f"{report['load_average_after']}; written to {args.out}")
     return report
