@@ -3,7 +3,16 @@
 The soak (`python -m bench.soak`, 30 minutes by default) is not among them: `make soak`.
 """
 
-from bench import chord, failover, foundation, migration_local, overload, scenarios, tiers
+from bench import (
+    chord,
+    failover,
+    foundation,
+    mapreduce,
+    migration_local,
+    overload,
+    scenarios,
+    tiers,
+)
 
 foundation.main()
 tiers.main()
@@ -12,3 +21,4 @@ chord.main()
 failover.main([])
 migration_local.main([])
 overload.main([])
+mapreduce.main([])

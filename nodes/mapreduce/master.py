@@ -3,7 +3,10 @@
 It accepts jobs (SubmitJob: a built-in job or a module's source, inputs, R),
 cuts the inputs into splits, hands tasks to the workers that ask (RequestTask,
 which is also an idle worker's heartbeat), hears their heartbeats and
-reports, and commits each reduce task's output. The scheduling rules live in
+reports, and commits each reduce task's output. RequestTask is a long poll:
+with nothing to hand out, the master holds the call up to MR_POLL_SECONDS and
+answers as soon as a task is ready (a job submitted, a phase ended, a task
+back to idle), so a task never waits for a worker's next poll. The scheduling rules live in
 nodes.mapreduce.scheduler; this module is the I/O around them.
 
 Where files live. One directory, MR_JOBS_DIR (default /data/jobs), is shared
@@ -68,7 +71,9 @@ from nodes.mapreduce.scheduler import (
     IDLE,
     IN_PROGRESS,
     MAP,
+    MAX_POLL_SECONDS,
     REDUCE,
+    Assignment,
     Job,
     Scheduler,
     SchedulerError,
@@ -155,6 +160,11 @@ class MasterNode(RoleNode, mapreduce_pb2_grpc.MasterServicer):
             backup_after=config["MR_BACKUP_AFTER_SECONDS"],
             max_failures=config["MR_MAX_TASK_FAILURES"])
         self._lock = threading.Lock()
+        #: Notified whenever a task may have become ready; held RequestTask calls wait on it.
+        self._changed = threading.Condition(self._lock)
+        # Every held call holds a server thread: keep half of them for reports and heartbeats.
+        self._max_held = max(1, config["WORKERS"] // 2)
+        self._held = 0
         self.state_file = ctx.data_dir / STATE_FILE
         saved = read_file(self.state_file)
         if saved is not None:
@@ -184,9 +194,14 @@ class MasterNode(RoleNode, mapreduce_pb2_grpc.MasterServicer):
                 self.scheduler.tick(time.monotonic())
                 if len(self.scheduler.workers) != before:
                     self._persist()
+                # Time alone readies tasks too (an attempt timed out, a task now slow
+                # enough for a backup): held workers look again.
+                self._changed.notify_all()
 
     def close(self) -> None:
         self._stopping.set()
+        with self._lock:
+            self._changed.notify_all()  # held RequestTask calls answer now
         if self._ticker is not None:
             self._ticker.join()
 
@@ -231,6 +246,7 @@ class MasterNode(RoleNode, mapreduce_pb2_grpc.MasterServicer):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             job.submitted_unix = time.time()
             self._persist()
+            self._changed.notify_all()
         self._ctx.log.info("mr_job_submitted", job=job.job_id, name=name,
                            map_tasks=len(job.maps), reduce_tasks=job.reducers)
         return mapreduce_pb2.SubmitJobReply(job_id=job.job_id, map_tasks=len(job.maps),
@@ -278,10 +294,9 @@ class MasterNode(RoleNode, mapreduce_pb2_grpc.MasterServicer):
 
     def RequestTask(self, request, context):
         with self._lock:
-            assignment = self.scheduler.request_task(request.worker, request.address,
-                                                     request.incarnation, time.monotonic())
+            assignment, ask_again = self._next_task(request, context)
             if assignment is None:
-                return mapreduce_pb2.RequestTaskReply(kind="wait", poll_seconds=self.poll_seconds)
+                return mapreduce_pb2.RequestTaskReply(kind="wait", poll_seconds=ask_again)
             self._persist()
             job, task = assignment.job, assignment.task
             reason = "backup" if assignment.backup else (
@@ -304,6 +319,33 @@ class MasterNode(RoleNode, mapreduce_pb2_grpc.MasterServicer):
         self._ctx.log.info("mr_task_assigned", job=job.job_id, task=task.name,
                            attempt=assignment.attempt, worker=request.worker, reason=reason)
         return reply
+
+    def _next_task(self, request, context) -> tuple[Assignment | None, float]:
+        """A task for the asking worker, waiting for one up to MR_POLL_SECONDS (the lock
+        is held on entry and on return), and when to ask again without one: at once
+        after a held call, after MR_POLL_SECONDS when there was no thread to hold it on.
+        The hold stays under half the worker timeout, so a held worker never looks
+        silent."""
+        hold = min(self.poll_seconds, self.scheduler.worker_timeout / 2)
+        deadline = time.monotonic() + hold
+        held = False
+        try:
+            while True:
+                now = time.monotonic()
+                assignment = self.scheduler.request_task(request.worker, request.address,
+                                                         request.incarnation, now)
+                if assignment is not None or now >= deadline or self._stopping.is_set() \
+                        or not context.is_active():
+                    return assignment, 0.0 if held else self.poll_seconds
+                if not held:
+                    if self._held >= self._max_held:  # no thread to spare: poll instead
+                        return None, self.poll_seconds
+                    self._held += 1
+                    held = True
+                self._changed.wait(deadline - now)
+        finally:
+            if held:
+                self._held -= 1
 
     def Heartbeat(self, request, context):
         with self._lock:
@@ -333,6 +375,7 @@ class MasterNode(RoleNode, mapreduce_pb2_grpc.MasterServicer):
                 request.attempt, ok=ok, now=time.monotonic(), error=error[:2000],
                 job_error=request.job_error, lost_map_tasks=tuple(request.lost_map_tasks),
                 counters=dict(request.counters))
+            self._changed.notify_all()  # a task done, failed or lost: the next may be ready
             if outcome.accepted:
                 self.metrics.completed.labels(phase=request.kind).inc()
                 self.metrics.records.labels(phase=request.kind).inc(
@@ -418,6 +461,11 @@ class MasterNode(RoleNode, mapreduce_pb2_grpc.MasterServicer):
                 yield mapreduce_pb2.PartitionChunk(data=chunk)
 
 
+def _poll_seconds(value: float) -> str | None:
+    # Workers give RequestTask a deadline that covers MAX_POLL_SECONDS of holding.
+    return None if 0 < value <= MAX_POLL_SECONDS else f"must be > 0 and <= {MAX_POLL_SECONDS:g}"
+
+
 def _chain(first, rest):
     yield first
     yield from rest
@@ -446,8 +494,9 @@ SPEC = RoleSpec(
                 positive),
         Setting("MR_MAX_REDUCERS", int, 1000, "most reduce tasks in one job", positive),
         Setting("MR_MAX_INPUT_MB", int, 1024, "largest input file PutInput stores", positive),
-        Setting("MR_POLL_SECONDS", float, 0.2, "how soon a worker with nothing to do asks "
-                "again", positive),
+        Setting("MR_POLL_SECONDS", float, 1.0, "how long RequestTask is held waiting for a "
+                "task before the worker is told to ask again (a long poll; at most "
+                f"{MAX_POLL_SECONDS:g})", _poll_seconds),
     ),
     build=MasterNode,
     protected=service_methods(SERVICE, "SubmitJob", "RequestTask", "Heartbeat", "ReportTask",

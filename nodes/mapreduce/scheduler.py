@@ -26,7 +26,8 @@ The rules, after Dean & Ghemawat (OSDI 2004), section 3:
 - Near the end of a phase (nothing idle, at most `backup_fraction` of the
   phase's tasks still running), a worker asking for work gets a backup copy of
   a task that has run longer than `backup_after` seconds and twice the median
-  time of the phase's completed tasks. First to finish wins.
+  time of the phase's completed tasks. First to finish wins. A `backup_fraction`
+  of 0 means no backups at all.
 - The job's own fault (its module does not import, map raises on a record)
   fails the job at once, with the worker's message naming the task and the
   record; any other failure of an attempt makes the task idle, and a task
@@ -42,6 +43,9 @@ from typing import Any
 IDLE, IN_PROGRESS, COMPLETED = "idle", "in_progress", "completed"
 MAP, REDUCE = "map", "reduce"
 QUEUED, DONE, FAILED = "queued", "done", "failed"
+#: The longest a master holds a worker's RequestTask waiting for a task (MR_POLL_SECONDS
+#: may not exceed it); a worker's deadline for the call covers it.
+MAX_POLL_SECONDS = 5.0
 #: Finished jobs kept for status queries; older ones are forgotten (the state file stays small).
 KEEP_FINISHED_JOBS = 100
 
@@ -295,7 +299,11 @@ class Scheduler:
         return None
 
     def _backup_candidate(self, tasks: list[Task], worker: str, now: float) -> Task | None:
+        if self.backup_fraction <= 0:  # backups switched off (MR_BACKUP_FRACTION=0)
+            return None
         running = [task for task in tasks if task.state == IN_PROGRESS]
+        # At least one task may get a backup whatever the fraction, or a phase of few
+        # tasks would never have one.
         if not running or len(running) > max(1, self.backup_fraction * len(tasks)):
             return None
         durations = [task.duration for task in tasks if task.done_attempt is not None]

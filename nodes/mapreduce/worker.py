@@ -2,7 +2,9 @@
 
 The worker asks the master (MR_MASTER) for a task, runs it, reports it, and
 asks again; while a task runs it heartbeats every MR_HEARTBEAT_SECONDS, and
-when idle its polls are its heartbeats. It runs one task at a time: scale
+when idle its polls are its heartbeats. The master holds an idle worker's ask
+until a task is ready (a long poll, up to MAX_POLL_SECONDS), so the ask's
+deadline covers that hold. It runs one task at a time: scale
 workers, not threads (CPython runs one thread of Python at a time).
 
 A map task reads its split from the shared MR_JOBS_DIR/input and writes R
@@ -54,7 +56,7 @@ from nodes.mapreduce.jobs import (
     run_map,
     run_reduce,
 )
-from nodes.mapreduce.scheduler import MAP, REDUCE, Split
+from nodes.mapreduce.scheduler import MAP, MAX_POLL_SECONDS, REDUCE, Split
 from nodes.rpc import mapreduce_pb2, mapreduce_pb2_grpc
 
 SERVICE = mapreduce_pb2.DESCRIPTOR.services_by_name["Worker"]
@@ -128,10 +130,12 @@ class WorkerNode(RoleNode, mapreduce_pb2_grpc.WorkerServicer):
     # -- the task loop ---------------------------------------------------------------------
 
     def _run(self) -> None:
+        ask_timeout = self._ctx.config["RPC_TIMEOUT_SECONDS"] + MAX_POLL_SECONDS
         while not self._stopping.is_set():
             try:
                 task = self._master().RequestTask(mapreduce_pb2.RequestTaskRequest(
-                    worker=self.name, address=self.address, incarnation=self.incarnation))
+                    worker=self.name, address=self.address, incarnation=self.incarnation),
+                    timeout=ask_timeout)
             except (grpc.RpcError, ValueError) as exc:
                 if isinstance(exc, ValueError):  # our channels closed: the node is stopping
                     return
@@ -140,7 +144,8 @@ class WorkerNode(RoleNode, mapreduce_pb2_grpc.WorkerServicer):
                 self._stopping.wait(1.0)
                 continue
             if task.kind not in (MAP, REDUCE):
-                self._stopping.wait(task.poll_seconds or 0.5)
+                # 0 after a long poll: the master already waited for us.
+                self._stopping.wait(task.poll_seconds)
                 continue
             self._run_task(task)
 
@@ -150,6 +155,16 @@ class WorkerNode(RoleNode, mapreduce_pb2_grpc.WorkerServicer):
         beat = threading.Thread(target=self._heartbeat, args=(task, beating), daemon=True,
                                 name="mr-heartbeat")
         beat.start()
+        try:
+            self._run_and_report(task)
+        finally:
+            # Only now: heartbeats go on until the report is in, so a report held up (a
+            # slow link, a busy master) does not make the master count this worker silent
+            # and run its map tasks again.
+            beating.set()
+        self._current = ""
+
+    def _run_and_report(self, task) -> None:
         started = time.perf_counter()
         report = mapreduce_pb2.ReportTaskRequest(
             worker=self.name, incarnation=self.incarnation, job_id=task.job_id, kind=task.kind,
@@ -167,12 +182,9 @@ class WorkerNode(RoleNode, mapreduce_pb2_grpc.WorkerServicer):
             report.lost_map_tasks.extend(exc.lost)
         except Exception as exc:  # noqa: BLE001 - a disk or fetch fault fails this attempt only
             report.error, outcome = f"{type(exc).__name__}: {exc}", "failed"
-        finally:
-            beating.set()
         self.task_seconds.labels(phase=task.kind).observe(time.perf_counter() - started)
         self.tasks.labels(phase=task.kind, outcome=outcome).inc()
         self._report(report)
-        self._current = ""
 
     def _report(self, report) -> None:
         # Reports are idempotent at the master (a duplicate is ignored): retry a few times.

@@ -3,9 +3,12 @@ output equals a sequential single-process run, and without failures no task runs
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
+from nodes.common.config import ConfigError
 from nodes.rpc import mapreduce_pb2, mapreduce_pb2_grpc
 from tests.integration.conftest import scrape
 from tests.integration.mapreduce_support import mr, write_corpus  # noqa: F401 - the fixture
@@ -149,3 +152,23 @@ def test_only_the_lab_may_submit_but_anyone_may_read_the_status(mr):  # noqa: F8
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert stranger.JobStatus(mapreduce_pb2.JobStatusRequest(job_id=job_id),
                               timeout=5).state == "map"
+
+
+def test_an_idle_worker_s_held_ask_is_answered_as_soon_as_a_job_comes(mr):  # noqa: F811
+    inputs = write_corpus(mr.input_dir, files=1, lines=50)
+    # The longest hold there is: a worker that only learned of the job at its next ask
+    # would take seconds per phase; held asks answered at once take a fraction of one.
+    mr.start_master(MR_POLL_SECONDS=5, MR_WORKER_TIMEOUT_SECONDS=30)
+    mr.start_worker("mr-worker-0")
+    mr.lab.wait_until(lambda: scrape(mr.master).get("distlab_mapreduce_workers") == 1,
+                      what="the worker's first ask")
+    started = time.monotonic()
+    status = mr.wait(mr.submit("wordcount", inputs=inputs, reducers=2))
+    assert status.state == "done"
+    assert time.monotonic() - started < 4.0  # the ask held since before the job: < 5 s
+    assert mr.output(status) == mr.sequential("wordcount", inputs)
+
+
+def test_a_poll_longer_than_workers_wait_for_is_refused(mr):  # noqa: F811
+    with pytest.raises(ConfigError, match="MR_POLL_SECONDS='6' must be > 0 and <= 5"):
+        mr.start_master(MR_POLL_SECONDS=6)

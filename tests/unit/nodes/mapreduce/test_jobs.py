@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -89,8 +90,9 @@ def test_missing_and_empty_inputs_are_refused(tmp_path):
 
 
 @given(lines=st.lists(st.text(alphabet="ab \u00e9", max_size=30), max_size=40),
-       split_bytes=st.integers(1, 50))
-def test_splits_cover_the_input_once_and_end_on_line_ends(tmp_path_factory, lines, split_bytes):
+       split_bytes=st.integers(1, 50), block_bytes=st.integers(1, 70))
+def test_splits_cover_the_input_once_and_end_on_line_ends(tmp_path_factory, lines, split_bytes,
+                                                          block_bytes):
     directory = tmp_path_factory.mktemp("in")
     data = "".join(line + "\n" for line in lines).encode()
     (directory / "f.txt").write_bytes(data or b"\n")
@@ -99,8 +101,38 @@ def test_splits_cover_the_input_once_and_end_on_line_ends(tmp_path_factory, line
     assert splits[0].start == 0 and splits[-1].end == len(data)
     assert all(a.end == b.start for a, b in zip(splits, splits[1:], strict=False))
     assert all(data[s.end - 1:s.end] == b"\n" for s in splits)
-    read = [line for s in splits for _, line in read_split(directory, s)]
-    assert read == (lines or [""])
+    read = [(offset, line) for s in splits for offset, line in read_split(directory, s,
+                                                                            block_bytes)]
+    assert [line for _, line in read] == (lines or [""])
+    assert all(data[offset:].startswith(line.encode() + b"\n") for offset, line in read)
+
+
+def test_the_last_line_without_a_newline_is_read_too(tmp_path):
+    (tmp_path / "f.txt").write_bytes(b"one\ntwo")
+    split = split_inputs(tmp_path, ["f.txt"], 100)[0]
+    assert list(read_split(tmp_path, split, block_bytes=3)) == [(0, "one"), (4, "two")]
+
+
+def test_a_partition_file_is_one_json_array_of_keys_and_values_in_key_order(tmp_path):
+    (tmp_path / "in.txt").write_text("b a b\nc a\n")
+    module = load_job("def map(k, v):\n    for w in v.split(): yield w, 1\n"
+                      "def reduce(k, vs): return sum(vs)\n"
+                      "def partition(k, r): return 0", "job-1", {})
+    split = split_inputs(tmp_path, ["in.txt"], 100)[0]
+    counters = run_map(module, tmp_path, split, 2, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "part-0").read_bytes()) == [
+        ["a", [1, 1]], ["b", [1, 1]], ["c", [1]]]
+    assert json.loads((tmp_path / "out" / "part-1").read_bytes()) == []
+    assert counters["map_records_in"] == 2 and counters["map_records_out"] == 5
+
+
+def test_map_output_json_cannot_carry_is_the_job_s_fault(tmp_path):
+    (tmp_path / "in.txt").write_text("a\n")
+    module = load_job("def map(k, v): yield v, object()\ndef reduce(k, vs): return 1",
+                      "job-1", {})
+    split = split_inputs(tmp_path, ["in.txt"], 100)[0]
+    with pytest.raises(JobError, match="map output of partition 0 is not JSON: TypeError"):
+        run_map(module, tmp_path, split, 1, tmp_path / "out")
 
 
 def test_map_raising_on_one_record_names_the_record(tmp_path):
@@ -138,3 +170,15 @@ def test_a_partition_function_that_raises_is_the_job_s_fault(tmp_path):
     split = split_inputs(tmp_path, ["in.txt"], 100)[0]
     with pytest.raises(JobError, match="partition raised on key 'a': ZeroDivisionError"):
         run_map(module, tmp_path, split, 2, tmp_path / "out")
+
+
+def test_keys_that_are_not_strings_become_strings_and_meet_their_string_twins(tmp_path):
+    (tmp_path / "in.txt").write_text("x\n")
+    module = load_job("def map(k, v):\n    yield 1, 'a'\n    yield '1', 'b'\n    yield 2, 'c'\n"
+                      "def reduce(k, vs): return ''.join(sorted(vs))", "job-1", {})
+    split = split_inputs(tmp_path, ["in.txt"], 100)[0]
+    counters = run_map(module, tmp_path, split, 1, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "part-0").read_bytes()) == [
+        ["1", ["a", "b"]], ["2", ["c"]]]
+    assert counters["map_records_out"] == 3
+    assert run_sequential(module, tmp_path, ["in.txt"]) == {"1": "ab", "2": "c"}

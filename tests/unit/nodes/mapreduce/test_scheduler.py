@@ -145,6 +145,20 @@ def test_backups_near_the_end_of_a_phase_first_to_finish_wins():
     assert scheduler.events["backups"] == 1 and job.maps[straggler.task.index].done_worker == "fast"
 
 
+def test_a_backup_fraction_of_zero_means_no_backups_the_straggler_finishes_alone():
+    scheduler = Scheduler(task_timeout=100.0, worker_timeout=100.0, backup_after=1.0,
+                          backup_fraction=0.0)
+    job = submit(scheduler, maps=5, reducers=1)
+    straggler = ask(scheduler, "slow", 0.0)
+    for index in range(4):
+        now = 0.1 * (index + 1)
+        finish(scheduler, ask(scheduler, "fast", now), "fast", now + 0.05)
+    assert ask(scheduler, "fast", 50.0) is None  # long past any backup threshold
+    assert finish(scheduler, straggler, "slow", 60.0).accepted
+    assert "backups" not in scheduler.events
+    assert job.maps[straggler.task.index].done_worker == "slow"
+
+
 def test_the_job_s_own_fault_fails_it_naming_the_task_and_the_next_job_runs():
     scheduler = Scheduler()
     bad = submit(scheduler, maps=2, reducers=1)
