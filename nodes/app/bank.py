@@ -12,7 +12,8 @@ is the Statement cursor table it is given.
 Keys in the data tier (values are compact JSON):
 
   bank/account/<account>              {"balance": cents, "lines": n}
-  bank/history/<account>/<n:012d>     line n of the account's history:
+  bank/history/<account>/<n:012d>     line n of the account's history (only the
+                                      newest `Limits.history_lines` are kept):
                                       {"kind": "open" | "deposit" | "transfer_in" |
                                        "transfer_out", "amount": signed cents,
                                        "counterparty": account or "",
@@ -51,6 +52,17 @@ How a write stays correct:
   from the record or refused, never applied twice. (Stripe instead treats a
   key used after its record was pruned as new; that re-applies a late retry.)
   Every app server must run with the same window.
+- Statement history is bounded (bounded state, as a ledger's online
+  statement is): an account keeps its newest `Limits.history_lines` lines.
+  The Txn that adds line n deletes line n - history_lines, so the window
+  moves in the same atomic write and a reader never sees it half moved. A
+  Statement page asked to start before the first kept line starts at that
+  line instead: every line carries its number, so the caller sees where the
+  kept history begins (a page at offset 0 is "the oldest lines still kept",
+  and a cursor that fell behind the window moves up to it rather than dying).
+  A line inside the window that is missing is DATA_LOSS. Every app server
+  must run with the same value, and raising it on a live bank does not bring
+  dropped lines back: pages over them would be DATA_LOSS.
 - When the data tier may have applied a Txn without saying so
   (`DataTierDown(definite=False)`) the same Txn is sent again: if the first
   one applied, the compares fail and the re-read finds the records this call
@@ -80,6 +92,7 @@ HISTORY_PREFIX = "bank/history/"
 IDEMPOTENCY_PREFIX = "bank/idempotency/"
 IDEMPOTENCY_EXPIRY_PREFIX = "bank/idempotency-expiry/"
 DEFAULT_IDEMPOTENCY_WINDOW_SECONDS = 300.0
+DEFAULT_HISTORY_LINES = 1000
 # A record outlives its window by this much before the sweep may delete it: more than a
 # Txn can stay in flight (the data tier's head drops one whose caller stopped waiting,
 # within DATA_TRANSFER_TIMEOUT_SECONDS, 30 s by default) plus the clocks of two app
@@ -152,6 +165,7 @@ class Limits:
     txn_attempts: int = 8          # reads + Txns per write while compares keep failing
     unknown_resends: int = 2       # resends of a Txn whose outcome was left unknown
     idempotency_window_seconds: float = DEFAULT_IDEMPOTENCY_WINDOW_SECONDS
+    history_lines: int = DEFAULT_HISTORY_LINES  # statement lines kept per account
 
     def complaint(self) -> str | None:
         """Why these limits cannot work together, or None."""
@@ -259,6 +273,17 @@ def _history_line(account: Account, kind: str, amount: int, counterparty: str,
     return _put(history_key(account.name, account.lines),
                 {"kind": kind, "amount": amount, "counterparty": counterparty,
                  "balance": balance})
+
+
+def _dropped_line(account: Account, keep: int) -> list[str]:
+    """The line that falls out of the kept window when `account` gets its next line."""
+    number = account.lines - keep
+    return [history_key(account.name, number)] if number >= 0 else []
+
+
+def _first_kept_line(lines: int, keep: int) -> int:
+    """The number of the oldest line still kept by an account with `lines` lines."""
+    return max(0, lines - keep)
 
 
 class Bank:
@@ -443,7 +468,8 @@ class Bank:
                       _history_line(account, "deposit", amount, "", balance),
                       *_idempotency_record(idem_key, closes_ms,
                                            {"key": key, "digest": digest, "nonce": nonce,
-                                            "reply": {"balance": balance}})]),
+                                            "reply": {"balance": balance}})],
+                deletes=_dropped_line(account, self.limits.history_lines)),
                 bank_pb2.AccountReply(account=name, balance_cents=balance,
                                       idempotency_window_seconds=window))
 
@@ -491,7 +517,9 @@ class Bank:
                       *_idempotency_record(idem_key, closes_ms,
                                            {"key": key, "digest": digest, "nonce": nonce,
                                             "reply": {"from_balance": from_balance,
-                                                      "to_balance": to_balance}})]),
+                                                      "to_balance": to_balance}})],
+                deletes=[*_dropped_line(paying, self.limits.history_lines),
+                         *_dropped_line(paid, self.limits.history_lines)]),
                 bank_pb2.TransferReply(from_balance_cents=from_balance,
                                        to_balance_cents=to_balance,
                                        idempotency_window_seconds=window))
@@ -567,10 +595,20 @@ class Bank:
         offset = request.offset
         if cursor_id:
             offset = self._cursor_offset(cursor_id, name)
-        numbers = range(offset, offset + limit)
-        found = yield from self._read_keys(
-            [account_key(name), *(history_key(name, n) for n in numbers)])
-        account = _account(found, name)
+        keep = self.limits.history_lines
+        for _ in range(self.limits.txn_attempts):
+            # The record and the page in one Read, so the kept window is the page's own.
+            found = yield from self._read_keys(
+                [account_key(name), *(history_key(name, n) for n in range(offset, offset + limit))])
+            account = _account(found, name)
+            first = _first_kept_line(account.lines, keep)
+            if offset >= first:
+                break
+            offset = first  # the lines asked for were dropped: page from the oldest kept one
+        else:
+            raise BankError(grpc.StatusCode.ABORTED,
+                            f"the history of {name!r} kept moving past the page asked for; "
+                            f"retry it")
         lines = []
         for number in range(offset, min(offset + limit, account.lines)):
             line = found.get(history_key(name, number))

@@ -36,7 +36,9 @@ Idempotency records expire: a key is remembered APP_IDEMPOTENCY_WINDOW_SECONDS
 Control.Status) from the request's issued_at (see nodes.app.bank for why that
 is safe). A sweeper thread deletes expired records every
 APP_IDEMPOTENCY_SWEEP_SECONDS, at most APP_IDEMPOTENCY_SWEEP_RECORDS a pass,
-so the data tier holds about one window's worth of them.
+so the data tier holds about one window's worth of them. Statement history
+is bounded too: each account keeps its newest APP_BANK_HISTORY_LINES lines
+(default 1000; see nodes.app.bank).
 """
 
 from __future__ import annotations
@@ -50,7 +52,14 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from nodes.app.bank import DEFAULT_IDEMPOTENCY_WINDOW_SECONDS, Bank, BankError, Limits, Operation
+from nodes.app.bank import (
+    DEFAULT_HISTORY_LINES,
+    DEFAULT_IDEMPOTENCY_WINDOW_SECONDS,
+    Bank,
+    BankError,
+    Limits,
+    Operation,
+)
 from nodes.app.cursors import CursorTable
 from nodes.app.drivers import run, run_async
 from nodes.app.registers import Registers
@@ -113,6 +122,10 @@ SETTINGS = (
             "Statement cursors kept open; one more forgets the least recently used", positive),
     Setting("APP_CURSOR_IDLE_SECONDS", float, 300.0,
             "a Statement cursor unused this long is forgotten", positive),
+    Setting("APP_BANK_HISTORY_LINES", int, DEFAULT_HISTORY_LINES,
+            "statement lines kept per account: the write adding a line deletes the one that "
+            "falls out; a Statement page asked to start before the oldest kept line starts "
+            "there; the same on every app server, and never raised on a live bank", positive),
     Setting("APP_IDEMPOTENCY_WINDOW_SECONDS", float, DEFAULT_IDEMPOTENCY_WINDOW_SECONDS,
             "how long after a Deposit or Transfer was first issued (its issued_at_unix_ms) "
             "a retry of it is answered; an older one is refused FAILED_PRECONDITION, and its "
@@ -133,7 +146,8 @@ def limits_from(config: dict[str, Any]) -> Limits:
                     max_audit_accounts=config["APP_AUDIT_MAX_ACCOUNTS"],
                     txn_attempts=config["APP_TXN_ATTEMPTS"],
                     unknown_resends=config["APP_UNKNOWN_RESENDS"],
-                    idempotency_window_seconds=config["APP_IDEMPOTENCY_WINDOW_SECONDS"])
+                    idempotency_window_seconds=config["APP_IDEMPOTENCY_WINDOW_SECONDS"],
+                    history_lines=config["APP_BANK_HISTORY_LINES"])
     if limits.complaint():
         raise ConfigError(f"APP_MAX_BALANCE_CENTS={limits.max_balance_cents} x "
                           f"APP_AUDIT_MAX_ACCOUNTS={limits.max_audit_accounts} exceeds int64: "

@@ -11,7 +11,7 @@ import time
 import grpc
 import pytest
 
-from nodes.rpc import bank_pb2, bank_pb2_grpc, control_pb2
+from nodes.rpc import bank_pb2, bank_pb2_grpc, chain_pb2, control_pb2
 from tests.integration.app_support import AppTier
 
 TXN = "/distlab.chain.Data/Txn"
@@ -256,3 +256,31 @@ def test_a_data_tier_that_is_down_gets_unavailable_and_changes_nothing(lab):
         assert "data tier unavailable" in caught.value.details()
         assert "nothing was changed" in caught.value.details()
     assert lab.scrape(app).get("distlab_bank_transfers_total", result="failed") == 1
+
+
+@pytest.mark.parametrize("architecture", ["threaded", "async"])
+def test_each_replica_keeps_only_the_newest_statement_lines(shared_lab, tier, architecture):
+    """With APP_BANK_HISTORY_LINES=3 the Txn adding a line drops the oldest kept one, all down
+    the chain; a Statement from offset 0 starts at the oldest kept line, and money is intact."""
+    app = start_app(shared_lab, tier, f"app-keep-{architecture}", architecture,
+                    APP_BANK_HISTORY_LINES=3)
+    stub = bank(shared_lab, app)
+    payer, payee = f"keep-{architecture}-payer", f"keep-{architecture}-payee"
+    for name in (payer, payee):
+        stub.OpenAccount(bank_pb2.OpenAccountRequest(account=name, initial_cents=100), timeout=10)
+    for n in range(6):
+        stub.Transfer(bank_pb2.TransferRequest(
+            from_account=payer, to_account=payee, amount_cents=n + 1,
+            idempotency_key=f"keep-{architecture}-{n}",
+            issued_at_unix_ms=int(time.time() * 1000)), timeout=10)
+    reply = tier.data("data-2").Read(chain_pb2.ReadRequest(  # the tail: reads go there
+        prefix=f"bank/history/{payer}/", limit=100), timeout=10)
+    assert [found.key[-2:] for found in reply.found] == ["04", "05", "06"]
+    # The deletes travel down the chain with the puts: the head holds as many keys.
+    head, tail = (tier.status(tier.replicas[name])["keys"] for name in ("data-1", "data-2"))
+    assert head == tail
+    page = stub.Statement(bank_pb2.StatementRequest(account=payer, offset=0), timeout=10)
+    assert [(line.number, line.amount_cents, line.balance_cents) for line in page.lines] == \
+        [(4, -4, 90), (5, -5, 85), (6, -6, 79)] and page.done
+    balances = stub.Audit(bank_pb2.AuditRequest(), timeout=10).balances
+    assert (balances[payer], balances[payee]) == (79, 121)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from nodes.app.bank import (
     ACCOUNT_PREFIX,
+    HISTORY_PREFIX,
     IDEMPOTENCY_EXPIRED,
     IDEMPOTENCY_EXPIRY_PREFIX,
     IDEMPOTENCY_GRACE_SECONDS,
@@ -21,6 +22,7 @@ from nodes.app.bank import (
     BankError,
     Limits,
     account_key,
+    history_key,
 )
 from nodes.app.cursors import CursorTable
 from nodes.rpc import bank_pb2, chain_pb2
@@ -533,6 +535,74 @@ def test_an_expired_cursor_is_not_found():
     cursor = teller.statement("a", cursor="").cursor
     now[0] = 31.0
     assert refusal(teller.statement, "a", cursor=cursor).code == Code.NOT_FOUND
+
+
+# -- statement retention ---------------------------------------------------------------------
+
+KEEP = 5
+
+
+@pytest.fixture
+def kept() -> Teller:
+    """A bank keeping KEEP lines an account: alice and bob opened, then 12 transfers of 1..12
+    cents between them, so each has 13 lines (0-12) and keeps 8-12."""
+    teller = Teller(limits=Limits(history_lines=KEEP))
+    teller.open("alice", 1000)
+    teller.open("bob", 500)
+    for n in range(1, 13):
+        source, target = ("alice", "bob") if n % 2 else ("bob", "alice")
+        teller.transfer(source, target, n, f"t{n}")
+    return teller
+
+
+def history_numbers(teller: Teller, account: str) -> list[int]:
+    prefix = f"{HISTORY_PREFIX}{account}/"
+    return sorted(int(key[len(prefix):]) for key in teller.data.data if key.startswith(prefix))
+
+
+def test_each_account_keeps_only_its_newest_lines_and_money_is_unaffected(kept):
+    assert history_numbers(kept, "alice") == history_numbers(kept, "bob") == list(range(8, 13))
+    kept.deposit("alice", 100, "d1")  # a deposit moves the window too
+    assert history_numbers(kept, "alice") == list(range(9, 14))
+    audit = kept.audit()
+    assert audit.total_cents == 1600 and audit.balances["alice"] == kept.balance("alice")
+
+
+def test_a_page_before_the_kept_lines_starts_at_the_oldest_kept_one(kept):
+    page = kept.statement("alice", offset=0, limit=3)
+    assert [line.number for line in page.lines] == [8, 9, 10] and not page.done
+    rest = kept.statement("alice", offset=11)
+    assert [line.number for line in rest.lines] == [11, 12] and rest.done
+    # The kept lines still chain: each balance is the one before it plus its amount.
+    lines = kept.statement("alice").lines
+    assert all(after.balance_cents == before.balance_cents + after.amount_cents
+               for before, after in itertools.pairwise(lines))
+    assert lines[-1].balance_cents == kept.balance("alice")
+
+
+def test_a_cursor_that_fell_behind_the_kept_lines_moves_up_to_them(kept):
+    page = kept.statement("alice", cursor="", limit=2)
+    assert [line.number for line in page.lines] == [8, 9]
+    for n in range(4):
+        kept.deposit("alice", 1, f"more{n}")  # lines 13-16: alice keeps 12-16
+    page = kept.statement("alice", cursor=page.cursor, limit=20)
+    assert [line.number for line in page.lines] == [12, 13, 14, 15, 16] and page.done
+
+
+def test_a_page_whose_lines_are_dropped_while_it_reads_reads_again(kept):
+    reading = Stepper(kept.bank.statement(bank_pb2.StatementRequest(account="alice", offset=9)),
+                      kept.data)
+    for n in range(3):
+        kept.deposit("alice", 1, f"meanwhile{n}")  # lines 13-15: alice keeps 11-15
+    while not reading.done:
+        reading.step()
+    assert [line.number for line in reading.result.lines] == [11, 12, 13, 14, 15]
+
+
+def test_a_missing_line_inside_the_kept_window_is_still_data_loss(kept):
+    del kept.data.data[history_key("alice", 10)]
+    error = refusal(kept.statement, "alice", offset=0)
+    assert error.code == Code.DATA_LOSS and "history line 10 of 'alice' is missing" in error.message
 
 
 # -- properties ------------------------------------------------------------------------------
