@@ -35,7 +35,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -49,6 +48,7 @@ from bench import rpc_overhead
 from bench.load import ratio
 from bench.tiers import Prober
 from bench.tiers_local import (
+    Background,
     data_tier,
     healthy_backends,
     lab_credential,
@@ -120,37 +120,29 @@ def client_channels(credential: Credential) -> Channels:
                     max_message_bytes=4 * 1024 * 1024, credential=credential)
 
 
-class Writer:
+class Writer(Background):
     """Writes back to back in a thread; records (invoked, completed, acknowledged)."""
 
+    name = "bench-writer"
+
     def __init__(self, client: DataClient, prefix: str) -> None:
+        super().__init__()
         self.client = client
         self.prefix = prefix
         self.samples: list[tuple[float, float, bool]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-writer", daemon=True)
+        self._written = 0
 
-    def __enter__(self) -> Writer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            request = chain_pb2.TxnRequest(puts=[chain_pb2.KeyValue(key=f"{self.prefix}{n}",
-                                                                    value=b"v" * 100)])
-            invoked = time.monotonic()
-            try:
-                self.client.txn(request, timeout=WRITE_TIMEOUT)
-                ok = True
-            except DataUnavailable:
-                ok = False
-            self.samples.append((invoked, time.monotonic(), ok))
+    def step(self) -> None:
+        self._written += 1
+        request = chain_pb2.TxnRequest(puts=[chain_pb2.KeyValue(
+            key=f"{self.prefix}{self._written}", value=b"v" * 100)])
+        invoked = time.monotonic()
+        try:
+            self.client.txn(request, timeout=WRITE_TIMEOUT)
+            ok = True
+        except DataUnavailable:
+            ok = False
+        self.samples.append((invoked, time.monotonic(), ok))
 
 
 def head_kill_once(detector: str, credential_file: str, credential: Credential, *,
@@ -287,35 +279,27 @@ def switch_detection() -> dict[str, Any]:
 # -- calm ---------------------------------------------------------------------------------------
 
 
-class HealthPoller:
+class HealthPoller(Background):
     """Reads the switch's per-backend healthy gauges every HEALTH_POLL_SECONDS in a thread;
     a scrape that fails (a busy switch) is a missed poll, counted."""
 
+    every = HEALTH_POLL_SECONDS
+    name = "bench-health-poller"
+
     def __init__(self, metrics_port: int) -> None:
+        super().__init__()
         self.metrics_port = metrics_port
         self.polls: list[dict[str, float]] = []
         self.missed = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-health-poller",
-                                        daemon=True)
 
-    def __enter__(self) -> HealthPoller:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(HEALTH_POLL_SECONDS):
-            try:
-                samples = scrape(self.metrics_port)
-            except OSError:
-                self.missed += 1
-                continue
-            self.polls.append({sample.labels["backend"]: sample.value for sample in samples
-                               if sample.name == "distlab_switch_backend_healthy"})
+    def step(self) -> None:
+        try:
+            samples = scrape(self.metrics_port)
+        except OSError:
+            self.missed += 1
+            return
+        self.polls.append({sample.labels["backend"]: sample.value for sample in samples
+                           if sample.name == "distlab_switch_backend_healthy"})
 
 
 def takeouts(polls: Sequence[dict[str, float]]) -> int:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import grpc
 
 from bench.overload import BankTier, bank_tier, machine
-from bench.tiers_local import rss_mib
+from bench.tiers_local import Background, rss_mib
 from distlab.tiers.bank import BankConfig, BankWorkload
 from nodes.app.bank import IDEMPOTENCY_EXPIRY_PREFIX, IDEMPOTENCY_PREFIX
 from nodes.rpc import chain_pb2, chain_pb2_grpc, control_pb2, control_pb2_grpc
@@ -60,31 +59,23 @@ READ_LIMIT = 10_000  # the data tier's largest prefix Read (DATA_MAX_READ_LIMIT)
 HISTORY_LINES = 200  # statement lines kept per account during the soak
 
 
-class Sampler:
+class Sampler(Background):
     """Samples the tier every `every` seconds in a thread until stopped."""
 
+    name = "soak-sampler"
+
     def __init__(self, tier: BankTier, every: float) -> None:
+        super().__init__()
         self.tier = tier
         self.every = every
         self.samples: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
         self._started = time.monotonic()
 
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.samples.append(self.sample())
-            except grpc.RpcError as exc:  # a slow answer skips a sample, never the soak
-                print(f"soak: sample skipped: {exc.code().name}: {exc.details()}")
+    def step(self) -> None:
+        try:
+            self.samples.append(self.sample())
+        except grpc.RpcError as exc:  # a slow answer skips a sample, never the soak
+            print(f"soak: sample skipped: {exc.code().name}: {exc.details()}")
 
     def sample(self) -> dict[str, Any]:
         metadata = self.tier.credential.metadata()

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -48,6 +49,33 @@ MIXES = {
 SECONDS = 4.0
 CLIENTS = {"processes": 2, "threads": 16}
 TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Background:
+    """A thread that runs `step()` every `every` seconds (0: back to back) from the start of a
+    `with` block to its end; the bench's writers, pollers and samplers."""
+
+    every = 0.0
+    name = "bench-background"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.step()
+
+    def step(self) -> None:
+        raise NotImplementedError
 
 
 def free_port() -> int:
