@@ -157,8 +157,10 @@ def test_a_call_a_full_backend_refused_unstarted_is_sent_to_another(lab):
     switch = start_switch(lab, full, spare, SWITCH_POLICY="round_robin")
     lab.wait_until(lambda: switch_state(lab, switch)["backends"] == "2/2", what="both healthy")
     direct = bank_pb2_grpc.BankStub(lab.channel(full)).Work
-    filling = [direct.future(bank_pb2.WorkRequest(io_millis=3000), timeout=20)
-               for _ in range(3)]  # all one method may hold of the app's 4 places
+    # All one method may hold of the app's 4 places, for long enough that the six calls
+    # below all meet it full even on a loaded machine.
+    filling = [direct.future(bank_pb2.WorkRequest(io_millis=8000), timeout=30)
+               for _ in range(3)]
     lab.wait_until(lambda: lab.scrape(full).get("distlab_rpc_server_in_flight") >= 3,
                    what="the full app working on 3 calls")
     work = bank_pb2_grpc.BankStub(lab.channel(switch)).Work
