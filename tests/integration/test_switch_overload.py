@@ -176,14 +176,16 @@ def test_both_server_kinds_mark_an_admission_refusal_as_never_started(lab, archi
     from the thread-pool and the asyncio server alike."""
     (app,) = start_apps(lab, 1, APP_ARCHITECTURE=architecture, MAX_CONCURRENT_RPCS=2)
     work = bank_pb2_grpc.BankStub(lab.channel(app)).Work
-    running = work.future(bank_pb2.WorkRequest(io_millis=1500), timeout=10)
-    lab.wait_until(lambda: _refused(work), what="a second Work refused")
+    running = work.future(bank_pb2.WorkRequest(io_millis=6000), timeout=30)
+    lab.wait_until(lambda: lab.scrape(app).get("distlab_rpc_server_in_flight") >= 1,
+                   what="the first Work at the app")
+    assert _refused(work)
     assert running.result().served_by == "app-1"
 
 
 def _refused(work) -> bool:
     """Whether one more Work is refused for overload (2 places, 1 kept from one method),
-    carrying the marker; False while the first Work has not reached the app yet."""
+    carrying the marker."""
     try:
         work(bank_pb2.WorkRequest(), timeout=5)
     except grpc.RpcError as error:

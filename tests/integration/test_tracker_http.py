@@ -237,6 +237,11 @@ def test_metrics_count_swarms_peers_announces_and_refusals(lab, tracker):
     announce(tracker, peer=2, left=0, event="completed")
     announce(tracker, peer=1)
     requests.get(f"{base_url(tracker)}/announce?info_hash=x", timeout=5)
+    # The tracker times a request once its answer is written: the last one may be counted
+    # a moment after the client has read it.
+    lab.wait_until(lambda: lab.scrape(tracker).value(
+        "distlab_tracker_request_seconds_count", path="announce") == 5,
+        what="all five announces timed")
     metrics = lab.scrape(tracker)
     assert metrics.value("distlab_tracker_swarms") == 1
     assert metrics.value("distlab_tracker_peers", state="seeder") == 1
