@@ -90,6 +90,9 @@ def test_bad_requests_are_refused_with_what_was_wrong_and_change_nothing(lab, ho
         return refused(lambda: list(stub.MigrateVm(vm_pb2.MigrateVmRequest(**fields),
                                                    timeout=60)))
 
+    def start(**fields):
+        return refused(lambda: stub.StartVm(vm_pb2.StartVmRequest(**fields), timeout=30))
+
     cases = [
         (migrate(name="vm-9", to=lab.address(two)), grpc.StatusCode.NOT_FOUND,
          "no vm named 'vm-9'"),
@@ -99,21 +102,17 @@ def test_bad_requests_are_refused_with_what_was_wrong_and_change_nothing(lab, ho
          "no machine named"),
         (migrate(name="vm-1", to=lab.address(two), strategy="teleport"),
          grpc.StatusCode.INVALID_ARGUMENT, "teleport"),
-        (refused(lambda: stub.StartVm(vm_pb2.StartVmRequest(name="vm-1"), timeout=30)),
+        (start(name="vm-1"),
          grpc.StatusCode.ALREADY_EXISTS, "already holds a vm named 'vm-1'"),
-        (refused(lambda: stub.StartVm(vm_pb2.StartVmRequest(name="VM 2"), timeout=30)),
+        (start(name="VM 2"),
          grpc.StatusCode.INVALID_ARGUMENT, "must be 1-40 characters"),
-        (refused(lambda: stub.StartVm(vm_pb2.StartVmRequest(
-            name="vm-2", settings={"VM_HOT_FRACTION": "5"}), timeout=30)),
+        (start(name="vm-2", settings={"VM_HOT_FRACTION": "5"}),
          grpc.StatusCode.INVALID_ARGUMENT, "VM_HOT_FRACTION"),
-        (refused(lambda: stub.StartVm(vm_pb2.StartVmRequest(
-            name="vm-2", settings={"GRPC_PORT": "1"}), timeout=30)),
+        (start(name="vm-2", settings={"GRPC_PORT": "1"}),
          grpc.StatusCode.INVALID_ARGUMENT, "VM_* settings"),
-        (refused(lambda: stub.StartVm(vm_pb2.StartVmRequest(
-            name="vm-2", settings={"VM_A=B": "1"}), timeout=30)),
+        (start(name="vm-2", settings={"VM_A=B": "1"}),
          grpc.StatusCode.INVALID_ARGUMENT, "VM_* settings"),
-        (refused(lambda: stub.StartVm(vm_pb2.StartVmRequest(
-            name="vm-2", settings={"VM_HOT_PAGES": "1\0"}), timeout=30)),
+        (start(name="vm-2", settings={"VM_HOT_PAGES": "1\0"}),
          grpc.StatusCode.INVALID_ARGUMENT, "NUL byte"),
     ]
     for error, code, words in cases:
