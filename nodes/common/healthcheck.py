@@ -14,7 +14,11 @@ import sys
 
 
 def main() -> int:
-    port = int(os.environ.get("METRICS_PORT") or "9100")
+    setting = os.environ.get("METRICS_PORT") or "9100"
+    if not setting.isdigit():
+        print(f"unhealthy: METRICS_PORT={setting!r} is not a port number", file=sys.stderr)
+        return 1
+    port = int(setting)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2.5) as conn:
             conn.sendall(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")

@@ -13,9 +13,15 @@ import nodes.common.healthcheck
 PROBE = Path(nodes.common.healthcheck.__file__)
 
 
-def probe(metrics_port: int) -> subprocess.CompletedProcess:
+def probe(metrics_port: int | str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-I", "-S", str(PROBE)], capture_output=True,
                           text=True, timeout=10, env={"METRICS_PORT": str(metrics_port)})
+
+
+def test_a_bad_port_setting_is_named_not_a_traceback():
+    result = probe("nine")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "unhealthy: METRICS_PORT='nine' is not a port number"
 
 
 def test_a_serving_node_passes_the_probe(lab, node):
