@@ -8,7 +8,6 @@ the master's configuration and each replica's status.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from nodes.data.client import DataClient, DataUnavailable
 from nodes.datamaster.__main__ import SPEC as MASTER_SPEC
 from nodes.rpc import chain_pb2, chain_pb2_grpc, control_pb2
 from tests.integration.conftest import Lab, address_of
+from tests.support.ports import free_port
 
 MASTER_ENV = {"CHAIN_CHECK_INTERVAL_SECONDS": "0.2", "CHAIN_CHECK_TIMEOUT_SECONDS": "0.5",
               "CHAIN_CHECK_FALL": "2"}
@@ -138,12 +138,6 @@ def client_channels(timeout: float = 5.0, *, credential: Credential | None = Non
                                         version="0"),
                     rules=FaultRules(), default_timeout=timeout,
                     max_message_bytes=4 * 1024 * 1024, credential=credential)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_tier(lab: Lab, names: tuple[str, ...] = ("data-1", "data-2", "data-3"), *,

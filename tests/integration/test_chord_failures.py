@@ -11,7 +11,8 @@ import pytest
 
 from distlab.chord.ringmap import check_ring
 from nodes.rpc import chord_pb2, control_pb2
-from tests.integration.test_chord_peers import EIGHT_IDS, KEYS, ChordPeers, free_ports
+from tests.integration.test_chord_peers import EIGHT_IDS, KEYS, ChordPeers
+from tests.support.ports import free_ports
 
 ROUTE = "/distlab.chord.Chord/Route"
 

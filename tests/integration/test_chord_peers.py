@@ -7,7 +7,6 @@ reads the ring back through Chord.State, checked by the host's own `check_ring`.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,11 +23,16 @@ from nodes.chord.__main__ import SPEC
 from nodes.chord.ring import format_id, key_id, successor_index
 from nodes.common.server import NodeServer
 from nodes.rpc import chord_pb2, chord_pb2_grpc, control_pb2
+from tests.support.ports import free_ports
 
 BITS = 16
+# In-process peers share one interpreter lock: a round trip here measures the lock's queue
+# more than the network, so hop deadlines stay at 0.5 s (the learned ones would go to 0.1 s,
+# and one GIL stall would take a live peer for dead and a lookup to the wrong owner).
 FAST = {"CHORD_BITS": BITS, "CHORD_STABILIZE_SECONDS": 0.1, "CHORD_FIX_FINGERS_SECONDS": 0.05,
         "CHORD_CHECK_PREDECESSOR_SECONDS": 0.2, "CHORD_MERGE_CHECK_SECONDS": 0.5,
-        "CHORD_HOP_TIMEOUT_SECONDS": 0.5, "CHORD_ADVERTISE_HOST": "127.0.0.1",
+        "CHORD_HOP_TIMEOUT_SECONDS": 0.5,
+        "CHORD_HOP_TIMEOUT_MIN_SECONDS": 0.5, "CHORD_ADVERTISE_HOST": "127.0.0.1",
         "CHORD_SUCCESSORS": 4, "CHORD_REPLICAS": 2, "CHORD_MAX_VALUE_BYTES": 1024}
 EIGHT_IDS = [0x1000 + 0x2000 * i for i in range(8)]  # 1000, 3000, ... f000
 KEYS = [f"key-{i}" for i in range(24)]
@@ -137,16 +141,6 @@ class ChordPeers:
 @pytest.fixture
 def peers(lab) -> ChordPeers:
     return ChordPeers(lab)
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def refused(call, request) -> grpc.RpcError:

@@ -1,12 +1,12 @@
 """Two nodes as peers on loopback: heartbeats (phi accrual), outbound fault rules, Control.Probe."""
 
-import socket
 import time
 
 import grpc
 import pytest
 
 from nodes.rpc import control_pb2
+from tests.support.ports import free_port
 
 Rule = control_pb2.FaultRule
 
@@ -97,12 +97,6 @@ def test_outbound_rule_for_another_peer_changes_nothing(lab, pair):
                          timeout=5)
     control.AddFaultRule(Rule(action=Rule.ERROR), timeout=5)  # inbound on B: not B's checks
     lab.wait_until(lambda: peer_view(control) == {name: True}, what="A up in B's view")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_probe_reports_reachability(lab, pair):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from nodes.rpc import vm_pb2, vm_pb2_grpc
 from nodes.vm.guest import GuestLayout, expected_image
 from nodes.vm.memory import MIB, PAGE_SIZE
 from tests.integration.conftest import credential_file, wait_until
+from tests.support.ports import free_ports
 
 # A guest that runs about 3 s at 4000 writes a second, so every migration below starts
 # while it runs; 16 MiB keeps each run short on two shared cores.
@@ -213,22 +213,5 @@ def still_serving(lab, vm) -> None:
 
 def free_port_range(count: int = 4) -> str:
     """A range of `count` ports, each free with its metrics port (+1000) on this machine."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count + 1000 > 65535:
-            continue
-        sockets = []
-        try:
-            for port in [*range(base, base + count), *range(base + 1000, base + 1000 + count)]:
-                held = socket.socket()
-                sockets.append(held)
-                held.bind(("127.0.0.1", port))
-            return f"{base}-{base + count - 1}"
-        except OSError:
-            continue
-        finally:
-            for held in sockets:
-                held.close()
-    raise AssertionError("no free port range")
+    ports = free_ports(count, spacing=1000)
+    return f"{ports[0]}-{ports[-1]}"
