@@ -140,13 +140,16 @@ def phi_detector(*, interval: float, threshold: float, acceptable_pause: float, 
                        min_std_deviation=interval * MIN_STD_DEVIATION_SHARE, rise=rise, fall=fall)
 
 
-def answer_kind(future: Any) -> str:
-    """HEARTBEAT, REFUSED or SILENT: what a finished health check says about its target."""
+def answer_kind(future: Any) -> tuple[str, str]:
+    """HEARTBEAT, REFUSED or SILENT: what a finished health check says about its target,
+    and the status it came back with (for the logs: why a peer was taken for down)."""
     try:
-        serving = future.result().status == health_pb2.HealthCheckResponse.SERVING
+        status = future.result().status
     except grpc.RpcError as exc:
-        return SILENT if exc.code() in SILENCE_CODES else REFUSED
-    return HEARTBEAT if serving else REFUSED
+        return (SILENT if exc.code() in SILENCE_CODES else REFUSED), exc.code().name
+    serving = status == health_pb2.HealthCheckResponse.SERVING
+    return (HEARTBEAT if serving else REFUSED), health_pb2.HealthCheckResponse.ServingStatus.Name(
+        status)
 
 
 class HealthChecks:
@@ -169,7 +172,9 @@ class HealthChecks:
         self._lock = lock if lock is not None else threading.Lock()
         self._clock = clock
         self._in_flight: set[str] = set()
-        self._answers: queue.SimpleQueue[tuple[str, str, float]] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[tuple[str, tuple[str, str], float]] = \
+            queue.SimpleQueue()
+        self._last_answer: dict[str, tuple[str, str, float]] = {}  # name -> kind, status, at
 
     def round(self, targets: Mapping[str, str], wait: float) -> list[tuple[str, bool]]:
         deadline = self._clock() + wait
@@ -202,12 +207,22 @@ class HealthChecks:
                     changes.append((name, verdict))
         return changes
 
-    def _take(self, answer: tuple[str, str, float], targets: Mapping[str, str],
+    def why(self, name: str) -> str:
+        """What the last check of `name` said, and, where the detector weighs silence, the
+        suspicion now: the reason a verdict changed, for the log line that reports it."""
+        kind, status, when = self._last_answer.get(name, ("no answer yet", "", 0.0))
+        now = self._clock()
+        said = f"last check {kind} ({status}) {now - when:.2f} s ago" if status else kind
+        phi = getattr(self.detector, "phi", None)
+        return said if phi is None else f"{said}, phi {phi(name, now):.1f}"
+
+    def _take(self, answer: tuple[str, tuple[str, str], float], targets: Mapping[str, str],
               changes: list[tuple[str, bool]]) -> None:
-        name, kind, when = answer
+        name, (kind, status), when = answer
         self._in_flight.discard(name)
         if name not in targets:
             return  # no longer checked (taken out of the chain, gone from DNS)
+        self._last_answer[name] = (kind, status, when)
         with self._lock:
             record = {HEARTBEAT: self.detector.heartbeat, REFUSED: self.detector.refused,
                       SILENT: self.detector.silent}[kind]
@@ -337,7 +352,9 @@ class Heartbeat:
                     self._log.info("peer_discovered", peer=name, address=target)
             targets = dict(self._targets)
         for name, verdict in self._checks.round(targets, wait=self._interval):
-            self._log.info("peer_up" if verdict else "peer_down", peer=name,
-                           address=targets[name])
+            # A down verdict is news at the default level; coming back is not.
+            (self._log.info if verdict else self._log.warning)(
+                "peer_up" if verdict else "peer_down", peer=name, address=targets[name],
+                why=self._checks.why(name))
         for name in targets:
             self._metrics.peer_up.labels(peer=name).set(1 if self._detector.is_up(name) else 0)

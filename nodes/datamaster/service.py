@@ -209,8 +209,10 @@ class DataMasterNode(RoleNode, chain_pb2_grpc.MasterServicer):
             members = {member.name: member.address for member in self._core.config.chain}
         failed = []
         for name, verdict in self._checks.round(members, wait=self._interval):
-            self._log.info("member_up" if verdict else "member_down", member=name,
-                           address=members[name])
+            # A down verdict is news at the default level; coming back is not.
+            (self._log.info if verdict else self._log.warning)(
+                "member_up" if verdict else "member_down", member=name, address=members[name],
+                why=self._checks.why(name))
             if verdict is False and name not in failed:
                 failed.append(name)
         with self._lock:

@@ -5,7 +5,9 @@ import time
 import grpc
 import pytest
 
+from nodes.common.peers import HealthChecks, phi_detector
 from nodes.rpc import control_pb2
+from tests.integration.chain_support import client_channels
 from tests.support.ports import free_port
 
 Rule = control_pb2.FaultRule
@@ -69,6 +71,27 @@ def test_a_silent_peer_is_seen_down_once_phi_suspects_it(lab, pair):
     assert lab.scrape(b).get("distlab_rpc_client_handled_total",
                              method="/grpc.health.v1.Health/Check", peer=name,
                              code="DEADLINE_EXCEEDED") >= 1
+
+
+def test_a_down_verdict_says_why_refused_or_silent_with_phi(lab, pair):
+    """What the peer watcher and the data-master log beside a down verdict."""
+    a, b = pair
+    detector = phi_detector(interval=0.1, threshold=8, acceptable_pause=0.3, rise=1, fall=1)
+    channels = client_channels()
+    checks = HealthChecks(channels=channels, detector=detector, timeout=0.08)
+    targets = {"a": lab.address(a), "b": lab.address(b)}
+    lab.wait_until(lambda: checks.round(targets, wait=0.1) or detector.is_up("a"),
+                   what="A up")
+    lab.control(a).AddFaultRule(Rule(action=Rule.DROP, method="/grpc.health.v1.Health/*"),
+                                timeout=5)
+    lab.wait_until(lambda: ("a", False) in checks.round(targets, wait=0.1), what="A down")
+    why = checks.why("a")
+    assert why.startswith("last check silent (DEADLINE_EXCEEDED)"), why
+    assert float(why.rpartition("phi ")[2]) >= 8, why
+    lab.stop(b)
+    lab.wait_until(lambda: ("b", False) in checks.round(targets, wait=0.1), what="B down")
+    assert checks.why("b").startswith("last check refused (UNAVAILABLE)"), checks.why("b")
+    channels.close()
 
 
 def test_a_peer_slow_for_less_than_the_acceptable_pause_stays_up(lab, pair):
