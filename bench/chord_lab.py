@@ -8,8 +8,9 @@ for N = 16, 32, 64, 128 peers: time from healthy to one correct ring, and then
 - (at CHURN_PEERS) time from killing 25 % of the peers at once to every stored key
   readable again, and time for a new peer to own keys (scale up by one, until its
   Chord.State reports owned keys).
-A size that does not come up or form a ring within its bound is reported as such
-(128 peers idle at more than this 2-core machine's CPUs), and the next size runs.
+Past 64 peers the lab grows GROWTH_STEP peers at a time (`growth_steps`), as one would
+grow a ring on a laptop. A size that does not come up or form a ring within its bound is
+reported as such, and the next size runs.
 Bounded: a fixed number of lookups and keys, and a cap on every wait.
 """
 
@@ -32,6 +33,8 @@ from nodes.rpc import chord_pb2, chord_pb2_grpc
 SIZES = (16, 32, 64, 128)
 CHURN_PEERS = 32
 UP_SECONDS = 600
+#: Peers started by one `compose up` past the first two steps (see growth_steps).
+GROWTH_STEP = 32
 IDLE_WINDOW_SECONDS = 30
 LOOKUPS = 300
 KEYS = 100
@@ -118,14 +121,26 @@ def churn(testbed: Testbed, size: int, rng: random.Random) -> dict[str, Any]:
             "new_peer": newcomer.name if newcomer else None}
 
 
+def growth_steps(size: int) -> list[int]:
+    """The scales a lab of `size` peers is brought up through: at once up to twice
+    GROWTH_STEP, else GROWTH_STEP more at a time (each step joins a ring that exists, and
+    no single `compose up` has to start more than GROWTH_STEP containers on 2 cores)."""
+    if size <= 2 * GROWTH_STEP:
+        return [size]
+    return [*range(2 * GROWTH_STEP, size, GROWTH_STEP), size]
+
+
 def one_size(testbed: Testbed, size: int, rng: random.Random) -> dict[str, Any]:
     testbed.clean()
     started = time.monotonic()
+    steps = growth_steps(size)
     try:
-        testbed.up("chord", [f"chord={size}"], timeout=UP_SECONDS)
+        for step in steps:
+            testbed.up("chord", [f"chord={step}"], timeout=UP_SECONDS)
     except DistlabError as exc:
-        return {"came_up": False, "problem": str(exc)[:300]}
-    row: dict[str, Any] = {"came_up": True,
+        return {"came_up": False, "growth_steps": steps, "problem": str(exc)[:300],
+                "seconds_trying": round(time.monotonic() - started, 1)}
+    row: dict[str, Any] = {"came_up": True, "growth_steps": steps,
                            "seconds_to_healthy": round(time.monotonic() - started, 1)}
     try:
         row["seconds_to_one_ring_after_healthy"] = round(wait_ring(testbed, size), 1)
