@@ -34,6 +34,7 @@ from nodes.bittorrent.metainfo import (
 from nodes.bittorrent.session import TorrentSession
 from nodes.common.durable import fsync_directory
 from nodes.common.role import NodeContext, RoleNode, ServerMode
+from nodes.peer.digest import ContentDigest
 from nodes.peer.engine import PeerEngine, PeerSettings
 from nodes.peer.pieces import FreeRiderChoker, PeerStore
 from nodes.rpc import peer_pb2, peer_pb2_grpc
@@ -144,6 +145,8 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Future | None = None
         self._problem = ""  # why the torrent or its pieces could not be opened
+        self.digest: ContentDigest | None = None  # of the content on disk, once complete
+        self._digesting: asyncio.Task | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         self._loop = asyncio.get_running_loop()  # register runs on the node's event loop
@@ -184,10 +187,18 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
             redial_seconds=config["PEER_REDIAL_SECONDS"],
             announce_retry_seconds=config["PEER_ANNOUNCE_RETRY_SECONDS"],
             mode=config["PEER_MODE"])
+        self.digest = ContentDigest(store.files)
         self.engine = PeerEngine(session, store, settings, log=self._ctx.log, clock=clock,
-                                 on_tick=self.metrics.update)
+                                 on_tick=self._tick)
         await self.engine.start()
         self.metrics.attach(self.engine)
+
+    def _tick(self, engine: PeerEngine) -> None:
+        """On the loop, each engine tick: metrics, and the content digest once complete."""
+        self.metrics.update(engine)
+        if engine.session.complete and self.digest.stale() and \
+                (self._digesting is None or self._digesting.done()):
+            self._digesting = asyncio.get_running_loop().create_task(self.digest.refresh())
 
     async def _torrent(self) -> Metainfo:
         """The torrent: read from PEER_TORRENT, made there from PEER_SEED_PATH when missing,
@@ -248,6 +259,8 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
                                         else "waiting-for-torrent")
         reply = self.engine.status()
         reply.node = self._ctx.name
+        if self.engine.session.complete:
+            reply.content_sha256 = self.digest.value
         return reply
 
     async def Status(self, request, context):
@@ -278,5 +291,7 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
     async def _stop(self, grace: float) -> None:
         if self._main is not None and not self._main.done():
             self._main.cancel()
+        if self._digesting is not None:
+            self._digesting.cancel()
         if self.engine is not None:
             await self.engine.stop(announce_seconds=min(2.0, grace))
