@@ -50,12 +50,14 @@ class RunningWorkload:
 
 class ScenarioContext:
     def __init__(self, testbed: Testbed, *, lab: str, seed: int,
-                 scale: dict[str, int] | None = None, observer: FaultObserver | None = None,
+                 scale: dict[str, int] | None = None, environment: dict[str, str] | None = None,
+                 observer: FaultObserver | None = None,
                  say: Callable[[str], None] = lambda line: None) -> None:
         self.testbed = testbed
         self.lab = lab
         self.seed = seed
         self.scale = dict(scale or {})
+        self.environment = dict(environment or {})  # kept when a migration scales the lab
         self.history = History()
         self.say = say
         self.verdicts: list[Verdict] = []
