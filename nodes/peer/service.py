@@ -259,7 +259,7 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
                                         else "waiting-for-torrent")
         reply = self.engine.status()
         reply.node = self._ctx.name
-        if self.engine.session.complete:
+        if self.engine.session.complete and not self.digest.stale():  # a few stats: cheap
             reply.content_sha256 = self.digest.value
         return reply
 
