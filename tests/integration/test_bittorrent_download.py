@@ -13,12 +13,14 @@ import os
 import threading
 from pathlib import Path
 
+import grpc
 import pytest
 
 from distlab.bittorrent.download import DownloadConfig, DownloadWorkload
 from distlab.history import INFO, OK
 from distlab.machine import Machine
 from distlab.runtime.base import MachineInfo
+from nodes.rpc import control_pb2
 from tests.integration.test_peer_swarm import COMPLETE_SECONDS, FILE_BYTES, Swarm
 
 RUN_SECONDS = 60.0  # a bound: the workload stops as soon as every leecher is complete
@@ -182,3 +184,46 @@ def test_fresh_downloads_start_from_nothing_with_the_run(swarm, lab):
     (op,) = downloads.history.of("download")
     assert op.type == OK and op.result["downloaded"] >= FILE_BYTES  # all of it, again
     assert downloads.check().valid is True
+
+
+def test_a_leecher_turned_corrupt_while_it_runs_is_banned_and_the_others_still_finish(swarm,
+                                                                                      lab):
+    machines = Machines(swarm)
+    machines.add(swarm.seeder(PEER_UPLOAD_RATE_BYTES=1024 * 1024))
+    corrupt = swarm.peer("leecher-1")
+    machines.add(corrupt)
+    control = lab.control(corrupt)
+    reply = control.Reconfigure(control_pb2.ReconfigureRequest(settings={"PEER_MODE": "corrupt"}),
+                                timeout=5)
+    assert dict(reply.settings) == {"PEER_MODE": "corrupt"}
+    # It holds pieces the others will want from it before they come.
+    lab.wait_until(lambda: corrupt.role.engine and len(corrupt.role.engine.store.have) >= 24,
+                   what="a quarter at the corrupt leecher")
+    for index in (2, 3):
+        machines.add(swarm.peer(f"leecher-{index}"))
+    downloads = workload(machines)
+    downloads.run()
+    assert swarm.status(corrupt).mode == "corrupt"
+    verdict = downloads.check(banned_at_least=1)
+    assert verdict.valid is True, verdict.problems  # its own file is right: it serves wrong
+    assert verdict.figures["banned"] >= 1 and verdict.figures["pieces_bad"] >= 1
+
+    back = control.Reconfigure(control_pb2.ReconfigureRequest(settings={"PEER_MODE": "normal"}),
+                               timeout=5)
+    assert dict(back.settings) == {"PEER_MODE": "normal"}
+    for refused in ({"PEER_MODE": "free-rider"}, {"PEER_UPLOAD_RATE_BYTES": "1"}):
+        with pytest.raises(grpc.RpcError) as raised:
+            control.Reconfigure(control_pb2.ReconfigureRequest(settings=refused), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_without_a_ban_the_check_asking_for_one_fails(swarm):
+    machines = Machines(swarm)
+    machines.add(swarm.seeder())
+    machines.add(swarm.peer("leecher-1"))
+    downloads = workload(machines)
+    downloads.run()
+    verdict = downloads.check(banned_at_least=1)
+    assert verdict.valid is False
+    assert verdict.problems == ["the leechers banned 0 peers, expected at least 1: no bad "
+                                "piece was caught"]
