@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 from textwrap import dedent
+from types import SimpleNamespace
 
 import pytest
 
 from distlab.errors import DistlabError, UsageError
 from distlab.labs import load_catalogue, machine_names
+from distlab.registry import load_registry
 from distlab.scenarios.model import (
     Check,
     Expectation,
@@ -23,6 +25,7 @@ from distlab.scenarios.model import (
     Workload,
 )
 from distlab.scenarios.reader import parse_duration
+from distlab.scenarios.runner import load
 from distlab.scenarios.spec import load_scenario, parse_scenario
 
 COMPOSE = Path(__file__).resolve().parents[4] / "compose.yaml"
@@ -250,7 +253,7 @@ def test_a_check_without_its_workload_names_the_workload_it_needs(catalogue):
 
 def test_an_unknown_check_lists_the_checks(catalogue):
     assert problems(catalogue, HEAD + "checks: [linearisable, {bank: {strict: true}}]\n") == [
-        "s.yaml:4: checks[0]: unknown check 'linearisable', not one of output, bank, "
+        "s.yaml:4: checks[0]: unknown check 'linearisable', not one of pieces, output, bank, "
         "linearizable; "
         "did you mean 'linearizable'?",
         "s.yaml:4: checks[1].bank: unknown option 'strict': the bank check has none"]
@@ -524,6 +527,12 @@ ROOT = COMPOSE.parent
 def test_every_shipped_scenario_parses(catalogue, path):
     scenario = load_scenario(path, catalogue)
     assert scenario.name == path.stem
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.py")), ids=str)
+def test_every_shipped_python_scenario_loads_with_its_script(catalogue, path):
+    scenario, script = load(path, SimpleNamespace(catalogue=catalogue, registry=load_registry()))
+    assert scenario.name == path.stem and scenario.description and callable(script)
 
 
 def test_every_example_of_the_format_reference_parses(catalogue):
