@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import grpc
 import pytest
 
 from distlab.bittorrent.download import DownloadConfig, DownloadWorkload
+from distlab.dashboards import load_dashboards
 from distlab.history import INFO, OK
 from distlab.machine import Machine
 from distlab.runtime.base import MachineInfo
@@ -227,3 +229,32 @@ def test_without_a_ban_the_check_asking_for_one_fails(swarm):
     assert verdict.valid is False
     assert verdict.problems == ["the leechers banned 0 peers, expected at least 1: no bad "
                                 "piece was caught"]
+
+
+DASHBOARDS = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
+#: Labels Prometheus adds to every target (distlab.observe.targets_document), or PromQL makes.
+TARGET_LABELS = {"machine", "role", "lab", "job", "instance"}
+
+
+def test_every_metric_of_the_bittorrent_dashboard_is_exported_with_its_labels(swarm, lab):
+    seeder = swarm.seeder()
+    leecher = swarm.peer("leecher-1")
+    swarm.wait_complete(leecher)
+    exported: dict[str, set[str]] = {}
+    lab.wait_until(lambda: lab.scrape(leecher).get("distlab_bittorrent_downloaded_bytes_total")
+                   >= FILE_BYTES, what="the download counted")
+    for node in (swarm.tracker, seeder, leecher):
+        for name, labels in lab.scrape(node).samples:
+            exported.setdefault(name, set()).update(label for label, _ in labels)
+    (dashboard,) = [d for d in load_dashboards(DASHBOARDS, lab="bittorrent")
+                    if d.uid == "distlab-bittorrent"]
+    checked = 0
+    for query in dashboard.panels:
+        grouped = {label.strip() for group in re.findall(r"\bby \(([^)]*)\)", query.expr)
+                   for label in group.split(",")}
+        for name in re.findall(r"\b(distlab_(?:bittorrent|tracker)_\w+)", query.expr):
+            assert name in exported, f"{query}: {name} is not exported by the tracker or a peer"
+            missing = grouped - exported[name] - TARGET_LABELS
+            assert not missing, f"{query}: {name} has no label {sorted(missing)}"
+            checked += 1
+    assert checked >= 12
