@@ -7,6 +7,7 @@ the file it is given and nothing else.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from distlab.errors import UnknownLab, UsageError
 # A typo guard (chord=1000), not a capacity limit: `distlab up` weighs the lab against the
 # engine (distlab/capacity.py) and says whether it fits.
 MAX_REPLICAS = 256
+# `${NAME}`, `${NAME:-default}` ...: a variable Compose fills in from the environment.
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,10 @@ class Lab:
     # hash so a Lab stays hashable.
     replicas: dict[str, int] = field(default_factory=dict, hash=False)
     roles: dict[str, str] = field(default_factory=dict, hash=False)
+    # The variables the lab's services read into their machines' environment
+    # (`PEER_UPLOAD_RATE_BYTES: ${DISTLAB_SEEDER_UPLOAD_RATE:-0}`): the settings a
+    # scenario's `environment:` may choose at bring-up.
+    variables: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,9 +106,20 @@ def load_catalogue(compose_file: Path) -> Catalogue:
         members = tuple(s for s, spec in services.items() if name in (spec.get("profiles") or ()))
         labs[name] = Lab(name, description, members,
                          replicas={s: _replicas(services[s]) for s in members},
-                         roles={s: _role(s, services[s]) for s in members})
+                         roles={s: _role(s, services[s]) for s in members},
+                         variables=_variables(services[s] for s in members))
     common = tuple(s for s, spec in services.items() if not spec.get("profiles"))
     return Catalogue(meta.get("default-lab", next(iter(labs), "")), labs, common)
+
+
+def _variables(specs) -> tuple[str, ...]:
+    found: set[str] = set()
+    for spec in specs:
+        environment = spec.get("environment") or {}
+        values = environment.values() if isinstance(environment, dict) else environment
+        for value in values:
+            found.update(_VARIABLE.findall(str(value)))
+    return tuple(sorted(found))
 
 
 def _replicas(spec: dict) -> int:

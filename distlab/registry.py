@@ -66,6 +66,9 @@ class WorkloadStart:
     # A fresh channel to the entry role: a machine that restarts comes back on another
     # published port, and a workload that outlives its entry machine's restart needs it.
     reconnect: Callable[[], grpc.Channel] | None = None
+    # The lab's machines as they are now, for a workload whose clients are the lab's own
+    # machines (bittorrent's leechers) rather than processes on the host.
+    machines: Callable[[], Sequence[Machine]] | None = None
 
 
 @dataclass(frozen=True)

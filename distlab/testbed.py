@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import grpc
 
 from distlab import capacity, credential
-from distlab.errors import DistlabError, UnknownMachine
+from distlab.errors import DistlabError, UnknownMachine, UsageError
 from distlab.faults.nemesis import NO_LAB, Journal, Nemesis
 from distlab.labs import Catalogue, Lab, counts_at, load_catalogue
 from distlab.machine import Machine
@@ -56,12 +56,19 @@ class Testbed:
 
     def up(self, lab: str | None = None, scale: list[str] | None = None, *,
            timeout: float = 180.0, on_line: Callable[[str], None] | None = None,
-           on_wait: Callable[[list[MachineInfo]], None] | None = None) -> Lab:
-        """Start `lab` (default lab if None) and wait until every machine is healthy."""
+           on_wait: Callable[[list[MachineInfo]], None] | None = None,
+           environment: Mapping[str, str] | None = None) -> Lab:
+        """Start `lab` (default lab if None) and wait until every machine is healthy;
+        `environment` sets variables the lab's services read (`Lab.variables`)."""
         chosen = self.catalogue.lab(lab)
         counts = self.catalogue.parse_scale(chosen, scale or [])
+        unknown = sorted(set(environment or {}) - set(chosen.variables))
+        if unknown:
+            raise UsageError(f"the {chosen.name} lab's services read no variable "
+                             f"{', '.join(unknown)}",
+                             hint=f"they read: {', '.join(chosen.variables) or 'none'}")
         profiles = [chosen.name] + (["grafana"] if self.grafana_image() else [])
-        self.runtime.up(profiles, counts, on_line=on_line)
+        self.runtime.up(profiles, counts, on_line=on_line, environment=environment)
         self.wait_healthy(chosen, timeout=timeout, on_wait=on_wait)
         self.sync_targets()
         return chosen

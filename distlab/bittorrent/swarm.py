@@ -1,4 +1,5 @@
-"""`distlab bt swarm`: every peer machine's PeerStatus, as one table.
+"""`distlab bt swarm`: every peer machine's PeerStatus, as one table; and how far the pieces
+have spread (`pieces_spread`, for scenarios that wait for every piece to exist somewhere).
 
 `fetch_swarm` asks each running peer machine (role "peer") for its status over gRPC
 (the `distlab.peer.PeerStatus` service, with the lab credential) and returns the
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import grpc
 from rich.table import Table
 
+from nodes.bittorrent.wire import Bitfield
 from nodes.rpc import peer_pb2, peer_pb2_grpc
 
 STATUS_TIMEOUT_SECONDS = 2.0
@@ -44,6 +46,17 @@ def fetch_swarm(machines: Iterable) -> tuple[list[PeerView], list[str]]:
         finally:
             channel.close()
     return views, silent
+
+
+def pieces_spread(views: Iterable[PeerView]) -> tuple[int, int]:
+    """(pieces at least one of `views` holds, pieces in the torrent): every piece "exists
+    somewhere" among them when the two are equal."""
+    views = [view for view in views if view.status.pieces_total]
+    if not views:
+        return 0, 0
+    total = max(view.status.pieces_total for view in views)
+    held = set().union(*(Bitfield(view.status.have).pieces() for view in views))
+    return len({index for index in held if index < total}), total
 
 
 def rate(bytes_per_second: float) -> str:

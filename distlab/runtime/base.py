@@ -7,7 +7,7 @@ Docker Compose on this host is the first backend; Docker Swarm and SSH hosts
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from distlab.commands import Result
@@ -52,7 +52,10 @@ class CleanReport:
 class Runtime(ABC):
     @abstractmethod
     def up(self, profiles: Sequence[str], scale: dict[str, int], *,
-           on_line: Callable[[str], None] | None = None) -> None: ...
+           on_line: Callable[[str], None] | None = None,
+           environment: Mapping[str, str] | None = None) -> None:
+        """Start `profiles` at `scale`; `environment` fills the variables compose.yaml reads
+        (a lab's `Lab.variables`) on top of the host's own."""
 
     @abstractmethod
     def down(self) -> CleanReport: ...

@@ -11,9 +11,10 @@ per-container inspect), so polling a 64-machine lab stays cheap.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 import docker
@@ -90,12 +91,16 @@ class ComposeRuntime(Runtime):
         return argv + list(args)
 
     def up(self, profiles: Sequence[str], scale: dict[str, int], *,
-           on_line: Callable[[str], None] | None = None) -> None:
+           on_line: Callable[[str], None] | None = None,
+           environment: Mapping[str, str] | None = None) -> None:
         args = [arg for profile in profiles for arg in ("--profile", profile)]
         args += ["up", "--detach", "--no-build", "--pull", "never", "--quiet-pull"]
         for service, count in scale.items():
             args += ["--scale", f"{service}={count}"]
-        self.runner.run(self.compose_argv(*args), timeout=600, on_line=on_line)
+        # Compose reads ${VARIABLE}s from its own environment first (before --env-file); a
+        # machine whose configuration changes with them is created again.
+        env = {**os.environ, **environment} if environment else None
+        self.runner.run(self.compose_argv(*args), timeout=600, on_line=on_line, env=env)
 
     def down(self) -> CleanReport:
         """Compose down (every profile, so no lab's machines are left running), then the

@@ -21,6 +21,7 @@ from distlab.checkers.expectations import check_availability, check_latency
 from distlab.control import ControlError
 from distlab.errors import DistlabError, UsageError
 from distlab.history import History
+from distlab.machine import Machine
 from distlab.registry import Injection, WorkloadStart
 from distlab.report import FaultWindow
 from distlab.scenarios.model import Check, Expectation, Fault, MachineRef, Migration, Workload
@@ -50,12 +51,14 @@ class RunningWorkload:
 
 class ScenarioContext:
     def __init__(self, testbed: Testbed, *, lab: str, seed: int,
-                 scale: dict[str, int] | None = None, observer: FaultObserver | None = None,
+                 scale: dict[str, int] | None = None, environment: dict[str, str] | None = None,
+                 observer: FaultObserver | None = None,
                  say: Callable[[str], None] = lambda line: None) -> None:
         self.testbed = testbed
         self.lab = lab
         self.seed = seed
         self.scale = dict(scale or {})
+        self.environment = dict(environment or {})  # kept when a migration scales the lab
         self.history = History()
         self.say = say
         self.verdicts: list[Verdict] = []
@@ -109,7 +112,8 @@ class ScenarioContext:
         start = WorkloadStart(channel, seconds, seed=self.seed + len(self._workloads),
                               history=self.history, run_id=self._run_id,
                               first_process=sum(w.spec.processes for w in self._workloads),
-                              reconnect=lambda: self.testbed.client(role))
+                              reconnect=lambda: self.testbed.client(role),
+                              machines=self.lab_machines)
         return self.testbed.registry.workloads[spec.type].build(spec, start)
 
     def stop_workloads(self) -> None:
@@ -121,6 +125,10 @@ class ScenarioContext:
         return next((w.workload for w in self._workloads if w.spec.type == kind), None)
 
     # -- machines -------------------------------------------------------------------------
+
+    def lab_machines(self) -> list[Machine]:
+        """The run's lab's machines as they are now (a restarted one on its new port)."""
+        return [m for m in self.testbed.machines() if m.info.lab == self.lab]
 
     def resolve(self, ref: MachineRef | str) -> list[str]:
         """The machine names a reference means now (one, except for `all:`)."""

@@ -72,7 +72,8 @@ def _parse_scale(parser: ScenarioParser, migration: Migration, entries: Entries,
 def _scale(ctx: ScenarioContext, migration: Migration) -> str:
     # Every count again: Compose puts a service it is not told about back to its default.
     ctx.scale[migration.service] = migration.count
-    ctx.testbed.up(ctx.lab, [f"{s}={n}" for s, n in ctx.scale.items()])
+    ctx.testbed.up(ctx.lab, [f"{s}={n}" for s, n in ctx.scale.items()],
+                   environment=ctx.environment)
     return f"scale {migration.service}={migration.count}"
 
 

@@ -140,6 +140,8 @@ class Scenario:
     description: str
     lab: str
     scale: dict[str, int] = field(hash=False)  # as written; machine_names gives the machines
+    # Compose variables the lab's services read, set at bring-up (`DISTLAB_SEEDER_UPLOAD_RATE`)
+    environment: dict[str, str] = field(hash=False)
     seed: int
     duration: float
     short_duration: float

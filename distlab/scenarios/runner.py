@@ -105,8 +105,9 @@ class ScenarioRunner:
         try:
             self._bring_up()
             self.ctx = ScenarioContext(self.testbed, lab=scenario.lab, seed=scenario.seed,
-                                       scale=dict(scenario.scale), observer=self._exporter,
-                                       say=self.say)
+                                       scale=dict(scenario.scale),
+                                       environment=dict(scenario.environment),
+                                       observer=self._exporter, say=self.say)
             self._export_faults()
             self._play()
         except KeyboardInterrupt:
@@ -135,7 +136,7 @@ class ScenarioRunner:
             self.say(f"bringing the {scenario.lab} lab up")
         self._started_lab = not running
         self.testbed.up(scenario.lab, [f"{s}={n}" for s, n in scenario.scale.items()],
-                        timeout=self.options.up_timeout)
+                        timeout=self.options.up_timeout, environment=scenario.environment)
 
     def _export_faults(self) -> None:
         """Best effort: the gauge is for dashboards; the verdict does not depend on it."""

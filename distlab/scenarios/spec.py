@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yaml.nodes import Node, SequenceNode
+from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from distlab.labs import MAX_REPLICAS, Catalogue, Lab, counts_at, names_of, span
 from distlab.registry import Registry, load_registry
@@ -41,6 +41,7 @@ from distlab.scenarios.reader import (
     Reader,
     all_fields,
     an,
+    describe,
     did_you_mean,
     join,
     line_of,
@@ -51,8 +52,8 @@ WINDOWS = ("faults", "calm", "all")
 SHARED_PREFIXES = ("role", "all")
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
-TOP_FIELDS = ("name", "description", "lab", "scale", "seed", "duration", "short_duration",
-              "workloads", "faults", "nemesis", "migrations", "checks", "expect")
+TOP_FIELDS = ("name", "description", "lab", "scale", "environment", "seed", "duration",
+              "short_duration", "workloads", "faults", "nemesis", "migrations", "checks", "expect")
 WORKLOAD_FIELDS = ("type", "processes", "rate", "timeout", "max_ops")
 FAULT_FIELDS = ("at", "for", "kind")
 MIGRATION_FIELDS = ("at", "action")
@@ -132,6 +133,7 @@ class ScenarioParser(Reader):
             if "description" in top else ""
         lab_name = self.lab_field(top, root)
         scale = self.scale(top["scale"][1]) if "scale" in top else {}
+        environment = self.environment(top["environment"][1]) if "environment" in top else {}
         seed = self.integer(top["seed"][1], "seed", 0, None) if "seed" in top else 0
         self.duration = self.required(top, root, "", "duration", self.positive_duration)
         short_duration = self.duration
@@ -154,6 +156,7 @@ class ScenarioParser(Reader):
         if self.problems:
             return None
         return Scenario(name=name, description=description, lab=lab_name, scale=scale,
+                        environment=environment,
                         seed=seed, duration=self.duration, short_duration=short_duration,
                         workloads=workloads, faults=faults, nemesis=nemesis,
                         migrations=migrations, checks=checks, expectations=expectations,
@@ -202,6 +205,25 @@ class ScenarioParser(Reader):
             if count is not None:
                 scale[service] = count
         return scale
+
+    def environment(self, node: Node) -> dict[str, str]:
+        """`DISTLAB_X: value` for the variables the lab's services read (compose.yaml), each
+        value a single one, kept as written: `131072` stays "131072" for Compose."""
+        entries = self.entries(node, "environment", "a mapping of variable: value")
+        known = self.lab.variables if self.lab is not None else None
+        environment: dict[str, str] = {}
+        for variable, (key, value) in (entries or {}).items():
+            path = join("environment", variable)
+            if known is not None and variable not in known:
+                self.problem(key, path, f"the {self.lab.name} lab's services read no variable "
+                             f"'{variable}' (they read: {', '.join(known) or 'none'})"
+                             f"{did_you_mean(variable, known)}")
+            elif isinstance(value, ScalarNode) and value.tag != NULL:
+                environment[variable] = value.value
+            else:
+                self.problem(value, path, f"a variable's value is a single value, got "
+                             f"{describe(value)}")
+        return environment
 
     def no_service(self, service: str) -> str:
         assert self.lab is not None

@@ -80,6 +80,11 @@ class PieceStore:
     def complete(self) -> bool:
         return len(self.have) == self.layout.piece_count
 
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The content's files on disk, in the torrent's order."""
+        return tuple(self._paths)
+
     # -- downloading ---------------------------------------------------------------------
 
     def put_block(self, block: Block, data: bytes) -> None:

@@ -28,7 +28,8 @@ SPEC = RoleSpec(
                 "16 KiB-64 MiB); 0: the smallest giving at most 2048 pieces", non_negative),
         Setting("PEER_PORT", int, 6881, "TCP port peers dial (0 picks a free one)", port),
         Setting("PEER_MODE", str, "normal", "normal; corrupt: serve blocks with a flipped byte "
-                "(a test fault: others must ban it); free-rider: never upload",
+                "(a test fault: others must ban it); free-rider: never upload. normal and "
+                "corrupt also switch while the peer runs (Control Reconfigure)",
                 one_of("normal", "corrupt", "free-rider")),
         Setting("PEER_UPLOAD_RATE_BYTES", int, 0, "upload cap of this machine in bytes/s "
                 "(u_s or u_i); 0: none", non_negative),

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from nodes.bittorrent.layout import BLOCK_SIZE
 from nodes.bittorrent.session import Close, Send, TorrentSession
 from nodes.bittorrent.store import StoreError
+from nodes.bittorrent.wire import Bitfield
 from nodes.common.logs import EventLog
 from nodes.peer.announce import AnnounceError, AnnounceQuery, announce
 from nodes.peer.limits import TokenBucket
@@ -420,4 +421,5 @@ class PeerEngine:
             pieces_bad=self.store.pieces_bad, banned=len(self.banned_ids),
             listen_port=self.listen_port, connections=connections,
             completed_seconds=(self.completed_at - self.started_at)
-            if self.completed_at is not None else 0.0)
+            if self.completed_at is not None else 0.0,
+            have=Bitfield.of(self.store.have, layout.piece_count).bits)

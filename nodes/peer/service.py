@@ -5,7 +5,9 @@ engine and the gRPC server share one event loop) waits for the .torrent at
 PEER_TORRENT — or makes it from PEER_SEED_PATH — opens the pieces under its data
 directory (re-verifying what is there, so a restarted peer resumes), and runs the
 engine (nodes.peer.engine). It answers `distlab.peer.PeerStatus` and Control's
-status from the loop, and exports the distlab_bittorrent_* metrics. On close
+status from the loop, and exports the distlab_bittorrent_* metrics. Its one run-time
+setting is PEER_MODE between normal and corrupt (Control's Reconfigure: a scenario
+makes one machine serve corrupt blocks). On close
 (SIGTERM) the engine announces `stopped`, closes its connections and makes the
 verified pieces durable.
 """
@@ -13,6 +15,7 @@ verified pieces durable.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import secrets
@@ -33,12 +36,16 @@ from nodes.bittorrent.metainfo import (
 )
 from nodes.bittorrent.session import TorrentSession
 from nodes.common.durable import fsync_directory
-from nodes.common.role import NodeContext, RoleNode, ServerMode
+from nodes.common.role import NodeContext, RoleError, RoleNode, ServerMode
+from nodes.peer.digest import ContentDigest
 from nodes.peer.engine import PeerEngine, PeerSettings
 from nodes.peer.pieces import FreeRiderChoker, PeerStore
 from nodes.rpc import peer_pb2, peer_pb2_grpc
 
 SERVICE_NAME = peer_pb2.DESCRIPTOR.services_by_name["PeerStatus"].full_name
+# PEER_MODE values a running peer may switch between (Control's Reconfigure): a scenario
+# turns the corrupt test fault on for one machine. The free rider's choker is chosen at start.
+RUN_TIME_MODES = ("normal", "corrupt")
 PEER_ID_PREFIX = b"-DL0001-"  # Azureus style: client "DL" (distlab), version 0001
 TORRENT_POLL_SECONDS = 1.0
 CONNECTION_STATES = ("am_choking", "peer_choking", "am_interested", "peer_interested")
@@ -140,10 +147,13 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
         self.metrics.rate_limit.labels(direction="up").set(config["PEER_UPLOAD_RATE_BYTES"])
         self.metrics.rate_limit.labels(direction="down").set(config["PEER_DOWNLOAD_RATE_BYTES"])
         self.peer_id = PEER_ID_PREFIX + secrets.token_hex(6).encode()
+        self.mode = config["PEER_MODE"]  # changed on the loop only (reconfigure)
         self.engine: PeerEngine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Future | None = None
         self._problem = ""  # why the torrent or its pieces could not be opened
+        self.digest: ContentDigest | None = None  # of the content on disk, once complete
+        self._digesting: asyncio.Task | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         self._loop = asyncio.get_running_loop()  # register runs on the node's event loop
@@ -167,7 +177,7 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
                                 effect="no announces; only peers that dial us are traded with")
         rng = random.Random()
         clock = time.monotonic
-        choker_class = FreeRiderChoker if config["PEER_MODE"] == "free-rider" else Choker
+        choker_class = FreeRiderChoker if self.mode == "free-rider" else Choker
         choker = choker_class(clock=clock, rng=rng, regular_slots=config["PEER_UPLOAD_SLOTS"],
                               rechoke_seconds=config["PEER_RECHOKE_SECONDS"],
                               optimistic_seconds=config["PEER_OPTIMISTIC_SECONDS"])
@@ -183,11 +193,20 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
             numwant=config["PEER_NUMWANT"], tick_seconds=config["PEER_TICK_SECONDS"],
             redial_seconds=config["PEER_REDIAL_SECONDS"],
             announce_retry_seconds=config["PEER_ANNOUNCE_RETRY_SECONDS"],
-            mode=config["PEER_MODE"])
+            mode=self.mode)
+        self.digest = ContentDigest(store.files)
         self.engine = PeerEngine(session, store, settings, log=self._ctx.log, clock=clock,
-                                 on_tick=self.metrics.update)
+                                 on_tick=self._tick)
+        store.corrupt = self.mode == "corrupt"  # reconfigured while the store was opened
         await self.engine.start()
         self.metrics.attach(self.engine)
+
+    def _tick(self, engine: PeerEngine) -> None:
+        """On the loop, each engine tick: metrics, and the content digest once complete."""
+        self.metrics.update(engine)
+        if engine.session.complete and self.digest.stale() and \
+                (self._digesting is None or self._digesting.done()):
+            self._digesting = asyncio.get_running_loop().create_task(self.digest.refresh())
 
     async def _torrent(self) -> Metainfo:
         """The torrent: read from PEER_TORRENT, made there from PEER_SEED_PATH when missing,
@@ -232,7 +251,7 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
             else:
                 shutil.copyfile(seed, target)
         store = PeerStore(metainfo, directory, clock=time.monotonic,
-                          corrupt=self.config["PEER_MODE"] == "corrupt")
+                          corrupt=self.mode == "corrupt")
         have = store.open()
         self._ctx.log.info("peer_pieces_found", directory=str(directory), pieces_have=len(have),
                            pieces_total=store.layout.piece_count)
@@ -243,11 +262,13 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
     def _status(self) -> peer_pb2.StatusReply:
         if self.engine is None:
             return peer_pb2.StatusReply(node=self._ctx.name, peer_id=self.peer_id,
-                                        mode=self.config["PEER_MODE"],
+                                        mode=self.mode,
                                         state=f"failed: {self._problem}" if self._problem
                                         else "waiting-for-torrent")
         reply = self.engine.status()
         reply.node = self._ctx.name
+        if self.engine.session.complete and not self.digest.stale():  # a few stats: cheap
+            reply.content_sha256 = self.digest.value
         return reply
 
     async def Status(self, request, context):
@@ -269,6 +290,28 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
                 "choked_by": str(sum(1 for c in reply.connections if c.peer_choking)),
                 "choking": str(sum(1 for c in reply.connections if c.am_choking))}
 
+    def reconfigure(self, settings: dict[str, str]) -> dict[str, str]:
+        """PEER_MODE between normal and corrupt, while the peer runs; nothing else."""
+        unknown = sorted(set(settings) - {"PEER_MODE"})
+        if unknown:
+            raise RoleError(f"no run-time setting {', '.join(unknown)}: a peer changes only "
+                            f"PEER_MODE ({' or '.join(RUN_TIME_MODES)}) while it runs")
+        wanted = settings.get("PEER_MODE", self.mode)
+        if wanted != self.mode:
+            if wanted not in RUN_TIME_MODES or self.mode not in RUN_TIME_MODES:
+                raise RoleError(f"PEER_MODE {self.mode} -> {wanted}: only "
+                                f"{' and '.join(RUN_TIME_MODES)} switch while the peer runs "
+                                f"(free-rider is chosen at start)")
+            asyncio.run_coroutine_threadsafe(self._switch_mode(wanted), self._loop).result(5)
+        return {"PEER_MODE": self.mode}
+
+    async def _switch_mode(self, mode: str) -> None:
+        self.mode = mode
+        if self.engine is not None:
+            self.engine.store.corrupt = mode == "corrupt"
+            self.engine.settings = dataclasses.replace(self.engine.settings, mode=mode)
+        self._ctx.log.warning("peer_mode_changed", mode=mode)
+
     def close(self) -> None:
         if self._loop is None:
             return
@@ -278,5 +321,7 @@ class PeerNode(RoleNode, peer_pb2_grpc.PeerStatusServicer):
     async def _stop(self, grace: float) -> None:
         if self._main is not None and not self._main.done():
             self._main.cancel()
+        if self._digesting is not None:
+            self._digesting.cancel()
         if self.engine is not None:
             await self.engine.stop(announce_seconds=min(2.0, grace))

@@ -45,6 +45,7 @@ class FakeRuntime(Runtime):
         self.failed: set[int] = set()  # indexes in `execs` of those that exited non-zero
         self.files: dict[tuple[str, str], bytes] = {}
         self.ups: list[tuple[tuple[str, ...], dict[str, int]]] = []
+        self.environments: list[dict[str, str]] = []  # each up's `environment`
         self.signals: list[tuple[str, str]] = []
         self.volumes = 0
         self.networks = 0
@@ -67,8 +68,10 @@ class FakeRuntime(Runtime):
 
     # -- the Runtime interface -------------------------------------------------------------
 
-    def up(self, profiles, scale, *, on_line: Callable[[str], None] | None = None) -> None:
+    def up(self, profiles, scale, *, on_line: Callable[[str], None] | None = None,
+           environment=None) -> None:
         self.ups.append((tuple(profiles), dict(scale)))
+        self.environments.append(dict(environment or {}))
 
     def down(self) -> CleanReport:
         report = CleanReport(len(self.infos), self.networks, 0)

@@ -111,8 +111,8 @@ class EngineOf(FakeRuntime):
     def resources(self) -> tuple[int, int, int]:
         return self.size
 
-    def up(self, profiles, scale, *, on_line=None) -> None:
-        super().up(profiles, scale, on_line=on_line)
+    def up(self, profiles, scale, *, on_line=None, environment=None) -> None:
+        super().up(profiles, scale, on_line=on_line, environment=environment)
         for service, count in scale.items():
             for index in range(1, count + 1):
                 info = machine_info(f"{service}-{index}", lab=profiles[0])

@@ -83,6 +83,25 @@ def test_mapreduce_dashboard_shows_tasks_records_reexecutions_backups_and_load()
     assert raw["refresh"] == "5s" and raw["time"]["from"] == "now-15m"
 
 
+def test_bittorrent_dashboard_shows_swarm_size_progress_rates_chokes_bad_pieces_and_announces(
+) -> None:
+    (bittorrent,) = [d for d in load_dashboards(DASHBOARDS, lab="bittorrent")
+                     if d.uid == "distlab-bittorrent"]
+    exprs = [q.expr for q in bittorrent.panels]
+    wanted = {"by (state) (distlab_tracker_peers)": "swarm size",
+              "by (machine) (distlab_bittorrent_progress_ratio)": "progress per peer",
+              "rate(distlab_bittorrent_uploaded_bytes_total": "upload rate per peer",
+              "rate(distlab_bittorrent_downloaded_bytes_total": "download rate per peer",
+              "by (state) (distlab_bittorrent_connections)": "choke state",
+              "distlab_bittorrent_pieces_bad_total": "bad pieces",
+              "distlab_bittorrent_banned_peers": "bans",
+              "rate(distlab_tracker_announces_total": "tracker announces"}
+    for fragment, what in wanted.items():
+        assert any(fragment in expr for expr in exprs), f"no panel of {what}"
+    raw = json.loads(bittorrent.path.read_text())
+    assert raw["refresh"] == "5s" and raw["time"]["from"] == "now-15m"
+
+
 def test_repo_dashboard_queries_render_without_variables() -> None:
     for dashboard in load_dashboards(DASHBOARDS):
         for query in dashboard.panels:
@@ -127,7 +146,8 @@ def _scenario_fault_annotations(raw: dict[str, Any]) -> list[dict[str, Any]]:
     return [a for a in raw["annotations"]["list"] if a.get("expr") == SCENARIO_FAULTS]
 
 
-@pytest.mark.parametrize("uid", ["distlab-overview", "distlab-tiers", "distlab-mapreduce"])
+@pytest.mark.parametrize("uid", ["distlab-overview", "distlab-tiers", "distlab-mapreduce",
+                                 "distlab-bittorrent"])
 def test_dashboards_annotate_the_faults_a_scenario_injects(uid: str) -> None:
     (dashboard,) = [d for d in load_dashboards(DASHBOARDS) if d.uid == uid]
     raw = json.loads(dashboard.path.read_text())

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from distlab import testbed as labs  # not `Testbed`: pytest would try to collect it
 from distlab.checkers import Verdict
 from distlab.cli import build_cli
+from distlab.errors import UsageError
 from distlab.history import OK, Op
 from distlab.registry import (
     CheckKind,
@@ -43,6 +44,7 @@ services:
     image: distlab/node:dev
     profiles: [toy]
     labels: {distlab.lab: toy, distlab.role: toy}
+    environment: {TOY_START: "${DISTLAB_TOY_START:-0}"}
     deploy: {replicas: 2}
 """
 
@@ -153,6 +155,25 @@ def test_a_toy_lab_scenario_runs_against_a_fake_runtime_and_reports(toy, tmp_pat
     assert runtime.state("distlab-toy-2") == "running"  # the kill was healed
     assert json.loads((result.directory / "result.json").read_text())["verdict"] == "valid"
     assert (result.directory / "junit.xml").exists()
+
+
+def test_a_scenario_s_environment_reaches_the_runtime_at_bring_up(toy, tmp_path):
+    testbed, runtime = toy
+    for machine in list(runtime.infos):  # not running: the runner brings the lab up
+        runtime.infos.pop(machine)
+    scenario = parse_scenario(SCENARIO + "environment: {DISTLAB_TOY_START: 7}\n",
+                              testbed.catalogue, registry=testbed.registry)
+    runner = ScenarioRunner(testbed, scenario, options=RunOptions(
+        reports_root=tmp_path / "reports", up_timeout=0.1), say=lambda line: None)
+    runner.run()
+    assert runtime.environments[0] == {"DISTLAB_TOY_START": "7"}
+
+
+def test_up_refuses_a_variable_the_lab_does_not_read(toy):
+    testbed, runtime = toy
+    with pytest.raises(UsageError, match="DISTLAB_TOY_STOP") as raised:
+        testbed.up("toy", environment={"DISTLAB_TOY_STOP": "1"})
+    assert "DISTLAB_TOY_START" in raised.value.hint and runtime.ups == []
 
 
 def test_the_toy_lab_adds_its_cli_verb_and_keeps_every_shared_one():

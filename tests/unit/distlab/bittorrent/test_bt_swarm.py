@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from distlab.bittorrent.swarm import PeerView, rate, swarm_table
+from distlab.bittorrent.swarm import PeerView, pieces_spread, rate, swarm_table
+from nodes.bittorrent.wire import Bitfield
 from nodes.rpc import peer_pb2
 
 
@@ -39,3 +40,15 @@ def test_rates_in_readable_units():
     assert rate(0) == "0 B/s"
     assert rate(2048) == "2.0 KiB/s"
     assert rate(1.5 * 1024 * 1024) == "1.5 MiB/s"
+
+
+def test_the_spread_counts_the_pieces_some_peer_holds():
+    def view(name, pieces, total=10):
+        status = peer_pb2.StatusReply(pieces_total=total,
+                                      have=Bitfield.of(pieces, total).bits)
+        return PeerView(name, status)
+
+    assert pieces_spread([view("a", {0, 1, 2}), view("b", {2, 3})]) == (4, 10)
+    assert pieces_spread([view("a", set(range(5))), view("b", set(range(5, 10)))]) == (10, 10)
+    waiting = PeerView("c", peer_pb2.StatusReply(state="waiting-for-torrent"))
+    assert pieces_spread([waiting]) == (0, 0)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -131,3 +132,25 @@ def test_down_sweeps_what_compose_could_not_and_keeps_named_volumes(home, engine
     assert "every lab is down" in result.stdout
     assert engine.names() == set()
     assert list(engine.volumes_) == ["distlab_prometheus-data"]
+
+
+class Recording(Runner):
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[str, ...], dict]] = []
+
+    def run(self, argv, **options) -> Result:
+        self.calls.append((tuple(argv), options))
+        return Result(tuple(argv), 0, "")
+
+
+def test_up_hands_compose_the_variables_on_top_of_the_host_s_environment(home, monkeypatch):
+    monkeypatch.setenv("DISTLAB_SEEDER_UPLOAD_RATE", "1")
+    runner = Recording()
+    runtime = ComposeRuntime(home, runner=runner)
+    runtime.up(["bittorrent"], {"leecher": 2}, environment={"DISTLAB_SEEDER_UPLOAD_RATE": "2"})
+    runtime.up(["bittorrent"], {})
+    (argv, options), (_, plain) = runner.calls
+    assert argv[-2:] == ("--scale", "leecher=2")
+    assert options["env"]["DISTLAB_SEEDER_UPLOAD_RATE"] == "2"
+    assert options["env"]["PATH"] == os.environ["PATH"]
+    assert plain["env"] is None  # compose inherits the host's environment as it is

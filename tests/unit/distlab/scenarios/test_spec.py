@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 from textwrap import dedent
+from types import SimpleNamespace
 
 import pytest
 
 from distlab.errors import DistlabError, UsageError
 from distlab.labs import load_catalogue, machine_names
+from distlab.registry import load_registry
 from distlab.scenarios.model import (
     Check,
     Expectation,
@@ -23,6 +25,7 @@ from distlab.scenarios.model import (
     Workload,
 )
 from distlab.scenarios.reader import parse_duration
+from distlab.scenarios.runner import load
 from distlab.scenarios.spec import load_scenario, parse_scenario
 
 COMPOSE = Path(__file__).resolve().parents[4] / "compose.yaml"
@@ -88,7 +91,8 @@ def test_a_full_scenario_parses_into_the_dataclasses_with_defaults_filled(catalo
     assert scenario == Scenario(
         name="head-failover",
         description="kill the chain head under load; transfers stall, then resume",
-        lab="tiers", scale={"app": 2}, seed=7, duration=60.0, short_duration=10.0,
+        lab="tiers", scale={"app": 2}, environment={}, seed=7, duration=60.0,
+        short_duration=10.0,
         workloads=(
             Workload("bank", processes=8, rate=50.0, timeout=2.0, max_ops=100_000, accounts=4),
             Workload("register", processes=4, rate=0.0, timeout=0.5, max_ops=1000, keys=2,
@@ -174,8 +178,9 @@ def test_a_misspelt_field_is_reported_with_a_suggestion(catalogue):
 
 def test_a_misspelt_top_level_field_suggests_the_right_one(catalogue):
     assert problems(catalogue, HEAD + "expectations: []\n") == [
-        "s.yaml:4: unknown field 'expectations' (fields: name, description, lab, scale, seed, "
-        "duration, short_duration, workloads, faults, nemesis, migrations, checks, expect); "
+        "s.yaml:4: unknown field 'expectations' (fields: name, description, lab, scale, "
+        "environment, seed, duration, short_duration, workloads, faults, nemesis, migrations, "
+        "checks, expect); "
         "did you mean 'expect'?"]
 
 
@@ -248,7 +253,7 @@ def test_a_check_without_its_workload_names_the_workload_it_needs(catalogue):
 
 def test_an_unknown_check_lists_the_checks(catalogue):
     assert problems(catalogue, HEAD + "checks: [linearisable, {bank: {strict: true}}]\n") == [
-        "s.yaml:4: checks[0]: unknown check 'linearisable', not one of output, bank, "
+        "s.yaml:4: checks[0]: unknown check 'linearisable', not one of pieces, output, bank, "
         "linearizable; "
         "did you mean 'linearizable'?",
         "s.yaml:4: checks[1].bank: unknown option 'strict': the bank check has none"]
@@ -480,6 +485,39 @@ def test_merge_keys_are_refused_with_a_way_out(catalogue):
         "s.yaml:6: faults[1]: merge keys (<<) are not supported: repeat the fields"
 
 
+def test_environment_sets_the_variables_the_labs_services_read(catalogue):
+    scenario = parse_scenario(dedent("""\
+        lab: bittorrent
+        duration: 30s
+        environment: {DISTLAB_SEEDER_UPLOAD_RATE: 131072, DISTLAB_LEECHER_UPLOAD_RATE: "65536"}
+        workloads: [{type: download}]
+        """), catalogue)
+    assert scenario.environment == {"DISTLAB_SEEDER_UPLOAD_RATE": "131072",
+                                    "DISTLAB_LEECHER_UPLOAD_RATE": "65536"}
+
+
+def test_environment_refuses_what_the_lab_does_not_read_and_values_that_are_not_one(catalogue):
+    assert problems(catalogue, """\
+        lab: bittorrent
+        duration: 30s
+        environment:
+          DISTLAB_SEEDER_UPLOAD_RAT: 1
+          PATH: /tmp
+          DISTLAB_LEECHER_UPLOAD_RATE: [1, 2]
+          DISTLAB_SEEDER_UPLOAD_RATE:
+        workloads: [{type: download}]
+        """) == [
+        "s.yaml:4: environment.DISTLAB_SEEDER_UPLOAD_RAT: the bittorrent lab's services read "
+        "no variable 'DISTLAB_SEEDER_UPLOAD_RAT' (they read: DISTLAB_LEECHER_UPLOAD_RATE, "
+        "DISTLAB_SEEDER_UPLOAD_RATE); did you mean 'DISTLAB_SEEDER_UPLOAD_RATE'?",
+        "s.yaml:5: environment.PATH: the bittorrent lab's services read no variable 'PATH' "
+        "(they read: DISTLAB_LEECHER_UPLOAD_RATE, DISTLAB_SEEDER_UPLOAD_RATE)",
+        "s.yaml:6: environment.DISTLAB_LEECHER_UPLOAD_RATE: a variable's value is a single "
+        "value, got a list",
+        "s.yaml:7: environment.DISTLAB_SEEDER_UPLOAD_RATE: a variable's value is a single "
+        "value, got nothing (null)"]
+
+
 # -- the files that ship ----------------------------------------------------------------------
 
 ROOT = COMPOSE.parent
@@ -489,6 +527,12 @@ ROOT = COMPOSE.parent
 def test_every_shipped_scenario_parses(catalogue, path):
     scenario = load_scenario(path, catalogue)
     assert scenario.name == path.stem
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.py")), ids=str)
+def test_every_shipped_python_scenario_loads_with_its_script(catalogue, path):
+    scenario, script = load(path, SimpleNamespace(catalogue=catalogue, registry=load_registry()))
+    assert scenario.name == path.stem and scenario.description and callable(script)
 
 
 def test_every_example_of_the_format_reference_parses(catalogue):
