@@ -25,7 +25,7 @@ description: >
 lab: bittorrent
 environment:
   DISTLAB_SEEDER_UPLOAD_RATE: 524288
-  DISTLAB_LEECHER_UPLOAD_RATE: 131072
+  DISTLAB_LEECHER_UPLOAD_RATE: 65536
 seed: 32
 duration: 90s
 short_duration: 60s

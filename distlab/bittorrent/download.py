@@ -44,6 +44,7 @@ from distlab.workloads.clients import ClientConfig, ClientWorkload, describe
 from nodes.rpc import peer_pb2
 
 SEEDER_SERVICE = "seeder"  # compose.yaml: the one service whose peers start with the file
+NODE_USER = "distlab"  # images/node/Dockerfile: the user the node process runs as
 DATA_DIR = "/data"  # the peers' DATA_DIR (compose.yaml), one directory per machine under it
 POLL_SECONDS = 1.0
 SEED_WAIT_SECONDS = 90.0  # the seeder makes a file and a torrent, then hashes them
@@ -107,7 +108,9 @@ class DownloadWorkload(ClientWorkload):
             for machine in leechers:
                 # Its pieces go; stopped at once (no checkpoint to write them back); the run
                 # starts it again with nothing.
-                machine.exec(["rm", "-rf", "--", f"{DATA_DIR}/{machine.name}"])
+                # As the node's own user: root in a machine holds no capability
+                # (cap_drop ALL), so it may not delete another user's files.
+                machine.exec(["rm", "-rf", "--", f"{DATA_DIR}/{machine.name}"], user=NODE_USER)
                 machine.stop(timeout=0)
 
     def _wait_for_seed(self, seconds: float) -> peer_pb2.StatusReply:
@@ -224,7 +227,9 @@ class DownloadWorkload(ClientWorkload):
             elif status.content_sha256 != want:
                 problems.append(f"{name}'s content differs from the seed: sha256 "
                                 f"{status.content_sha256[:16]}..., the seed's {want[:16]}...")
-        banned = sum(status.banned for status in statuses.values())
+        # Bans count wherever they happened: an unfinished leecher's last status says too.
+        banned = sum(status.banned for status in statuses.values()) + sum(
+            (op.result or {}).get("banned", 0) for name, op in ops.items() if name not in statuses)
         if banned < banned_at_least:
             problems.append(f"the leechers banned {banned} peers, expected at least "
                             f"{banned_at_least}: no bad piece was caught")

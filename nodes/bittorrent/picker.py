@@ -88,6 +88,17 @@ class Picker:
         """How many pieces `peer` said it has (for status; 0 for a peer not added)."""
         return len(self._peer_pieces.get(peer, ()))
 
+    def describe(self) -> dict:
+        """The started pieces, who is on parole and what is asked of whom: for a log line
+        when a download stalls."""
+        return {"started": {index: {"owner": str(p.owner), "missing": len(p.missing),
+                                    "requested": len(p.requested)}
+                            for index, p in self._started.items()},
+                "parole": [str(peer) for peer in self._on_parole],
+                "outstanding": {str(peer): len(blocks)
+                                for peer, blocks in self._outstanding.items()},
+                "unrequested": self._unrequested, "missing": self.missing()[:8]}
+
     # -- peers ---------------------------------------------------------------------------
 
     def add_peer(self, peer: PeerKey, pieces: Iterable[int] = ()) -> None:
@@ -143,8 +154,11 @@ class Picker:
     def _next_block(self, peer: PeerKey) -> Block | None:
         theirs = self._peer_pieces[peer]
         owner = peer if peer in self._on_parole else None
+        # A peer on parole continues only its own pieces; any other peer, pieces of no
+        # owner and those it began alone while on parole (it may have been cleared since).
+        mine = {owner} if owner is not None else {None, peer}
         started = [index for index in self._started
-                   if index in theirs and self._started[index].owner == owner]
+                   if index in theirs and self._started[index].owner in mine]
         # Pieces closest to done first: they become shareable soonest.
         started.sort(key=lambda index: len(self._started[index].missing))
         for index in started:
@@ -152,6 +166,8 @@ class Picker:
                 if not self._started[index].requested.get(block):
                     return block
         index = self._new_piece(theirs)
+        if index is None and owner is not None:
+            index = self._orphan(theirs)
         if index is not None:
             self._started[index] = _Progress(missing=set(self.layout.blocks(index)), owner=owner)
             return self.layout.blocks(index)[0]
@@ -161,6 +177,19 @@ class Picker:
                 for block in sorted(self._started[index].missing):
                     if block not in mine:
                         return block
+        return None
+
+    def _orphan(self, theirs: set[int]) -> int | None:
+        """A started piece of no owner that no one is fetching now (its peer banned, gone
+        or choking), for a peer on parole that has nothing new to fetch: without this, a
+        swarm whose other peers are all on parole or gone never finishes such a piece. It
+        starts again from nothing, so a bad copy still names its one sender."""
+        for index in sorted(theirs):
+            progress = self._started.get(index)
+            if progress is not None and progress.owner is None and not progress.requested:
+                self._unrequested += len(self.layout.blocks(index)) - len(progress.missing)
+                del self._started[index]
+                return index
         return None
 
     def _new_piece(self, theirs: set[int]) -> int | None:
@@ -196,7 +225,11 @@ class Picker:
         return Received(piece_complete=not progress.missing, cancels=tuple(cancels))
 
     def piece_verified(self, index: int) -> None:
-        self._started.pop(index, None)
+        progress = self._started.pop(index, None)
+        if progress is not None and progress.owner is not None:
+            # A whole good piece sent by itself: the peer on parole is cleared, as in
+            # libtorrent; a bad piece sent alone would have banned it.
+            self._on_parole.discard(progress.owner)
         self.have.add(index)
 
     def piece_failed(self, index: int) -> set[PeerKey]:

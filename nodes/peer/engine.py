@@ -44,6 +44,7 @@ Endpoint = tuple[str, int]
 READ_BYTES = 64 * 1024
 WRITE_HIGH_WATER = 128 * 1024  # bytes queued in a socket before we stop serving it
 DIAL_TIMEOUT_SECONDS = 5.0
+STALL_SECONDS = 30.0  # no new piece this long, with peers connected: log the picker's state
 SELF_CONNECTION = "connected to ourselves"  # the session's reason, when the tracker lists us
 
 
@@ -105,6 +106,7 @@ class PeerEngine:
         self.listen_port = 0
         self.started_at = clock()
         self.completed_at: float | None = None if not session.complete else self.started_at
+        self._progress = (len(store.have), clock())  # pieces held, and since when
         self._dialing: set[Endpoint] = set()
         self._last_dial: dict[Endpoint, float] = {}
         self._endpoint_ids: dict[Endpoint, bytes] = {}
@@ -303,8 +305,24 @@ class PeerEngine:
             except StoreError as exc:
                 self.log.error("peer_store_failed", problem=str(exc))
             self._dial_more()
+            self._watch_progress()
             if self.on_tick is not None:
                 self.on_tick(self)
+
+    def _watch_progress(self) -> None:
+        """A download with connected peers that gains no piece for STALL_SECONDS is logged
+        with what the picker holds, so a stall can be read from the logs."""
+        have, since = self._progress
+        now = self.clock()
+        if len(self.store.have) != have or self.session.complete:
+            self._progress = (len(self.store.have), now)
+        elif self.session.connections and now - since >= STALL_SECONDS:
+            self._progress = (have, now)  # once per STALL_SECONDS
+            self.log.warning("peer_stalled", seconds=STALL_SECONDS, pieces_have=have,
+                             peers={str(key): {"choking_us": c.peer_choking,
+                                               "interested": c.am_interested}
+                                    for key, c in self.session.connections.items()},
+                             **self.session.picker.describe())
 
     async def _upload_loop(self) -> None:
         """Serve queued requests a block per connection per round, while sockets drain and

@@ -155,7 +155,7 @@ class InProcessRuntime:
 
     def exec(self, container, argv, *, user, timeout, check):
         assert argv[:3] == ["rm", "-rf", "--"] and argv[3].startswith("/data/"), argv
-        self.calls.append(("exec", container, *argv))
+        self.calls.append(("exec", container, f"as {user}", *argv))
         target = self.swarm.data_dir / Path(argv[3]).relative_to("/data")
         for path in sorted(target.rglob("*"), reverse=True):
             path.rmdir() if path.is_dir() else path.unlink()
@@ -180,7 +180,9 @@ def test_fresh_downloads_start_from_nothing_with_the_run(swarm, lab):
 
     downloads = DownloadWorkload(machines, DownloadConfig(seconds=RUN_SECONDS, fresh=True))
     downloads.setup()
-    assert runtime.calls == [("exec", "distlab-leecher-1", "rm", "-rf", "--", "/data/leecher-1"),
+    # As the files' owner: root in a machine holds no capability and may not delete them.
+    assert runtime.calls == [("exec", "distlab-leecher-1", "as distlab",
+                              "rm", "-rf", "--", "/data/leecher-1"),
                              ("stop", "distlab-leecher-1")]
     assert not (swarm.data_dir / "leecher-1" / swarm.seed.name).exists()
     downloads.run()

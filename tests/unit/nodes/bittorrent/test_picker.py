@@ -169,3 +169,63 @@ def test_a_peer_on_parole_downloads_whole_pieces_alone():
     for block in theirs:
         p.block_received("other", block)
     assert {block.index for block in p.requests_for("other")} >= {piece}
+
+
+def test_a_piece_left_by_a_banned_peer_is_finished_by_a_peer_on_parole():
+    """The corrupt-peer scenario's stall: the seeder went on parole (a bad piece had blocks
+    from it and the corrupt peer), the corrupt peer was banned with pieces half fetched, and
+    no one was left who could finish those pieces."""
+    p = picker(pipeline_depth=4)
+    p.add_peer("seeder", ALL)
+    p.add_peer("corrupt", ALL)
+    p.parole("seeder")
+    theirs = p.requests_for("corrupt")  # one whole piece, no owner
+    (piece,) = {block.index for block in theirs}
+    p.block_received("corrupt", theirs[0])
+    p.remove_peer("corrupt")  # banned
+    for index in ALL:
+        if index != piece:
+            p.have.add(index)  # everything else is in
+    asked = p.requests_for("seeder")
+    assert {block.index for block in asked} == {piece}
+    assert sorted(asked) == sorted(LAYOUT.blocks(piece))  # from nothing: it sends it alone
+    for block in asked:
+        p.block_received("seeder", block)
+    p.piece_verified(piece)
+    assert p.complete
+
+
+def test_a_peer_on_parole_is_cleared_by_a_good_piece_it_sent_alone():
+    p = picker(pipeline_depth=4)
+    p.add_peer("suspect", ALL)
+    p.add_peer("other", ALL)
+    p.parole("suspect")
+    mine = p.requests_for("suspect")
+    (piece,) = {block.index for block in mine}
+    for block in mine:
+        p.block_received("suspect", block)
+    p.piece_verified(piece)
+    p.pipeline_depth = 2
+    (started,) = {block.index for block in p.requests_for("suspect")}
+    # off parole: the piece it starts now is anyone's to help finish
+    assert {block.index for block in p.requests_for("other")} == {started}
+
+
+def test_a_peer_cleared_of_parole_still_finishes_the_piece_it_began_alone():
+    """The stall the corrupt-peer scenario found next: the last piece was owned by a peer no
+    longer on parole, and no one, that peer included, would fetch its blocks."""
+    p = picker(pipeline_depth=6)  # a whole piece and half of the next
+    p.add_peer("suspect", ALL)
+    p.parole("suspect")
+    asked = p.requests_for("suspect")
+    first, second = sorted({block.index for block in asked}, key=[b.index for b in asked].index)
+    for block in asked:
+        p.block_received("suspect", block)
+    p.piece_verified(first)  # cleared now
+    rest = p.requests_for("suspect")
+    assert {block.index for block in rest} >= {second}
+    for block in rest:
+        if block.index == second:
+            p.block_received("suspect", block)
+    p.piece_verified(second)
+    assert {first, second} <= p.have
