@@ -20,6 +20,7 @@ TORRENTS = "/data/torrents"
 DOWNLOADS = "/data/downloads"
 STATUS = "/data/status.json"
 CLIENT_ROLES = ("aria2", "libtorrent")
+CLIENT_USER = "btclient"  # images/btclients/Dockerfile: owns /data (no capability as root)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,14 @@ class ClientMachine:
         self.runtime.put_file(self.container, f"{TORRENTS}/{metainfo.info_hash.hex()}.torrent",
                               torrent)
         return metainfo
+
+    def forget(self, metainfo: Metainfo) -> None:
+        """Take a torrent and its payload away: the client keeps no session, so once
+        restarted it holds only the torrents left in its folder."""
+        self.runtime.exec(self.container, [
+            "rm", "-f", "--", f"{TORRENTS}/{metainfo.info_hash.hex()}.torrent",
+            f"{DOWNLOADS}/{metainfo.name}"], user=CLIENT_USER)
+        self.runtime.restart(self.container, 10.0)
 
     def torrents(self) -> dict[str, ClientTorrent]:
         """{infohash hex: what the client says of it}; empty until its first status."""
