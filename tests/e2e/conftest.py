@@ -7,8 +7,10 @@ its lab up from clean, and the session cleans everything at the end.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from distlab.dashboards import check_queries, load_dashboards
 from distlab.testbed import PROMETHEUS_URL, Testbed
 
 REPO = Path(__file__).resolve().parents[2]
+DISTLAB = str(Path(sys.executable).parent / "distlab")
 
 
 def _engine_answers() -> bool:
@@ -86,3 +89,30 @@ def assert_dashboards_answer(lab: str, *, timeout: float = 90) -> None:
             break
         time.sleep(3)
     assert not problems, "\n".join(map(str, problems))
+
+
+def distlab_run(scenario: str, reports: Path, *extra: str,
+                timeout: float = 400) -> subprocess.CompletedProcess:
+    """`distlab run scenarios/SCENARIO --short`, its report under `reports`."""
+    return subprocess.run([DISTLAB, "run", str(REPO / "scenarios" / scenario), "--short",
+                           "--reports", str(reports), *extra],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def the_report(reports: Path) -> Path:
+    (directory,) = [d for d in reports.iterdir() if d.is_dir()]
+    return directory
+
+
+def show(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+
+
+def run_valid(scenario: str, reports: Path) -> dict:
+    """Run `scenario`; it must exit 0 with the verdict valid. Its result.json."""
+    result = distlab_run(scenario, reports)
+    print(result.stdout)
+    assert result.returncode == 0, show(result)
+    outcome = json.loads((the_report(reports) / "result.json").read_text())
+    assert outcome["verdict"] == "valid"
+    return outcome

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import grpc
 import pytest
@@ -22,11 +19,9 @@ from distlab.bittorrent.clients import ClientMachine
 from nodes.bittorrent.bencode import decode
 from nodes.bittorrent.metainfo import Metainfo
 from nodes.rpc import control_pb2, control_pb2_grpc, tracker_pb2, tracker_pb2_grpc
-from tests.e2e.conftest import assert_dashboards_answer, eventually, lab_fixture
+from tests.e2e.conftest import DISTLAB, assert_dashboards_answer, eventually, lab_fixture, run_valid
 
 pytestmark = pytest.mark.e2e
-DISTLAB = str(Path(sys.executable).parent / "distlab")
-REPO = Path(__file__).resolve().parents[2]
 TRACKER = f"http://127.0.0.1:{os.environ.get('DISTLAB_TRACKER_PORT', '6969')}"
 
 testbed = lab_fixture("bittorrent")
@@ -210,14 +205,7 @@ def test_every_bittorrent_dashboard_query_returns_series(healed):
     ("bittorrent-tracker-down.yaml", ["kill"])])
 def test_each_bittorrent_scenario_comes_out_valid(testbed, tmp_path, scenario, kinds):
     """Every leecher ends with the seed's bytes through the fault (the pieces check)."""
-    result = subprocess.run([DISTLAB, "run", str(REPO / "scenarios" / scenario), "--short",
-                             "--reports", str(tmp_path)],
-                            capture_output=True, text=True, timeout=400, cwd=REPO)
-    print(result.stdout)
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    (directory,) = [d for d in tmp_path.iterdir() if d.is_dir()]
-    outcome = json.loads((directory / "result.json").read_text())
-    assert outcome["verdict"] == "valid"
+    outcome = run_valid(scenario, tmp_path)
     assert [fault["kind"] for fault in outcome["faults"]] == kinds
     (check,) = outcome["checks"]
     assert (check["name"], check["outcome"]) == ("pieces", "valid"), check

@@ -22,8 +22,6 @@ import itertools
 import json
 import random
 import re
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -38,12 +36,15 @@ from distlab.errors import DistlabError
 from distlab.mapreduce.client import MapReduceClient, MapReduceError, master_channel
 from nodes.mapreduce.jobs import builtin_source, load_job, run_sequential
 from nodes.rpc import mapreduce_pb2
-from tests.e2e.conftest import assert_dashboards_answer, eventually, lab_fixture
+from tests.e2e.conftest import (
+    assert_dashboards_answer,
+    eventually,
+    lab_fixture,
+    run_valid,
+)
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-DISTLAB = str(Path(sys.executable).parent / "distlab")
 MASTER = "mapreduce-master-1"
 WORKERS = ("mapreduce-worker-1", "mapreduce-worker-2", "mapreduce-worker-3")
 #: MR_JOBS_DIR on every machine of the lab (compose.yaml): the volume they share.
@@ -415,14 +416,7 @@ def test_every_mapreduce_dashboard_query_returns_series(testbed, client, inputs)
                                             ("mapreduce-restart-master", "restart"),
                                             ("mapreduce-slow-worker", "rpc")])
 def test_each_mapreduce_scenario_comes_out_valid(testbed, tmp_path, scenario, kind):
-    result = subprocess.run([DISTLAB, "run", str(REPO / "scenarios" / f"{scenario}.yaml"),
-                             "--short", "--reports", str(tmp_path)],
-                            capture_output=True, text=True, timeout=400, cwd=REPO)
-    print(result.stdout)
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    (directory,) = [d for d in tmp_path.iterdir() if d.is_dir()]
-    outcome = json.loads((directory / "result.json").read_text())
-    assert outcome["verdict"] == "valid"
+    outcome = run_valid(f"{scenario}.yaml", tmp_path)
     assert [fault["kind"] for fault in outcome["faults"]] == [kind]
     (check,) = outcome["checks"]
     assert (check["name"], check["outcome"]) == ("output", "valid"), check

@@ -13,40 +13,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ElementTree
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import eventually, lab_fixture
+from tests.e2e.conftest import DISTLAB, REPO, distlab_run, eventually, lab_fixture, show, the_report
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
-DISTLAB = str(Path(sys.executable).parent / "distlab")
 LIBRARY = ["tiers-kill-app.yaml", "tiers-pause-app.yaml", "tiers-partition-head.yaml",
            "tiers-kill-tail.yaml", "tiers-random-nemesis.yaml", "tiers-head-failover.py"]
 REPORT_FILES = ("result.json", "junit.xml", "history.jsonl", "report.html", "latency.png",
                 "throughput.png", "rpc-counts.png")
 
 testbed = lab_fixture("tiers")
-
-
-def distlab_run(scenario: str, reports: Path, *extra: str,
-                timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([DISTLAB, "run", str(REPO / "scenarios" / scenario), "--short",
-                           "--reports", str(reports), *extra],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
-
-
-def the_report(reports: Path) -> Path:
-    (directory,) = [d for d in reports.iterdir() if d.is_dir()]
-    return directory
-
-
-def show(result: subprocess.CompletedProcess) -> str:
-    return f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
 
 
 @pytest.mark.parametrize("scenario", LIBRARY)
