@@ -37,7 +37,7 @@ doctor: protos
 	@$(BIN)/distlab doctor
 
 test: protos images  ## everything CI runs: unit, integration, e2e
-	$(PYTEST) tests -q -ra
+	$(PYTEST) tests -q -ra --durations=15
 
 test-scale: protos images  ## labs at scale (64 Chord peers for 10 minutes); CI runs it too
 	$(PYTEST) tests/scale -m scale -q -ra -s

@@ -4,6 +4,7 @@ The soak (`python -m bench.soak`, 30 minutes by default) is not among them: `mak
 """
 
 from bench import (
+    bittorrent,
     chord,
     failover,
     foundation,
@@ -22,3 +23,4 @@ failover.main([])
 migration_local.main([])
 overload.main([])
 mapreduce.main([])
+bittorrent.main([])

@@ -28,7 +28,7 @@ environment:
   DISTLAB_LEECHER_UPLOAD_RATE: 65536
 seed: 32
 duration: 90s
-short_duration: 60s
+short_duration: 40s
 workloads:
   - type: download
 checks: [pieces]

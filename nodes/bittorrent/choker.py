@@ -3,7 +3,10 @@
 A `Choker` is told who is connected, who is interested in us, and the bytes moved
 each way. Every `rechoke_seconds` (10) it unchokes the `regular_slots` (4) interested
 peers that upload to us fastest — or, when we are seeding and nobody can upload to
-us, the ones we upload to fastest — and every `optimistic_seconds` (30) it moves one
+us, in turns: the ones that have waited longest since they were last unchoked (round
+robin, libtorrent's default and mainline's since 4.0; unchoking the fastest
+downloaders, as the first clients did, hands a seed to whoever uploads nothing
+elsewhere, a free rider) — and every `optimistic_seconds` (30) it moves one
 optimistic unchoke to another choked interested peer, chosen at random with peers
 connected less than `optimistic_seconds` ago three times as likely (they have
 nothing to trade yet). A peer that has never uploaded to us (a free rider, or one
@@ -59,6 +62,7 @@ class _PeerState:
         self.interested = False
         self.downloaded = RateMeter(clock, window)  # from them to us
         self.uploaded = RateMeter(clock, window)  # from us to them
+        self.last_unchoked = float("-inf")  # when a rechoke last chose it
 
 
 class Choker:
@@ -133,7 +137,7 @@ class Choker:
         interested = self._interested()
         self.rng.shuffle(interested)  # equal rates are served in a random order
         if self.seeding:
-            ranked = sorted(interested, key=self.upload_rate, reverse=True)
+            ranked = sorted(interested, key=lambda peer: self._peers[peer].last_unchoked)
         else:
             ranked = sorted((peer for peer in interested
                              if self._peers[peer].downloaded.total > 0),
@@ -146,6 +150,8 @@ class Choker:
         if self.optimistic is not None:
             chosen.add(self.optimistic)
         self.unchoked = frozenset(chosen)
+        for peer in chosen:
+            self._peers[peer].last_unchoked = now
 
     def _choose_optimistic(self, now: float, interested: list[PeerKey],
                            ranked: list[PeerKey]) -> PeerKey | None:

@@ -111,7 +111,10 @@ def test_ctrl_c_during_a_partition_heals_and_cleans_up(testbed, tmp_path):
         [DISTLAB, "run", str(REPO / "scenarios" / "tiers-partition-head.yaml"),
          "--reports", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # As in a terminal's foreground: a test run started in the background (`make test
+        # &` from a script) hands its children SIGINT ignored, and Python then keeps it so.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     try:
         for line in process.stdout:

@@ -1,0 +1,226 @@
+"""The textbook experiment (Kurose & Ross, "P2P file distribution"): the time to give a file
+of F bytes to N peers, client-server against P2P, with the lower bounds beside it
+(reports/bench/bittorrent.json and bittorrent.png).
+
+Every machine is a real process on loopback: our tracker (nodes.tracker), one seeder and N
+leechers (nodes.peer) speaking BEP 3 over TCP, their links modelled by the peers' upload
+caps. Client-server is the same swarm with the leechers never uploading (PEER_MODE
+free-rider) and the seeder serving all of them at once: everything comes from the server,
+at u_s. P2P caps every peer's upload at u, the seeder's at u_s. Downloads are not capped
+(d_min is infinite), so the bounds are
+
+    D_cs  = max(N F / u_s, F / d_min)                      = N F / u_s
+    D_p2p = max(F / u_s, F / d_min, N F / (u_s + N u))
+
+The leechers and the seeder are started first, knowing no one, and the tracker last: the
+clock starts when the tracker answers (the peers announce again every 0.1 s) and stops when
+the last leecher says it is complete. A capped upload is a token bucket that starts full
+(a quarter second's worth, nodes/peer/limits.py): a link's first burst, so a time can come
+in up to 0.25 s under its bound.
+
+Usage: python -m bench.bittorrent [--out PATH] [--max-n 16] [--file-mib 4] [--rate-mib 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import socket
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.rpc_overhead import machine_facts
+from bench.tiers_local import free_port, lab_credential, node
+from distlab.bittorrent.torrents import make_torrent
+from nodes.common.auth import Credential, with_credential
+from nodes.rpc import peer_pb2, peer_pb2_grpc
+
+DEFAULT_OUT = Path("reports/bench/bittorrent.json")
+MIB = 1024 * 1024
+PIECE_BYTES = 64 * 1024
+CLIENT_SERVER, P2P = "client-server", "p2p"
+#: Housekeeping fast enough not to be what is measured (tests/integration use the same).
+PACE = {"PEER_PORT": 0, "PEER_TICK_SECONDS": 0.2, "PEER_RECHOKE_SECONDS": 1,
+        "PEER_OPTIMISTIC_SECONDS": 2, "PEER_REDIAL_SECONDS": 0.5,
+        "PEER_ANNOUNCE_RETRY_SECONDS": 0.1}
+POLL_SECONDS = 0.05
+
+
+def bounds(n: int, file_bytes: int, server_rate: float, peer_rate: float) -> dict[str, float]:
+    """Kurose & Ross's lower bounds with unlimited downloads (d_min infinite)."""
+    return {CLIENT_SERVER: n * file_bytes / server_rate,
+            P2P: max(file_bytes / server_rate, n * file_bytes / (server_rate + n * peer_rate))}
+
+
+def distribute(n: int, mode: str, *, file_bytes: int, rate: float,
+               timeout: float = 300.0) -> float:
+    """Seconds to get a file of `file_bytes` from one seeder to `n` leechers, every upload
+    capped at `rate` bytes/s (in client-server the leechers upload nothing)."""
+    if mode not in (CLIENT_SERVER, P2P):
+        raise ValueError(f"mode is {CLIENT_SERVER} or {P2P}, not {mode!r}")
+    leecher = ({"PEER_MODE": "free-rider"} if mode == CLIENT_SERVER
+               else {"PEER_UPLOAD_RATE_BYTES": int(rate)})
+    # The server serves every client at once; a P2P seeder is a peer like the others.
+    seeder = {"PEER_UPLOAD_RATE_BYTES": int(rate)}
+    if mode == CLIENT_SERVER:
+        seeder["PEER_UPLOAD_SLOTS"] = n
+    return max(swarm_times([leecher] * n, seeder, file_bytes=file_bytes, timeout=timeout))
+
+
+def swarm_times(leechers: list[dict[str, Any]], seeder: dict[str, Any], *, file_bytes: int,
+                timeout: float = 300.0) -> list[float]:
+    """One distribution: a seeder and a leecher per entry of `leechers` (each its own extra
+    settings); the seconds each leecher took, in order."""
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="distlab-bt-")))
+        credential_file, credential = stack.enter_context(lab_credential())
+        http_port = free_port()
+        seed = work / "file.bin"
+        seed.write_bytes(_content(file_bytes))
+        torrent = work / "file.torrent"
+        make_torrent(seed, f"http://127.0.0.1:{http_port}/announce", piece_size=PIECE_BYTES,
+                     out=torrent)
+        common = {**PACE, "CREDENTIAL_FILE": credential_file, "PEER_TORRENT": torrent,
+                  "DATA_DIR": work / "data"}
+        targets = [stack.enter_context(node("peer", **common, **extra))[1]
+                   for extra in leechers]
+        stack.enter_context(node("peer", **common, **seeder, PEER_SEED_PATH=seed))
+        # Everyone is up and knows no one: the tracker, last, starts the distribution the
+        # moment its HTTP port accepts (its gRPC health answers a little later).
+        opened = _Opened(http_port)
+        stack.enter_context(node("tracker", CREDENTIAL_FILE=credential_file,
+                                 TRACKER_HTTP_PORT=http_port, TRACKER_UDP_PORT=0,
+                                 TRACKER_INTERVAL_SECONDS=1, TRACKER_MIN_INTERVAL_SECONDS=1))
+        started = opened.at()
+        done = _wait_complete(targets, credential, started + timeout)
+        return [done[target] - started for target in targets]
+
+
+def _content(size: int) -> bytes:
+    """Incompressible, reproducible bytes."""
+    return random.Random(size).randbytes(size)
+
+
+def _wait_complete(targets: list[str], credential: Credential,
+                   deadline: float) -> dict[str, float]:
+    """When each leecher was first seen complete (monotonic time)."""
+    channels = [with_credential(grpc.insecure_channel(target), credential)
+                for target in targets]
+    done: dict[str, float] = {}
+    try:
+        pending = {target: peer_pb2_grpc.PeerStatusStub(channel)
+                   for target, channel in zip(targets, channels, strict=True)}
+        while pending:
+            for target, stub in list(pending.items()):
+                if stub.Status(peer_pb2.StatusRequest(), timeout=5).complete:
+                    done[target] = time.monotonic()
+                    del pending[target]
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(f"{len(pending)} of {len(targets)} leechers not complete")
+            time.sleep(POLL_SECONDS)
+    finally:
+        for channel in channels:
+            channel.close()
+    return done
+
+
+class _Opened:
+    """When a loopback port first accepts a connection, watched from now on."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._at: float | None = None
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            except OSError:
+                time.sleep(0.002)
+                continue
+            self._at = time.monotonic()
+            return
+
+    def at(self) -> float:
+        self._thread.join()
+        if self._at is None:
+            raise RuntimeError(f"nothing listened on port {self.port}")
+        return self._at
+
+
+def experiment(sizes: list[int], *, file_bytes: int, rate: float) -> list[dict[str, Any]]:
+    rows = []
+    for n in sizes:
+        bound = bounds(n, file_bytes, rate, rate)
+        row: dict[str, Any] = {"n": n}
+        for mode in (CLIENT_SERVER, P2P):
+            seconds = distribute(n, mode, file_bytes=file_bytes, rate=rate)
+            row[mode] = {"seconds": round(seconds, 2), "bound_seconds": round(bound[mode], 2),
+                         "over_bound": round(seconds / bound[mode], 3)}
+        row["cs_over_p2p"] = round(row[CLIENT_SERVER]["seconds"] / row[P2P]["seconds"], 2)
+        rows.append(row)
+        print(f"N={n:3d}  client-server {row[CLIENT_SERVER]['seconds']:6.2f} s "
+              f"(bound {bound[CLIENT_SERVER]:5.2f})  p2p {row[P2P]['seconds']:6.2f} s "
+              f"(bound {bound[P2P]:5.2f})", flush=True)
+    return rows
+
+
+def plot(rows: list[dict[str, Any]], path: Path, *, file_mib: float, rate_mib: float) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [row["n"] for row in rows]
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for mode, colour in ((CLIENT_SERVER, "tab:red"), (P2P, "tab:blue")):
+        axes.plot(sizes, [row[mode]["seconds"] for row in rows], "o-", color=colour,
+                  label=f"{mode}, measured")
+        axes.plot(sizes, [row[mode]["bound_seconds"] for row in rows], "--", color=colour,
+                  label=f"{mode}, lower bound")
+    axes.set_xlabel("N (leechers)")
+    axes.set_ylabel("time to distribute (s)")
+    axes.set_title(f"F = {file_mib:g} MiB, every upload {rate_mib:g} MiB/s")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def sizes_up_to(largest: int) -> list[int]:
+    return [2 ** k for k in range(int(math.log2(largest)) + 1)]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.bittorrent", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--max-n", type=int, default=16)
+    parser.add_argument("--file-mib", type=float, default=4.0)
+    parser.add_argument("--rate-mib", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    rows = experiment(sizes_up_to(args.max_n), file_bytes=int(args.file_mib * MIB),
+                      rate=args.rate_mib * MIB)
+    report = {"benchmark": "bittorrent", "machine": machine_facts(),
+              "file_mib": args.file_mib, "rate_mib_per_second": args.rate_mib,
+              "piece_kib": PIECE_BYTES // 1024, "distribution": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(rows, args.out.with_suffix(".png"), file_mib=args.file_mib, rate_mib=args.rate_mib)
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
