@@ -31,9 +31,10 @@ import socket
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -60,8 +61,30 @@ def bounds(n: int, file_bytes: int, server_rate: float, peer_rate: float) -> dic
             P2P: max(file_bytes / server_rate, n * file_bytes / (server_rate + n * peer_rate))}
 
 
-def distribute(n: int, mode: str, *, file_bytes: int, rate: float,
-               timeout: float = 300.0) -> float:
+class Machines(Protocol):
+    """Where the tracker and the peers run: `start(role, **settings)` is a context manager
+    giving the machine's gRPC address; every machine holds `credential_file`."""
+
+    credential_file: str
+    credential: Credential
+
+    def start(self, role: str, **settings: Any) -> AbstractContextManager[str]: ...
+
+
+class Processes:
+    """Every machine a process on loopback (bench.tiers_local.node), as `make bench` runs."""
+
+    def __init__(self, credential_file: str, credential: Credential) -> None:
+        self.credential_file, self.credential = credential_file, credential
+
+    @contextmanager
+    def start(self, role: str, **settings: Any) -> Iterator[str]:
+        with node(role, CREDENTIAL_FILE=self.credential_file, **settings) as (_, target):
+            yield target
+
+
+def distribute(n: int, mode: str, *, file_bytes: int, rate: float, timeout: float = 300.0,
+               machines: Machines | None = None) -> float:
     """Seconds to get a file of `file_bytes` from one seeder to `n` leechers, every upload
     capped at `rate` bytes/s (in client-server the leechers upload nothing)."""
     if mode not in (CLIENT_SERVER, P2P):
@@ -72,35 +95,36 @@ def distribute(n: int, mode: str, *, file_bytes: int, rate: float,
     seeder = {"PEER_UPLOAD_RATE_BYTES": int(rate)}
     if mode == CLIENT_SERVER:
         seeder["PEER_UPLOAD_SLOTS"] = n
-    return max(swarm_times([leecher] * n, seeder, file_bytes=file_bytes, timeout=timeout))
+    return max(swarm_times([leecher] * n, seeder, file_bytes=file_bytes, timeout=timeout,
+                           machines=machines))
 
 
 def swarm_times(leechers: list[dict[str, Any]], seeder: dict[str, Any], *, file_bytes: int,
-                timeout: float = 300.0) -> list[float]:
+                timeout: float = 300.0, machines: Machines | None = None) -> list[float]:
     """One distribution: a seeder and a leecher per entry of `leechers` (each its own extra
-    settings); the seconds each leecher took, in order."""
+    settings); the seconds each leecher took, in order. Processes unless `machines`."""
     with ExitStack() as stack:
+        if machines is None:
+            machines = Processes(*stack.enter_context(lab_credential()))
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="distlab-bt-")))
-        credential_file, credential = stack.enter_context(lab_credential())
         http_port = free_port()
         seed = work / "file.bin"
         seed.write_bytes(_content(file_bytes))
         torrent = work / "file.torrent"
         make_torrent(seed, f"http://127.0.0.1:{http_port}/announce", piece_size=PIECE_BYTES,
                      out=torrent)
-        common = {**PACE, "CREDENTIAL_FILE": credential_file, "PEER_TORRENT": torrent,
-                  "DATA_DIR": work / "data"}
-        targets = [stack.enter_context(node("peer", **common, **extra))[1]
+        common = {**PACE, "PEER_TORRENT": torrent, "DATA_DIR": work / "data"}
+        targets = [stack.enter_context(machines.start("peer", **common, **extra))
                    for extra in leechers]
-        stack.enter_context(node("peer", **common, **seeder, PEER_SEED_PATH=seed))
+        stack.enter_context(machines.start("peer", **common, **seeder, PEER_SEED_PATH=seed))
         # Everyone is up and knows no one: the tracker, last, starts the distribution the
         # moment its HTTP port accepts (its gRPC health answers a little later).
         opened = _Opened(http_port)
-        stack.enter_context(node("tracker", CREDENTIAL_FILE=credential_file,
-                                 TRACKER_HTTP_PORT=http_port, TRACKER_UDP_PORT=0,
-                                 TRACKER_INTERVAL_SECONDS=1, TRACKER_MIN_INTERVAL_SECONDS=1))
+        stack.enter_context(machines.start(
+            "tracker", TRACKER_HTTP_PORT=http_port, TRACKER_UDP_PORT=0,
+            TRACKER_INTERVAL_SECONDS=1, TRACKER_MIN_INTERVAL_SECONDS=1))
         started = opened.at()
-        done = _wait_complete(targets, credential, started + timeout)
+        done = _wait_complete(targets, machines.credential, started + timeout)
         return [done[target] - started for target in targets]
 
 
