@@ -23,9 +23,10 @@ from distlab.history import INFO, OK
 from distlab.machine import Machine
 from distlab.runtime.base import MachineInfo
 from nodes.rpc import control_pb2
-from tests.integration.test_peer_swarm import COMPLETE_SECONDS, FILE_BYTES, Swarm
+from tests.integration.test_peer_swarm import FILE_BYTES, Swarm
 
 RUN_SECONDS = 60.0  # a bound: the workload stops as soon as every leecher is complete
+NEVER_DONE_SECONDS = 6.0  # the run the capped leecher cannot finish in (it needs 192 s)
 
 
 class Machines:
@@ -113,7 +114,7 @@ def test_a_leecher_that_never_finishes_fails_the_check(swarm):
     machines.add(swarm.peer("leecher-1"))
     # 16 KiB/s for a 3 MiB file: it cannot be complete within the run, however fast the host.
     machines.add(swarm.peer("leecher-2", PEER_DOWNLOAD_RATE_BYTES=16 * 1024))
-    downloads = workload(machines, seconds=COMPLETE_SECONDS)
+    downloads = workload(machines, seconds=NEVER_DONE_SECONDS)
     downloads.run()
     late = [op for op in downloads.history.of("download") if op.args["leecher"] == "leecher-2"]
     assert [op.type for op in late] == [INFO]
