@@ -48,7 +48,8 @@ DEFAULT_OUT = Path("reports/bench/bittorrent.json")
 MIB = 1024 * 1024
 PIECE_BYTES = 64 * 1024
 CLIENT_SERVER, P2P = "client-server", "p2p"
-#: Housekeeping fast enough not to be what is measured (tests/integration use the same).
+#: Housekeeping fast enough not to be what is measured (test_peer_swarm.FAST, but announces
+#: retried every 0.1 s: the tracker starts last, and its start is the clock's).
 PACE = {"PEER_PORT": 0, "PEER_TICK_SECONDS": 0.2, "PEER_RECHOKE_SECONDS": 1,
         "PEER_OPTIMISTIC_SECONDS": 2, "PEER_REDIAL_SECONDS": 0.5,
         "PEER_ANNOUNCE_RETRY_SECONDS": 0.1}
