@@ -18,7 +18,12 @@ the last leecher says it is complete. A capped upload is a token bucket that sta
 (a quarter second's worth, nodes/peer/limits.py): a link's first burst, so a time can come
 in up to 0.25 s under its bound.
 
+Two more experiments go into the same report: incentives (`incentives`: leechers that upload
+more finish sooner, a free rider last) and our peers beside real clients in the lab's
+containers (bench.bittorrent_clients).
+
 Usage: python -m bench.bittorrent [--out PATH] [--max-n 16] [--file-mib 4] [--rate-mib 1]
+       [--incentive-runs 3] [--incentive-file-mib 24] [--clients-file-mib 64]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import json
 import math
 import random
 import socket
+import statistics
 import tempfile
 import threading
 import time
@@ -38,6 +44,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from bench import bittorrent_clients
 from bench.rpc_overhead import machine_facts
 from bench.tiers_local import free_port, lab_credential, node
 from distlab.bittorrent.torrents import make_torrent
@@ -127,6 +134,50 @@ def swarm_times(leechers: list[dict[str, Any]], seeder: dict[str, Any], *, file_
         started = opened.at()
         done = _wait_complete(targets, machines.credential, started + timeout)
         return [done[target] - started for target in targets]
+
+
+#: The incentives experiment: leechers in classes of upload cap (KiB/s; 0 is a free rider),
+#: four of each contributing class, and a seeder giving a fifth of the swarm's upload.
+#: The file is big enough for the download to outlast the choker's 20 s rate window: over
+#: 8 MiB (10 s) every class finished together, since rates had not been told apart yet.
+UPLOAD_CLASSES_KIB = (0, 128, 256, 512, 1024)
+PEERS_PER_CLASS = 4
+INCENTIVE_SEEDER_KIB = 2048
+
+
+def incentives(*, file_bytes: int, runs: int, machines: Machines | None = None,
+               classes_kib: tuple[int, ...] = UPLOAD_CLASSES_KIB,
+               per_class: int = PEERS_PER_CLASS,
+               seeder_kib: int = INCENTIVE_SEEDER_KIB) -> list[dict[str, Any]]:
+    """Tit-for-tat at work: leechers that upload more finish sooner, a free rider last.
+
+    Most of what a leecher receives comes from the other leechers, who unchoke whoever
+    uploads to them fastest. A free rider (class 0; one, not `per_class`) gets only
+    optimistic unchokes and its turns at the seed until the contributors finish and seed.
+    The times of each class, over `runs` swarms."""
+    leechers: list[dict[str, Any]] = []
+    for kib in classes_kib:
+        if kib == 0:
+            leechers.append({"PEER_MODE": "free-rider"})
+        else:
+            leechers += [{"PEER_UPLOAD_RATE_BYTES": kib * 1024}] * per_class
+    caps = [extra.get("PEER_UPLOAD_RATE_BYTES", 0) // 1024 for extra in leechers]
+    times: dict[int, list[float]] = {kib: [] for kib in classes_kib}
+    for _ in range(runs):
+        seconds = swarm_times(leechers, {"PEER_UPLOAD_RATE_BYTES": seeder_kib * 1024},
+                              file_bytes=file_bytes, machines=machines)
+        for kib, took in zip(caps, seconds, strict=True):
+            times[kib].append(took)
+    rows = []
+    for kib in classes_kib:
+        mean = statistics.fmean(times[kib])
+        rows.append({"upload_kib_per_second": kib, "peers": len(times[kib]) // runs,
+                     "seconds_mean": round(mean, 2),
+                     "seconds": [round(t, 2) for t in sorted(times[kib])],
+                     "download_kib_per_second": round(file_bytes / 1024 / mean, 1)})
+        print(f"upload {kib:5d} KiB/s: done in {mean:6.2f} s on average "
+              f"({rows[-1]['download_kib_per_second']} KiB/s received)", flush=True)
+    return rows
 
 
 def _content(size: int) -> bytes:
@@ -223,6 +274,26 @@ def plot(rows: list[dict[str, Any]], path: Path, *, file_mib: float, rate_mib: f
     plt.close(figure)
 
 
+def plot_incentives(classes: list[dict[str, Any]], path: Path, *, file_mib: float) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    labels = [str(row["upload_kib_per_second"]) if row["upload_kib_per_second"]
+              else "0\n(free rider)" for row in classes]
+    axes.bar(labels, [row["seconds_mean"] for row in classes], color="tab:blue", alpha=0.6)
+    for x, row in enumerate(classes):
+        axes.plot([x] * len(row["seconds"]), row["seconds"], "k.", markersize=4)
+    axes.set_xlabel("the leecher's upload cap (KiB/s)")
+    axes.set_ylabel("time to complete (s)")
+    axes.set_title(f"tit-for-tat: F = {file_mib:g} MiB, seeder {INCENTIVE_SEEDER_KIB} KiB/s")
+    axes.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def sizes_up_to(largest: int) -> list[int]:
     return [2 ** k for k in range(int(math.log2(largest)) + 1)]
 
@@ -234,16 +305,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-n", type=int, default=16)
     parser.add_argument("--file-mib", type=float, default=4.0)
     parser.add_argument("--rate-mib", type=float, default=1.0)
+    parser.add_argument("--incentive-runs", type=int, default=3,
+                        help="swarms of the incentives experiment (0: skip it)")
+    parser.add_argument("--incentive-file-mib", type=float, default=24.0)
+    parser.add_argument("--clients-file-mib", type=int, default=64,
+                        help="our peers beside real clients in containers (0: skip it)")
     args = parser.parse_args(argv)
     rows = experiment(sizes_up_to(args.max_n), file_bytes=int(args.file_mib * MIB),
                       rate=args.rate_mib * MIB)
-    report = {"benchmark": "bittorrent", "machine": machine_facts(),
-              "file_mib": args.file_mib, "rate_mib_per_second": args.rate_mib,
-              "piece_kib": PIECE_BYTES // 1024, "distribution": rows}
+    report: dict[str, Any] = {
+        "benchmark": "bittorrent", "machine": machine_facts(),
+        "file_mib": args.file_mib, "rate_mib_per_second": args.rate_mib,
+        "piece_kib": PIECE_BYTES // 1024, "distribution": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot(rows, args.out.with_suffix(".png"), file_mib=args.file_mib, rate_mib=args.rate_mib)
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    written = [args.out, args.out.with_suffix(".png")]
+    if args.incentive_runs:
+        classes = incentives(file_bytes=int(args.incentive_file_mib * MIB),
+                             runs=args.incentive_runs)
+        report["incentives"] = {"file_mib": args.incentive_file_mib,
+                                "seeder_upload_kib_per_second": INCENTIVE_SEEDER_KIB,
+                                "runs": args.incentive_runs, "classes": classes}
+        figure = args.out.with_name(args.out.stem + "-incentives.png")
+        plot_incentives(classes, figure, file_mib=args.incentive_file_mib)
+        written.append(figure)
+    if args.clients_file_mib:
+        report["clients"] = bittorrent_clients.measure(args.clients_file_mib)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print("wrote " + ", ".join(str(path) for path in written))
     return report
 
 

@@ -74,6 +74,15 @@ def _engine_cpu_seconds() -> float:
     return total / TICKS
 
 
+def container_rss_bytes(container_id: str) -> int:
+    """Resident memory of one running container now (anonymous memory: the page cache of
+    files it reads is not counted)."""
+    dirs = _cgroup_dirs(container_id)
+    if dirs is None:
+        raise RuntimeError(f"no cgroup found for container {container_id[:12]}")
+    return _rss_bytes(dirs[1])
+
+
 def sample(testbed: Testbed, seconds: float = 30.0) -> dict[str, Any]:
     """Mean cores and RSS of every running container of the lab over `seconds`."""
     machines = [m for m in testbed.machines() if m.info.state == "running"]

@@ -68,10 +68,22 @@ class Testbed:
                              f"{', '.join(unknown)}",
                              hint=f"they read: {', '.join(chosen.variables) or 'none'}")
         profiles = [chosen.name] + (["grafana"] if self.grafana_image() else [])
+        self._remove_above(chosen, counts)
         self.runtime.up(profiles, counts, on_line=on_line, environment=environment)
         self.wait_healthy(chosen, timeout=timeout, on_wait=on_wait)
         self.sync_targets()
         return chosen
+
+    def _remove_above(self, lab: Lab, counts: Mapping[str, int]) -> None:
+        """Machines are `<service>-1..N`, but Compose, scaling a service down, removes
+        whichever containers it likes (of leecher-1..8 scaled to 3 it kept leecher-3, -4
+        and -6): the machines numbered above the new count go first, so it has none to
+        choose from."""
+        wanted = counts_at(lab, counts)
+        for info in self.runtime.machines():
+            number = info.name.rpartition("-")[2]
+            if info.service in wanted and number.isdigit() and int(number) > wanted[info.service]:
+                self.runtime.remove(info.container)
 
     def capacity(self, lab: str | None, scale: list[str] | None = None
                  ) -> capacity.Estimate | None:

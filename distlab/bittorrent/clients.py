@@ -72,16 +72,22 @@ class ClientMachine:
 
     def torrents(self) -> dict[str, ClientTorrent]:
         """{infohash hex: what the client says of it}; empty until its first status."""
+        return self.report()[1]
+
+    def report(self) -> tuple[float, dict[str, ClientTorrent]]:
+        """When the client last wrote its status (Unix time; 0 before the first) and its
+        torrents as `torrents` gives them."""
         result = self.runtime.exec(self.container, ["cat", STATUS], check=False)
         if result.returncode != 0:
-            return {}
+            return 0.0, {}
         try:
-            reported = json.loads(result.output)["torrents"]
-        except (ValueError, KeyError):
-            return {}
+            status = json.loads(result.output)
+            updated, reported = float(status["updated"]), status["torrents"]
+        except (ValueError, KeyError, TypeError):
+            return 0.0, {}
         fields = ClientTorrent.__dataclass_fields__
-        return {item["info_hash"]: ClientTorrent(**{k: item[k] for k in fields})
-                for item in reported}
+        return updated, {item["info_hash"]: ClientTorrent(**{k: item[k] for k in fields})
+                         for item in reported}
 
     def sha1(self, metainfo: Metainfo) -> str:
         """The SHA-1 of the file the client has written for `metainfo`."""

@@ -17,6 +17,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,8 @@ NO_LAB = "none (is a lab up? distlab up)"
 LOG = logging.getLogger(__name__)
 # Ended faults the journal keeps (the newest recorded); active ones are always kept.
 KEEP_ENDED = 1000
+#: Machines swept at once by `heal` (the Docker SDK keeps 10 connections to the engine).
+SWEEP_WORKERS = 8
 
 
 @dataclass
@@ -405,15 +408,12 @@ class Nemesis:
             except DistlabError as exc:
                 problems.append(f"{machine.name}: {exc}")
                 continue
-        for machine in self._lab_machines():
-            if machine.info.state != "running":
-                continue
-            try:
-                for argv in network.heal_commands():
-                    machine.exec(argv)
-            except DistlabError as exc:
-                problems.append(f"{machine.name}: {exc}")
-            _clear_rules(machine)
+        running = [m for m in self._lab_machines() if m.info.state == "running"]
+        # Each machine is an exec and an RPC of its own, a good part of a second for a lab
+        # of a dozen machines one after the other, and every e2e test heals twice.
+        with ThreadPoolExecutor(max_workers=SWEEP_WORKERS) as pool:
+            for found in pool.map(_sweep_machine, running):
+                problems += found
         return problems
 
     def _undo_step(self, step: list, known: dict[str, Machine]) -> str | None:
@@ -454,6 +454,18 @@ def _mark(machine: Machine, fault_id: str, kind: str, active: bool) -> None:
             control.mark_fault(fault_id, kind, active)
     except DistlabError:
         pass
+
+
+def _sweep_machine(machine: Machine) -> list[str]:
+    """No iptables rule, no qdisc, no RPC fault rule left in one running machine."""
+    problems = []
+    try:
+        for argv in network.heal_commands():
+            machine.exec(argv)
+    except DistlabError as exc:
+        problems.append(f"{machine.name}: {exc}")
+    _clear_rules(machine)
+    return problems
 
 
 def _clear_rules(machine: Machine, rule_ids: Sequence[str] = ()) -> None:

@@ -76,6 +76,10 @@ class Runtime(ABC):
     def restart(self, container: str, timeout: float) -> None: ...
 
     @abstractmethod
+    def remove(self, container: str) -> None:
+        """Kill the machine and delete its container (its named volumes stay)."""
+
+    @abstractmethod
     def pause(self, container: str) -> None: ...
 
     @abstractmethod

@@ -161,6 +161,9 @@ class ComposeRuntime(Runtime):
     def restart(self, container: str, timeout: float) -> None:
         self._act(container, "restart", lambda c: c.restart(timeout=int(timeout)))
 
+    def remove(self, container: str) -> None:
+        self._act(container, "rm", lambda c: c.remove(force=True))
+
     def pause(self, container: str) -> None:
         self._act(container, "pause", lambda c: c.pause())
 

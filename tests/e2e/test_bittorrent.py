@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from distlab.bittorrent.clients import ClientMachine
+from distlab.bittorrent.download import NODE_USER
 from nodes.bittorrent.bencode import decode
 from nodes.bittorrent.metainfo import Metainfo
 from nodes.rpc import control_pb2, control_pb2_grpc, tracker_pb2, tracker_pb2_grpc
@@ -24,8 +25,10 @@ from tests.e2e.conftest import DISTLAB, assert_dashboards_answer, eventually, la
 pytestmark = pytest.mark.e2e
 TRACKER = f"http://127.0.0.1:{os.environ.get('DISTLAB_TRACKER_PORT', '6969')}"
 
-testbed = lab_fixture("bittorrent")
-OUR_PEERS = ("seeder-1", "leecher-1", "leecher-2", "leecher-3")
+LEECHERS = 8  # the issue's `distlab up bittorrent --scale leecher=8`
+testbed = lab_fixture("bittorrent", scale=[f"leecher={LEECHERS}"])
+OUR_LEECHERS = tuple(f"leecher-{n}" for n in range(1, LEECHERS + 1))
+OUR_PEERS = ("seeder-1", *OUR_LEECHERS)
 LAB_TORRENT = "/data/torrents/lab.torrent"
 
 
@@ -149,6 +152,43 @@ def test_a_real_client_downloads_from_our_peers(healed, lab_torrent):
     # The status file is replaced whole: the key leaves it when the new process writes it.
     eventually(lambda: key not in aria2.torrents(), timeout=60,
                what="aria2, restarted, no longer holds the lab's torrent")
+
+
+def test_our_leechers_fetch_from_a_real_clients_seed_in_a_mixed_swarm(healed, lab_torrent):
+    """Our seeder stopped: libtorrent seeds the lab's file, and our leechers (emptied) and
+    aria2 download it together, from libtorrent and from each other."""
+    metainfo = Metainfo.from_bytes(lab_torrent)
+    payload = read_bytes(healed, "seeder-1", f"/data/seeder-1/{metainfo.name}")
+    digest = hashlib.sha1(payload).hexdigest()
+    seeder, leecher = ClientMachine(healed, "libtorrent-1"), ClientMachine(healed, "aria2-1")
+    ours = [healed.machine(name) for name in OUR_LEECHERS]
+    healed.machine("seeder-1").stop()
+    try:
+        for machine in ours:
+            machine.exec(["rm", "-rf", "--", f"/data/{machine.name}"], user=NODE_USER)
+            machine.stop(timeout=0)
+        seeder.add(lab_torrent, payload)
+        key = metainfo.info_hash.hex()
+        eventually(lambda: (t := seeder.torrents().get(key)) and t.seeding, timeout=60,
+                   what="libtorrent has checked the lab's file and seeds it")
+        leecher.add(lab_torrent)
+        for machine in ours:
+            machine.start()
+
+        def everyone_done():
+            found = {name: sha1_on(healed, name, f"/data/{name}/{metainfo.name}")
+                     for name in OUR_LEECHERS}
+            aria2 = leecher.torrents().get(key)
+            return (all(value == digest for value in found.values())
+                    and aria2 is not None and aria2.progress >= 1.0)
+
+        eventually(everyone_done, timeout=120, what="our leechers and aria2 complete from "
+                   "libtorrent's seed")
+        assert leecher.sha1(metainfo) == digest
+    finally:
+        seeder.forget(metainfo)  # uncapped real seeds would outrun the scenarios' faults
+        leecher.forget(metainfo)
+        healed.machine("seeder-1").start()
 
 
 def test_real_clients_trade_through_our_tracker(healed, tmp_path):

@@ -96,6 +96,10 @@ class FakeRuntime(Runtime):
     def restart(self, container: str, timeout: float) -> None:
         self._set(container, "running")
 
+    def remove(self, container: str) -> None:
+        self._get(container)
+        del self.infos[container]
+
     def pause(self, container: str) -> None:
         self._set(container, "paused")
 

@@ -199,3 +199,14 @@ def test_the_installed_labs_register_through_entry_points():
     assert registry.entry_role("tiers") == "switch"
     assert "chain" in registry.refs
     assert "bt" in [command.name for command in registry.commands()]
+
+
+def test_scaling_down_removes_the_machines_numbered_above_the_new_count(toy, make_info):
+    """Compose would remove whichever it liked; machines must stay toy-1..N."""
+    testbed, runtime = toy
+    for name in ("toy-3", "toy-4"):
+        runtime.infos[f"distlab-{name}"] = make_info(name, lab="toy", role="toy",
+                                                     grpc_endpoint="127.0.0.1:9")
+    testbed.up("toy", ["toy=2"], timeout=5)
+    assert sorted(info.name for info in runtime.machines()) == ["toy-1", "toy-2"]
+    assert runtime.ups[-1][1] == {"toy": 2}

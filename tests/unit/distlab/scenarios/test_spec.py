@@ -497,6 +497,8 @@ def test_environment_sets_the_variables_the_labs_services_read(catalogue):
 
 
 def test_environment_refuses_what_the_lab_does_not_read_and_values_that_are_not_one(catalogue):
+    read = ("DISTLAB_LEECHER_UPLOAD_RATE, DISTLAB_PIECE_BYTES, DISTLAB_SEEDER_UPLOAD_RATE, "
+            "DISTLAB_SEED_BYTES")
     assert problems(catalogue, """\
         lab: bittorrent
         duration: 30s
@@ -508,10 +510,10 @@ def test_environment_refuses_what_the_lab_does_not_read_and_values_that_are_not_
         workloads: [{type: download}]
         """) == [
         "s.yaml:4: environment.DISTLAB_SEEDER_UPLOAD_RAT: the bittorrent lab's services read "
-        "no variable 'DISTLAB_SEEDER_UPLOAD_RAT' (they read: DISTLAB_LEECHER_UPLOAD_RATE, "
-        "DISTLAB_SEEDER_UPLOAD_RATE); did you mean 'DISTLAB_SEEDER_UPLOAD_RATE'?",
-        "s.yaml:5: environment.PATH: the bittorrent lab's services read no variable 'PATH' "
-        "(they read: DISTLAB_LEECHER_UPLOAD_RATE, DISTLAB_SEEDER_UPLOAD_RATE)",
+        f"no variable 'DISTLAB_SEEDER_UPLOAD_RAT' (they read: {read}); did you mean "
+        "'DISTLAB_SEEDER_UPLOAD_RATE'?",
+        f"s.yaml:5: environment.PATH: the bittorrent lab's services read no variable 'PATH' "
+        f"(they read: {read})",
         "s.yaml:6: environment.DISTLAB_LEECHER_UPLOAD_RATE: a variable's value is a single "
         "value, got a list",
         "s.yaml:7: environment.DISTLAB_SEEDER_UPLOAD_RATE: a variable's value is a single "
