@@ -23,7 +23,7 @@ more finish sooner, a free rider last) and our peers beside real clients in the 
 containers (bench.bittorrent_clients).
 
 Usage: python -m bench.bittorrent [--out PATH] [--max-n 16] [--file-mib 4] [--rate-mib 1]
-       [--incentive-runs 3] [--incentive-file-mib 24] [--clients-file-mib 64]
+       [--incentive-runs 3] [--incentive-file-mib 24] [--clients-file-mib 64 256]
 """
 
 from __future__ import annotations
@@ -308,8 +308,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--incentive-runs", type=int, default=3,
                         help="swarms of the incentives experiment (0: skip it)")
     parser.add_argument("--incentive-file-mib", type=float, default=24.0)
-    parser.add_argument("--clients-file-mib", type=int, default=64,
-                        help="our peers beside real clients in containers (0: skip it)")
+    parser.add_argument("--clients-file-mib", type=int, nargs="*",
+                        default=list(bittorrent_clients.FILE_MIB),
+                        help="our peers beside real clients in containers, at these file "
+                        "sizes (none: skip it)")
     args = parser.parse_args(argv)
     rows = experiment(sizes_up_to(args.max_n), file_bytes=int(args.file_mib * MIB),
                       rate=args.rate_mib * MIB)
@@ -330,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot_incentives(classes, figure, file_mib=args.incentive_file_mib)
         written.append(figure)
     if args.clients_file_mib:
-        report["clients"] = bittorrent_clients.measure(args.clients_file_mib)
+        report["clients"] = [bittorrent_clients.measure(size) for size in args.clients_file_mib]
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print("wrote " + ", ".join(str(path) for path in written))
     return report

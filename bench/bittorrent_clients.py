@@ -10,10 +10,13 @@
 
 One transfer at a time, each machine at its compose CPU limit (0.5 cores). Throughput is
 bytes over time between the first and the last sample taken while the download was under
-way (a real client's status file is rewritten every second with its own timestamp; our
+way (a real client's status file is rewritten every 0.1 s with its own timestamp; our
 leecher is asked every 0.1 s), so neither a client's start-up nor its folder scan counts.
 
-Usage: python -m bench.bittorrent_clients [--file-mib 64]
+Each at two file sizes (64 and 256 MiB by default): the bigger one is timed more closely,
+and our seeder's memory at both says whether it grows with the file.
+
+Usage: python -m bench.bittorrent_clients [--file-mib 64 256]
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ from nodes.bittorrent.metainfo import Metainfo
 
 MIB = 1024 * 1024
 PIECE_BYTES = 256 * 1024
+FILE_MIB = (64, 256)
 LAB_TORRENT = "/data/torrents/lab.torrent"
 TRANSFER_SECONDS = 300
 POLL_SECONDS = 0.1
+CLIENT_STATUS_SECONDS = 0.1  # a real client writes its status this often (1 s in a lab)
 
 Sample = tuple[float, int]  # (when, bytes done)
 
@@ -120,7 +125,8 @@ def wait_for(check: Callable[[], Any], what: str, seconds: float = 120) -> Any:
 def measure(file_mib: int) -> dict[str, Any]:
     testbed = Testbed()
     environment = {"DISTLAB_SEED_BYTES": str(file_mib * MIB),
-                   "DISTLAB_PIECE_BYTES": str(PIECE_BYTES)}
+                   "DISTLAB_PIECE_BYTES": str(PIECE_BYTES),
+                   "DISTLAB_BTCLIENT_STATUS_SECONDS": str(CLIENT_STATUS_SECONDS)}
     testbed.clean()  # the seeder makes its file only on an empty volume
     try:
         lab = testbed.up("bittorrent", ["leecher=0"], environment=environment)
@@ -183,13 +189,13 @@ def measure(file_mib: int) -> dict[str, Any]:
     return report
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="python -m bench.bittorrent_clients",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--file-mib", type=int, default=64)
+    parser.add_argument("--file-mib", type=int, nargs="+", default=list(FILE_MIB))
     args = parser.parse_args(argv)
-    return measure(args.file_mib)
+    return [measure(size) for size in args.file_mib]
 
 
 if __name__ == "__main__":
