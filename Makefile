@@ -36,17 +36,21 @@ status: $(STAMP)
 doctor: protos
 	@$(BIN)/distlab doctor
 
-test: protos images  ## everything CI runs: unit, integration, e2e
-	$(PYTEST) tests -q -ra --durations=15
+# Unit and integration tests are spread over every core (pytest-xdist): most of their
+# time is spent waiting on timers, and each makes its own ports and directories. The e2e
+# tests share one Docker engine and the labs on it, so they run one at a time after.
+test: protos images  ## everything CI runs: unit and integration (on every core), then e2e
+	$(PYTEST) tests/unit tests/integration -n auto -q -ra --durations=10
+	$(PYTEST) tests/e2e -q -ra --durations=15
 
 test-scale: protos images  ## labs at scale (64 Chord peers for 10 minutes); CI runs it too
 	$(PYTEST) tests/scale -m scale -q -ra -s
 
 unit: protos
-	$(PYTEST) tests/unit -q
+	$(PYTEST) tests/unit -n auto -q
 
 integration: protos
-	$(PYTEST) tests/integration -q
+	$(PYTEST) tests/integration -n auto -q
 
 e2e: protos images
 	$(PYTEST) tests/e2e -q -ra

@@ -497,8 +497,7 @@ def test_environment_sets_the_variables_the_labs_services_read(catalogue):
 
 
 def test_environment_refuses_what_the_lab_does_not_read_and_values_that_are_not_one(catalogue):
-    read = ("DISTLAB_LEECHER_UPLOAD_RATE, DISTLAB_PIECE_BYTES, DISTLAB_SEEDER_UPLOAD_RATE, "
-            "DISTLAB_SEED_BYTES")
+    read = ", ".join(catalogue.lab("bittorrent").variables)
     assert problems(catalogue, """\
         lab: bittorrent
         duration: 30s
