@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from nodes.common.usercode import UserCodeError, describe, import_source
 from nodes.mapreduce.scheduler import Split
 
 BUILTIN_DIR = Path(__file__).with_name("builtin")
@@ -145,23 +146,16 @@ def split_inputs(input_dir: Path, names: Iterable[str], split_bytes: int) -> lis
 
 def load_job(source: str, job_id: str, params: dict[str, str]) -> types.ModuleType:
     """The job's module, imported in isolation; JobError when it does not import."""
-    module = types.ModuleType(f"distlab_mr_job_{re.sub(r'[^A-Za-z0-9_]', '_', job_id)}")
-    module.__file__ = f"<job {job_id}>"
-    module.params = dict(params)
     try:
-        code = compile(source, module.__file__, "exec")
-        exec(code, module.__dict__)  # noqa: S102 - running the job's code is the point
-    except BaseException as exc:  # a job's import may raise anything, SystemExit included
-        raise JobError(f"the job module does not import: {_describe(exc)}") from None
+        module = import_source(source, f"distlab_mr_job_{re.sub(r'[^A-Za-z0-9_]', '_', job_id)}",
+                               f"<job {job_id}>", preset={"params": dict(params)})
+    except UserCodeError as exc:
+        raise JobError(f"the job module does not import: {exc}") from None
     module.params = {**getattr(module, "params", {}), **params}
     for name in ("map", "reduce"):
         if not callable(getattr(module, name, None)):
             raise JobError(f"the job module defines no {name}(key, ...) function")
     return module
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 def read_split(input_dir: Path, split: Split,
@@ -212,11 +206,11 @@ def run_map(module: types.ModuleType, input_dir: Path, split: Split, reducers: i
                 values = [combine(key, values)]
             except Exception as exc:
                 raise JobError(f"combine raised on key {key[:80]!r}: "
-                               f"{_describe(exc)}") from None
+                               f"{describe(exc)}") from None
         try:
             bucket = buckets[partition_of(key)]
         except Exception as exc:
-            raise JobError(f"partition raised on key {key[:80]!r}: {_describe(exc)}") from None
+            raise JobError(f"partition raised on key {key[:80]!r}: {describe(exc)}") from None
         bucket.append((key, values))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -225,7 +219,7 @@ def run_map(module: types.ModuleType, input_dir: Path, split: Split, reducers: i
             data = json.dumps(pairs, separators=(",", ":")).encode()
         except (TypeError, ValueError) as exc:
             raise JobError(f"map output of partition {index} is not JSON: "
-                           f"{_describe(exc)}") from None
+                           f"{describe(exc)}") from None
         written += len(data)
         _write_whole(out_dir / PARTITION_FILE.format(partition=index), data)
     return {"map_records_in": records_in, "map_bytes_in": bytes_in,
@@ -248,7 +242,7 @@ def _map_grouped(module: types.ModuleType, input_dir: Path,
                 grouped[key].append(value)
         except Exception as exc:
             raise JobError(f"map raised on record {split.path} at byte {offset} "
-                           f"({line[:80]!r}): {_describe(exc)}") from None
+                           f"({line[:80]!r}): {describe(exc)}") from None
     return _string_keys(grouped), records_in, bytes_in
 
 
@@ -299,7 +293,7 @@ def run_reduce(module: types.ModuleType, partitions: Iterable[bytes], output: Pa
             value = job_reduce(key, grouped[key])
         except Exception as exc:
             raise JobError(f"reduce raised on key {key[:80]!r} in partition {task}: "
-                           f"{_describe(exc)}") from None
+                           f"{describe(exc)}") from None
         lines.append(f"{key} {value}\n")
     data = "".join(lines).encode()
     output.parent.mkdir(parents=True, exist_ok=True)

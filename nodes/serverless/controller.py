@@ -19,7 +19,9 @@ to a free instance of its function, in this order (the runner counts cold starts
 With none free, the request waits in its function's queue, and an instance is started
 for each waiting request not already covered by one starting (a concurrency target of
 one request per instance, as Knative's containerConcurrency 1), up to `max_instances`.
-Past `queue_limit` waiting requests, the invocation is refused ("too many requests").
+With every instance busy and `max_instances` reached, up to `queue_limit` more requests
+wait (besides those an instance on its way will take); past that, an invocation is refused
+("too many requests").
 
 Idle instances are paused after `pause_after` seconds and removed `keep_alive` seconds
 after their last request; `min_instances` are kept whatever their age, so a function
@@ -51,7 +53,7 @@ class FunctionConfig:
     min_instances: int = 0
     keep_alive: float = 60.0  # removed this long after its last request (paused before)
     pause_after: float = 5.0  # an idle instance is frozen after this long
-    queue_limit: int = 100  # requests waiting for an instance, at most
+    queue_limit: int = 100  # requests waiting with no instance on its way for them, at most
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -183,11 +185,14 @@ class Controller:
     def invoke(self, request: str, name: str) -> list[Action]:
         """An invocation of `name` arrives."""
         function = self._function(name)
-        now = self.clock()
-        if len(function.queue) >= function.config.queue_limit and not self._free(name):
-            return [Refuse(request, f"too many requests: {len(function.queue)} already wait "
-                                    f"for {name} (queue_limit {function.config.queue_limit})")]
-        function.queue.append((request, now))
+        config = function.config
+        backlog = self.backlog(name)
+        if backlog >= config.queue_limit and not self._free(name) \
+                and len(self._of(name)) >= config.max_instances:
+            return [Refuse(request, f"too many requests: {backlog} already wait for {name}, "
+                                    f"whose {config.max_instances} instance(s) are all busy "
+                                    f"(queue_limit {config.queue_limit})")]
+        function.queue.append((request, self.clock()))
         return self._serve(name)
 
     def ready(self, instance_id: str) -> list[Action]:
@@ -257,6 +262,11 @@ class Controller:
 
     def waiting(self, name: str) -> int:
         return len(self._function(name).queue)
+
+    def backlog(self, name: str) -> int:
+        """Requests waiting beyond those the instances starting now will take."""
+        starting = sum(1 for i in self._of(name) if i.state is State.STARTING)
+        return max(len(self._functions[name].queue) - starting, 0)
 
     # -- inside -------------------------------------------------------------------------------
 

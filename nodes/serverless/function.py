@@ -19,10 +19,11 @@ import io
 import json
 import time
 import traceback
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from nodes.common.usercode import UserCodeError, describe, import_source
 
 MAX_LOG_LINES = 200  # per invocation: a function that logs in a loop cannot fill memory
 MAX_LOG_LINE_CHARS = 2000
@@ -74,9 +75,9 @@ class LoadedFunction:
         try:
             with contextlib.redirect_stdout(printed):
                 value = self._handle(event, context)
-        except Exception as exc:  # noqa: BLE001 - whatever the function raises is its error
+        except BaseException as exc:  # whatever it raises (sys.exit too) is its own error
             _log_printed(context, printed)
-            return Outcome(False, "", f"{type(exc).__name__}: {exc}{_where(exc, self.name)}",
+            return Outcome(False, "", describe(exc) + _where(exc, self.name),
                            tuple(context.logs))
         _log_printed(context, printed)
         try:
@@ -88,23 +89,18 @@ class LoadedFunction:
 
 def load(name: str, source: str) -> LoadedFunction:
     """Compile `source` as the module of function `name` and find its handler."""
-    filename = f"<function {name}>"
     try:
-        code = compile(source, filename, "exec")
-    except SyntaxError as exc:
-        raise LoadError(f"function {name} does not compile: {exc.msg} (line {exc.lineno})"
-                        ) from None
-    module = types.ModuleType(f"distlab_function_{name}")
-    module.__file__ = filename
-    try:
-        exec(code, module.__dict__)  # noqa: S102 - running the user's function is the point
-    except Exception as exc:  # noqa: BLE001 - any error at import is the function's
-        raise LoadError(f"function {name} failed while loading: "
-                        f"{type(exc).__name__}: {exc}") from None
+        module = import_source(source, f"distlab_function_{name}", _filename(name))
+    except UserCodeError as exc:
+        raise LoadError(f"function {name} does not load: {exc}") from None
     handle = getattr(module, "handle", None)
     if not callable(handle):
         raise LoadError(f"function {name} has no handle(event, context)")
     return LoadedFunction(name, handle)
+
+
+def _filename(name: str) -> str:
+    return f"<function {name}>"
 
 
 def _log_printed(context: Context, printed: io.StringIO) -> None:
@@ -115,5 +111,5 @@ def _log_printed(context: Context, printed: io.StringIO) -> None:
 def _where(exc: Exception, name: str) -> str:
     """' (line N)': the innermost line of the function's own code in the traceback."""
     lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__)
-             if frame.filename == f"<function {name}>"]
+             if frame.filename == _filename(name)]
     return f" (line {lines[-1]})" if lines else ""

@@ -34,6 +34,11 @@ def test_the_functions_exception_is_its_error_with_message_line_and_logs():
     assert outcome.logs == ("counting for inv-1", "printed too")
 
 
+def test_a_function_that_calls_exit_gets_an_error_not_a_stopped_instance():
+    outcome = run("import sys\ndef handle(event, context):\n    sys.exit(2)\n", {})
+    assert outcome.error == "SystemExit: 2 (line 3)"
+
+
 def test_the_same_function_serves_the_next_request_after_an_error():
     function = load("f", WORDS)
     assert not function.run("{}", invocation_id="a", timeout=5).ok
@@ -49,10 +54,12 @@ def test_an_event_that_is_not_json_and_a_result_that_is_not_are_clear_errors():
 
 
 @pytest.mark.parametrize("source, message", [
-    ("def handle(event, context)\n    return 1\n", "does not compile: expected ':' (line 1)"),
+    ("def handle(event, context)\n    return 1\n",
+     "does not load: SyntaxError: expected ':' (line 1)"),
     ("x = 1\n", "has no handle(event, context)"),
     ("handle = 3\n", "has no handle(event, context)"),
-    ("raise RuntimeError('no config')\n", "failed while loading: RuntimeError: no config"),
+    ("raise RuntimeError('no config')\n", "does not load: RuntimeError: no config"),
+    ("import sys\nsys.exit(3)\n", "does not load: SystemExit: 3"),
 ])
 def test_bad_source_is_refused_at_load_saying_why(source, message):
     with pytest.raises(LoadError, match=message.replace("(", r"\(").replace(")", r"\)")):
