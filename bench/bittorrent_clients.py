@@ -84,7 +84,7 @@ def client_sample(client: ClientMachine, key: str) -> Callable[[], Sample | None
     return sample
 
 
-def leecher_sample(testbed: Testbed, name: str) -> Callable[[], Sample | None]:
+def peer_sample(testbed: Testbed, name: str) -> Callable[[], Sample | None]:
     def sample() -> Sample | None:
         channel = testbed.machine(name).refresh().protected_channel()
         try:
@@ -129,10 +129,9 @@ def measure(file_mib: int) -> dict[str, Any]:
                    "DISTLAB_BTCLIENT_STATUS_SECONDS": str(CLIENT_STATUS_SECONDS)}
     testbed.clean()  # the seeder makes its file only on an empty volume
     try:
-        lab = testbed.up("bittorrent", ["leecher=0"], environment=environment)
-        testbed.wait_healthy(lab, timeout=240)
+        testbed.up("bittorrent", ["leecher=0"], environment=environment, timeout=240)
         seeder = testbed.machine("seeder-1")
-        wait_for(lambda: (s := leecher_sample(testbed, "seeder-1")()) and s[1] > 0,
+        wait_for(lambda: (s := peer_sample(testbed, "seeder-1")()) and s[1] > 0,
                  "seeder-1 makes the lab's file and seeds it", 300)
         torrent = read_file(testbed, "seeder-1", LAB_TORRENT)
         metainfo = Metainfo.from_bytes(torrent)
@@ -165,7 +164,7 @@ def measure(file_mib: int) -> dict[str, Any]:
         # perhaps done.
         testbed.runtime.up(["bittorrent"], {"leecher": 1, "seeder": 0},
                            environment=environment)
-        real_to_ours = throughput(follow(leecher_sample(testbed, "leecher-1"), total,
+        real_to_ours = throughput(follow(peer_sample(testbed, "leecher-1"), total,
                                          "our leecher from libtorrent"), total)
         libtorrent.forget(metainfo)
     finally:
