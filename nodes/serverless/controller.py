@@ -177,9 +177,6 @@ class Controller:
             actions.append(self._remove(instance))
         return actions
 
-    def functions(self) -> list[FunctionConfig]:
-        return [function.config for function in self._functions.values()]
-
     # -- events -------------------------------------------------------------------------------
 
     def invoke(self, request: str, name: str) -> list[Action]:
@@ -251,14 +248,6 @@ class Controller:
         return actions + self._refill_pool()
 
     # -- what the runner and metrics read -----------------------------------------------------
-
-    def counts(self) -> dict[tuple[str, str], int]:
-        """Instances by (function, state); prewarmed containers under function ''."""
-        found: dict[tuple[str, str], int] = {}
-        for instance in self.instances.values():
-            key = (instance.function or "", instance.state.value)
-            found[key] = found.get(key, 0) + 1
-        return found
 
     def waiting(self, name: str) -> int:
         return len(self._function(name).queue)

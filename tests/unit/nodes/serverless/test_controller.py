@@ -53,6 +53,13 @@ def controller(clock, prewarm=0, **config):
     return c
 
 
+def serve_one(c):
+    """r1 runs on a new instance fn-1, which is then idle."""
+    c.invoke("r1", "hello")
+    c.ready("fn-1")
+    c.done("fn-1")
+
+
 def test_the_first_call_is_a_cold_start_and_the_next_runs_warm(clock):
     c = controller(clock)
     [create] = c.invoke("r1", "hello")
@@ -65,9 +72,7 @@ def test_the_first_call_is_a_cold_start_and_the_next_runs_warm(clock):
 
 def test_an_idle_instance_is_paused_then_resumed_for_the_next_call(clock):
     c = controller(clock, pause_after=5, keep_alive=60)
-    c.invoke("r1", "hello")
-    c.ready("fn-1")
-    c.done("fn-1")
+    serve_one(c)
     clock.now = 5
     assert c.tick() == [Pause("fn-1")]
     assert c.invoke("r2", "hello") == [Resume("fn-1")]
@@ -77,9 +82,7 @@ def test_an_idle_instance_is_paused_then_resumed_for_the_next_call(clock):
 
 def test_a_function_with_no_min_instances_scales_to_zero_after_keep_alive(clock):
     c = controller(clock, pause_after=5, keep_alive=60)
-    c.invoke("r1", "hello")
-    c.ready("fn-1")
-    c.done("fn-1")
+    serve_one(c)
     clock.now = 59.9
     assert only(c.tick(), Remove) == []
     clock.now = 60
