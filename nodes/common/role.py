@@ -124,6 +124,7 @@ class RoleSpec:
       `nodes.common.auth.service_methods`) of this role's services that only lab
       machines and the host call: they need the lab credential. Control's methods
       always do; everything else the node serves stays open.
+    credential_from: see the field.
     """
 
     name: str
@@ -131,3 +132,7 @@ class RoleSpec:
     settings: tuple[Setting, ...]
     build: Callable[[NodeContext], RoleNode]
     protected: frozenset[str] = frozenset()
+    #: Where the node's credential comes from instead of the lab's file (CREDENTIAL_FILE):
+    #: given the settings, the credential. A serverless instance runs a user's code, so it
+    #: holds a token of its own that opens only itself, never the lab's.
+    credential_from: Callable[[dict[str, Any]], Credential] | None = None

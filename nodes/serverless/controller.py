@@ -224,6 +224,14 @@ class Controller:
             actions += self._serve(instance.function)
         return request, actions + self._refill_pool()
 
+    def drain(self, name: str, reason: str) -> list[Action]:
+        """Refuse every request waiting for `name`: its instances cannot start (its code does
+        not load, the engine refuses), and starting more would only fail again."""
+        function = self._function(name)
+        refusals: list[Action] = [Refuse(request, reason) for request, _ in function.queue]
+        function.queue.clear()
+        return refusals
+
     def tick(self) -> list[Action]:
         """Pause the idle, remove the expired, keep `min_instances` and the prewarm pool;
         call every second or so."""

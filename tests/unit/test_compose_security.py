@@ -44,6 +44,12 @@ FOREIGN_CODE: dict[str, str] = {
     "aria2": "aria2c, a real BitTorrent client (Debian's package)",
     "libtorrent": "libtorrent-rasterbar, a real BitTorrent client (Debian's package)",
 }
+#: Services that hold the Docker engine's socket, and why. Nothing else may.
+ENGINE_SOCKET: dict[str, str] = {
+    "engine-proxy": "the serverless runner's only way to the engine: it passes only what "
+                    "nodes/serverless/enginepolicy.py allows, on a network only the runner "
+                    "shares; it adds no capability and keeps no-new-privileges",
+}
 # An environment variable that looks like it carries a secret itself.
 _SECRET_NAME = re.compile(r"CREDENTIAL|SECRET|TOKEN|PASSWORD|PASSWD|API_?KEY", re.IGNORECASE)
 
@@ -114,7 +120,11 @@ def check_service(name: str, service: dict) -> None:
     for limit in ("memory", "cpus", "pids"):
         assert limits.get(limit), f"{name}: deploy.resources.limits.{limit} missing"
     mounts = " ".join(json.dumps(volume) for volume in service.get("volumes") or ())
-    assert "docker.sock" not in mounts, f"{name}: mounts the Docker socket"
+    if name in ENGINE_SOCKET:
+        assert not service.get("cap_add"), f"{name}: holds the socket, so adds no capability"
+        assert NO_NEW_PRIVILEGES in (service.get("security_opt") or ()), name
+    else:
+        assert "docker.sock" not in mounts, f"{name}: mounts the Docker socket"
     argv = " ".join(map(str, (service.get("command") or []) + (service.get("entrypoint") or [])))
     assert "--web.enable-lifecycle" not in argv, f"{name}: --web.enable-lifecycle"
     environment = service.get("environment") or {}

@@ -227,7 +227,8 @@ def test_a_machine_a_scale_migration_adds_may_be_a_target(catalogue):
 
 def test_an_unknown_lab_lists_the_labs_and_suggests_one(catalogue):
     assert problems(catalogue, "lab: tier\nduration: 5\nworkloads: [{type: bank}]\n") == [
-        "s.yaml:1: lab: unknown lab 'tier', not one of bittorrent, chord, kv, mapreduce, tiers; "
+        "s.yaml:1: lab: unknown lab 'tier', not one of bittorrent, chord, kv, mapreduce, "
+        "serverless, tiers; "
         "did you mean 'tiers'?"]
 
 
