@@ -186,9 +186,11 @@ class RunnerNode(RoleNode, serverless_pb2_grpc.FunctionsServicer):
 
     def status(self) -> dict[str, str]:
         with self._lock:
+            pool = sum(1 for i in self.controller.instances.values()
+                       if i.function is None and i.state is ctl.State.IDLE)
             return {"functions": str(len(self.functions)),
                     "instances": str(len(self.controller.instances)),
-                    "waiting": str(len(self.pending))}
+                    "pool": str(pool), "waiting": str(len(self.pending))}
 
     def _ticks(self) -> None:
         while not self._stopping.wait(1.0):

@@ -1,0 +1,230 @@
+"""The serverless lab, for real: functions deployed from the host to the runner machine,
+each instance a container the runner starts through the engine proxy, paused by the cgroup
+freezer, removed when idle. One lab for the module.
+
+What a user of OpenFaaS or OpenWhisk would notice: the example functions answer right from
+the CLI's client and over HTTP with the same JSON; the second call is warm, a call after a
+pause is served by the paused instance, a call with the pool's container is a prewarm start
+and one beyond it cold; a function over its timeout or its memory is stopped with the
+reason and its instance replaced; a function's exception comes back with its line and
+logs and the instance serves the next call; a payload over 1 MiB is refused before any
+instance is touched; an idle function scales to zero; concurrent calls never run two at
+once on an instance nor exceed max_instances; an instance cannot reach the engine nor
+write its root filesystem; deployed functions survive the runner's restart, and `clean`
+removes instances a killed runner left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from distlab.serverless.client import FunctionError, FunctionsClient, runner_channel
+from tests.e2e.conftest import eventually, lab_fixture
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+FUNCTIONS = REPO / "functions"
+HTTP = f"http://127.0.0.1:{os.environ.get('DISTLAB_FN_HTTP_PORT', '8080')}"
+PAUSE_AFTER = 5.0  # compose's FN_PAUSE_AFTER_SECONDS default
+
+testbed = lab_fixture("serverless")
+
+
+@pytest.fixture(scope="module")
+def fn(testbed) -> FunctionsClient:
+    client = FunctionsClient(runner_channel(testbed))
+    for name in ("echo", "fib", "counter", "wordcount"):
+        client.deploy(name, FUNCTIONS / f"{name}.py")
+    return client
+
+
+def instances(testbed) -> list[str]:
+    """The instance containers running now (the runner makes them, not Compose)."""
+    return [m.name for m in testbed.machines() if m.info.role == "serverless-instance"
+            and m.info.state == "running"]
+
+
+def post(path: str, body: bytes) -> tuple[int, dict, dict]:
+    request = urllib.request.Request(HTTP + path, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read())
+
+
+def test_the_example_functions_answer_right_over_grpc_and_http(fn):
+    reply = fn.invoke("echo", '{"text": "hi"}')
+    assert reply.ok and json.loads(reply.result) == {"event": {"text": "hi"}, "id": reply.id}
+    assert reply.logs == ["echo {'text': 'hi'}"]
+    assert json.loads(fn.invoke("fib", '{"n": 20}').result) == {"n": 20, "fib": 6765}
+    counts = [json.loads(fn.invoke("counter", '{"name": "e2e"}').result)["count"]
+              for _ in range(3)]
+    assert counts == [1, 2, 3]
+    text = "the ring and the chain and the peer"
+    assert fn.invoke("wordcount", json.dumps({"put": "doc", "text": text})).ok
+    words = json.loads(fn.invoke("wordcount", '{"key": "doc", "top": 1}').result)
+    assert words == {"words": 8, "distinct": 5, "top": [["the", 3]]}
+    status, headers, body = post("/function/fib", b'{"n": 15}')
+    assert (status, body) == (200, {"n": 15, "fib": 610})
+    assert headers["X-Start-Path"] in ("warm", "paused", "prewarm", "cold")
+    status, _, body = post("/function/counter", b'{"name": "e2e"}')
+    assert (status, body["count"]) == (200, 4)  # the same storage as the gRPC calls
+
+
+def pool_ready(testbed) -> bool:
+    """Whether the runner's prewarm pool holds a container ready to specialize."""
+    with testbed.machine("runner-1").control() as control:
+        return control.status().state["pool"] != "0"
+
+
+def test_starts_take_the_cheapest_path_warm_paused_prewarm_cold(fn, testbed):
+    fn.deploy("paths", "import time\ndef handle(event, context):\n"
+                       "    time.sleep(3 if event == 'slow' else 0)\n    return event\n",
+              max_instances=4)
+    eventually(lambda: pool_ready(testbed), timeout=60, what="a prewarmed container")
+    assert fn.invoke("paths", "1").path == "prewarm"  # the pool's container, specialized
+    assert fn.invoke("paths", "2").path == "warm"
+    time.sleep(PAUSE_AFTER + 2)  # idle past pause_after: frozen
+    assert fn.invoke("paths", "3").path == "paused"
+    # Four at once, each long enough that waiting for a busy instance loses to a new one:
+    # one instance is there, one comes from the refilled pool, the rest start cold.
+    with ThreadPoolExecutor(4) as pool:
+        paths = sorted(r.path for r in pool.map(
+            lambda _: fn.invoke("paths", '"slow"'), range(4)))
+    assert "cold" in paths, paths
+    listed = {f.function.name: f for f in fn.list()}["paths"]
+    assert listed.cold_starts["prewarm"] >= 1 and listed.cold_starts["paused"] == 1
+    assert listed.invocations["ok"] == 7
+
+
+def test_a_functions_error_comes_back_with_its_line_and_the_instance_serves_on(fn):
+    source = ("def handle(event, context):\n    print('looking at', event)\n"
+              "    return event['text'].upper()\n")
+    fn.deploy("upper", source)
+    failed = fn.invoke("upper", '{"other": 1}')
+    assert not failed.ok and failed.error == "KeyError: 'text' (line 3)"
+    assert failed.logs == ["looking at {'other': 1}"]
+    served = fn.invoke("upper", '{"text": "ok"}')
+    assert served.ok and json.loads(served.result) == "OK"
+    assert served.instance == failed.instance
+    assert any("KeyError" in line for line in fn.logs("upper"))
+
+
+def test_over_its_timeout_a_function_is_stopped_and_its_instance_replaced(fn, testbed):
+    fn.deploy("slow", "import time\ndef handle(event, context):\n    time.sleep(event)\n"
+                      "    return event\n", timeout=1.0)
+    first = fn.invoke("slow", "0")
+    with pytest.raises(FunctionError) as raised:
+        fn.invoke("slow", "30")
+    assert raised.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "slow timed out after 1 s" in str(raised.value)
+    eventually(lambda: first.instance not in instances(testbed), timeout=30,
+               what=f"{first.instance} removed")
+    again = fn.invoke("slow", "0")
+    assert again.ok and again.instance != first.instance
+
+
+def test_over_its_memory_a_function_is_killed_and_the_caller_told(fn):
+    fn.deploy("hog", "def handle(event, context):\n"
+                     "    return len([bytearray(1 << 20) for _ in range(event)])\n",
+              memory_bytes=64 * 1024 * 1024)
+    assert json.loads(fn.invoke("hog", "8").result) == 8
+    with pytest.raises(FunctionError) as raised:
+        fn.invoke("hog", "200")
+    assert raised.value.code is grpc.StatusCode.ABORTED
+    assert "hog exceeded 64 MiB" in str(raised.value)
+    assert json.loads(fn.invoke("hog", "8").result) == 8  # a new instance serves
+
+
+def test_bad_input_gets_a_clear_error_and_touches_no_instance(fn, testbed):
+    before = fn.list()
+    too_big = json.dumps("a" * (1024 * 1024 + 10))
+    with pytest.raises(FunctionError, match="over the 1024 KiB limit") as raised:
+        fn.invoke("echo", too_big)
+    assert raised.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    status, _, body = post("/function/echo", too_big.encode())
+    assert status == 413 and "over the 1024 KiB limit" in body["error"]
+    status, _, body = post("/function/echo", b"not json")
+    assert status == 400 and "not JSON" in body["error"]
+    status, _, body = post("/function/nope", b"{}")
+    assert status == 404 and "no function 'nope'" in body["error"]
+    with pytest.raises(FunctionError, match="does not compile"):
+        fn.deploy("broken", "def handle(event, context)\n    return 1\n")
+    with pytest.raises(FunctionError, match="no handle"):
+        fn.deploy("nohandle", "x = 1\n")
+    with pytest.raises(FunctionError, match="function name"):
+        fn.deploy("Bad Name", "def handle(e, c):\n    return 1\n")
+    after = {f.function.name: f.invocations for f in fn.list()}
+    assert after["echo"] == {f.function.name: f.invocations for f in before}["echo"]
+
+
+def test_an_idle_function_scales_to_zero(fn, testbed):
+    fn.deploy("brief", "def handle(event, context):\n    return 1\n", keep_alive=3.0)
+    fn.invoke("brief", "")
+    assert {f.function.name: f for f in fn.list()}["brief"].instances
+    eventually(lambda: not {f.function.name: f for f in fn.list()}["brief"].instances,
+               timeout=30, what="brief scaled to zero")
+
+
+def test_concurrent_calls_run_one_per_instance_within_max_instances(fn):
+    source = ("import os, time\ndef handle(event, context):\n"
+              "    marker = '/data/busy'\n"
+              "    if os.path.exists(marker):\n"
+              "        raise RuntimeError('two requests at once on one instance')\n"
+              "    open(marker, 'w').close()\n"
+              "    time.sleep(0.3)\n    os.remove(marker)\n    return event\n")
+    fn.deploy("one-at-a-time", source, max_instances=2)
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda i: fn.invoke("one-at-a-time", str(i)), range(8)))
+    assert all(r.ok for r in replies), [r.error for r in replies if not r.ok]
+    assert sorted(json.loads(r.result) for r in replies) == list(range(8))
+    assert len({r.instance for r in replies}) <= 2
+
+
+def test_an_instance_reaches_neither_the_engine_nor_its_own_root(fn):
+    source = ("import os, socket\ndef handle(event, context):\n"
+              "    found = {'uid': os.getuid()}\n"
+              "    for host in ('engine-proxy', 'runner'):\n"
+              "        try:\n            socket.create_connection((host, 2375), timeout=2)\n"
+              "            found[host] = 'reached'\n"
+              "        except OSError as exc:\n            found[host] = type(exc).__name__\n"
+              "    try:\n        open('/etc/owned', 'w')\n        found['root'] = 'written'\n"
+              "    except OSError:\n        found['root'] = 'read-only'\n"
+              "    return found\n")
+    fn.deploy("probe", source, timeout=30.0)  # a name the internal network cannot resolve
+    found = json.loads(fn.invoke("probe", "").result)
+    assert found["uid"] != 0
+    assert found["engine-proxy"] != "reached" and found["runner"] != "reached"
+    assert found["root"] == "read-only"
+
+
+def test_functions_survive_the_runners_restart_and_clean_removes_what_it_left(fn, testbed):
+    fn.invoke("echo", '"before"')
+    runner = testbed.machine("runner-1")
+    runner.kill()
+    assert instances(testbed)  # a killed runner leaves its instances running
+    runner.start()
+    try:
+        testbed.wait_healthy(testbed.lab, timeout=120)
+    except Exception as exc:
+        raise AssertionError(f"{exc}; the runner's log:\n{runner.logs(tail=40)}") from None
+    client = FunctionsClient(runner_channel(testbed))
+    eventually(lambda: client.invoke("echo", '"after"').ok, timeout=60,
+               what="echo answers after the runner's restart")
+    assert {"echo", "fib", "counter", "wordcount"} <= {f.function.name for f in client.list()}
+    runner.kill()
+    assert instances(testbed)
+    report = testbed.clean()
+    assert not report.leftovers
+    assert not [m for m in testbed.machines() if m.info.lab == "serverless"]
