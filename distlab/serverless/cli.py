@@ -1,4 +1,4 @@
-"""`distlab fn deploy | invoke | list | logs | rm`: functions on the serverless lab.
+"""`distlab fn deploy | invoke [--async] | result | list | logs | rm`: the serverless lab.
 
 Registered by `distlab.serverless.lab`. Talks to the runner through
 `distlab.serverless.client` with the lab credential. Errors are DistlabErrors (one line
@@ -78,13 +78,19 @@ def deploy(name: str, file: Path, memory: str, timeout: str, max_instances: int,
 @fn.command()
 @click.argument("name")
 @click.option("--data", default="", help="the event, as JSON ('{\"text\": \"hi\"}')")
-def invoke(name: str, data: str) -> None:
+@click.option("--async", "later", is_flag=True,
+              help="have the runner keep it and run it later; prints its id (distlab fn result)")
+def invoke(name: str, data: str, later: bool) -> None:
     """Run NAME once and print its result (its logs and error when it fails)."""
     if data:
         try:
             json.loads(data)
         except ValueError as exc:
             raise UsageError(f"--data is not JSON: {exc}", hint="--data '{\"n\": 3}'") from None
+    if later:
+        invocation = _client().invoke_async(name, data)
+        out.print(f"accepted {invocation} (distlab fn result {invocation})", markup=False)
+        return
     reply = _client().invoke(name, data)
     for line in reply.logs:
         out.print(f"[log] {line}", markup=False)
@@ -97,6 +103,21 @@ def invoke(name: str, data: str) -> None:
     out.print(f"error: {reply.error}", markup=False)
     out.print(how, markup=False, style="dim")
     sys.exit(1)
+
+
+@fn.command()
+@click.argument("invocation_id")
+def result(invocation_id: str) -> None:
+    """The outcome of an asynchronous invocation, or that it still waits."""
+    reply = _client().result(invocation_id)
+    tries = f"after {reply.attempts} attempt(s)"
+    if not reply.done:
+        out.print(f"{reply.function}: waiting ({tries} so far)", markup=False)
+    elif reply.ok:
+        out.print(f"{reply.function}: {reply.result} ({tries})", markup=False)
+    else:
+        out.print(f"{reply.function}: error: {reply.error} ({tries})", markup=False)
+        sys.exit(1)
 
 
 @fn.command("list")

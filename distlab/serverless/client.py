@@ -60,6 +60,15 @@ class FunctionsClient:
         return self._call(f"invoke {name}", self.stub.Invoke,
                           serverless_pb2.InvokeRequest(name=name, data=data), timeout)
 
+    def invoke_async(self, name: str, data: str = "") -> str:
+        """The id of an invocation the runner keeps (on disk) to run later."""
+        return self._call(f"invoke {name} asynchronously", self.stub.InvokeAsync,
+                          serverless_pb2.InvokeRequest(name=name, data=data)).id
+
+    def result(self, invocation_id: str) -> serverless_pb2.ResultReply:
+        return self._call(f"result of {invocation_id}", self.stub.Result,
+                          serverless_pb2.ResultRequest(id=invocation_id))
+
     def list(self) -> list[serverless_pb2.FunctionInfo]:
         return list(self._call("list", self.stub.List, serverless_pb2.ListRequest()).functions)
 

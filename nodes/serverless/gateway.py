@@ -3,6 +3,9 @@
 - `POST /function/NAME` with a JSON body: 200 and the function's JSON result (headers
   X-Invocation-Id, X-Start-Path: warm, paused, prewarm or cold, X-Run-Seconds); the
   function's own error is 500 with `{"error": ..., "logs": [...]}`;
+- `POST /async-function/NAME`: 202 and `{"id": ...}` once the invocation is on the
+  runner's disk; `GET /result/ID`: `{"done": false, ...}` while it waits, then its one
+  outcome (`ok`, `result` or `error`, `attempts`);
 - `GET /system/functions`: the deployed functions, their instances and counts.
 
 The platform's refusals keep their meaning: 404 no such function, 400 not JSON, 413 over
@@ -15,8 +18,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import json_format
@@ -39,11 +42,19 @@ class InvokeFailed(Exception):
         self.code, self.outcome = code, outcome
 
 
+class Functions(Protocol):
+    """What the gateway asks of the runner."""
+
+    def invoke(self, name: str, data: str) -> Any: ...
+    def invoke_async(self, name: str, data: str) -> str: ...
+    def result(self, invocation_id: str) -> Any: ...
+    def list_functions(self) -> list: ...
+
+
 class Gateway:
-    def __init__(self, invoke: Callable, list_functions: Callable, port: int,
-                 max_payload: int) -> None:
+    def __init__(self, functions: Functions, port: int, max_payload: int) -> None:
         gateway = self
-        self.invoke, self.list_functions, self.max_payload = invoke, list_functions, max_payload
+        self.functions, self.max_payload = functions, max_payload
 
         class Handler(_Handler):
             owner = gateway
@@ -67,19 +78,26 @@ class _Handler(BaseHTTPRequestHandler):
         """Invocations are counted by the runner; no access log."""
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        if self.path.split("?")[0] == "/system/functions":
-            functions = [json_format.MessageToDict(f, always_print_fields_with_no_presence=True)
-                         for f in self.owner.list_functions()]
-            return self._send(200, functions)
-        return self._send(404, {"error": f"GET {self.path}: try POST /function/NAME or "
-                                         f"GET /system/functions"})
+        path = self.path.split("?")[0]
+        if path == "/system/functions":
+            return self._send(200, [_as_json(f) for f in self.owner.functions.list_functions()])
+        if path.startswith("/result/"):
+            reply = self.owner.functions.result(path[len("/result/"):])
+            if reply is None:
+                return self._send(404, {"error": f"no asynchronous invocation "
+                                                 f"{path[len('/result/'):]!r}"})
+            return self._send(200, _as_json(reply))
+        return self._send(404, {"error": f"GET {path}: try GET /system/functions or "
+                                         f"GET /result/ID"})
 
     def do_POST(self) -> None:  # noqa: N802
-        prefix = "/function/"
         path = self.path.split("?")[0]
-        if not path.startswith(prefix) or len(path) == len(prefix):
+        prefix = next((p for p in ("/function/", "/async-function/") if path.startswith(p)
+                       and len(path) > len(p)), None)
+        if prefix is None:
             self._discard_body()
-            return self._send(404, {"error": f"POST {path}: try POST /function/NAME"})
+            return self._send(404, {"error": f"POST {path}: try POST /function/NAME or "
+                                             f"POST /async-function/NAME"})
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -89,8 +107,12 @@ class _Handler(BaseHTTPRequestHandler):
                                              f"{self.owner.max_payload // 1024} KiB limit"},
                               close=True)
         body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
+        name = path[len(prefix):]
         try:
-            reply = self.owner.invoke(path[len(prefix):], body)
+            if prefix == "/async-function/":
+                invocation = self.owner.functions.invoke_async(name, body)
+                return self._send(202, {"id": invocation}, {"X-Call-Id": invocation})
+            reply = self.owner.functions.invoke(name, body)
         except InvokeFailed as exc:
             return self._send(HTTP_STATUS.get(exc.code, 500), {"error": str(exc)})
         headers = {"X-Invocation-Id": reply.id, "X-Start-Path": reply.path,
@@ -99,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, reply.result.encode(), headers)
         return self._send(500, {"error": reply.error, "logs": list(reply.logs)}, headers)
 
-    def _discard_body(self) -> None:
+    def _discard_body(self) -> None:  # so the connection can carry the next request
         length = int(self.headers.get("Content-Length") or 0)
         if 0 < length <= self.owner.max_payload:
             self.rfile.read(length)
@@ -117,3 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.write(payload)
+
+
+def _as_json(message) -> dict:
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)

@@ -21,6 +21,13 @@ a payload over 1 MiB is refused before any instance is touched. An instance whos
 does not load, or that the engine will not start, fails the requests waiting for it
 with that reason rather than being started again and again.
 
+Asynchronous invocations (`InvokeAsync`, `POST /async-function/NAME` answering 202 with
+an id) are kept on disk before they are answered (nodes.serverless.asyncqueue) and run by
+the same path as the synchronous ones. An attempt cut short — the instance died, overran
+its timeout or its memory, or the runner itself was killed — is tried again, up to
+FN_ASYNC_ATTEMPTS; a function's own error is an outcome. `Result` (`GET /result/ID`)
+answers with the one outcome the invocation has.
+
 The runner holds the lab credential (Deploy, Remove and Logs need it); each instance gets
 a token of its own. Invoke and List are open, like the HTTP gateway's invocations.
 """
@@ -47,11 +54,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from nodes.common.auth import Credential, service_methods
 from nodes.common.config import Setting, port, positive
-from nodes.common.durable import write_atomically
+from nodes.common.durable import AppendFailed, write_atomically
 from nodes.common.role import NodeContext, RoleNode, RoleSpec
 from nodes.common.server import main
 from nodes.rpc import serverless_pb2, serverless_pb2_grpc
 from nodes.serverless import controller as ctl
+from nodes.serverless.asyncqueue import AsyncQueue
 from nodes.serverless.engine import Engine, EngineError, InstanceSpec
 from nodes.serverless.gateway import Gateway, InvokeFailed
 
@@ -60,8 +68,11 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_SOURCE_BYTES = 256 * 1024
 MAX_FUNCTIONS = 50  # a bounded label set, and a lab's worth
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+ENGINE_WAIT_SECONDS = 60.0  # for the engine proxy, at the runner's start
 READY_SECONDS = 60.0  # a container's gRPC server answers within this, or it failed
 LOG_LINES_KEPT = 1000  # per function
+ASYNC_RUNNING = 16  # asynchronous invocations running at once, across functions
+ASYNC_BACKOFF_SECONDS = 1.0  # after "too many requests", before an invocation waits again
 STATES = ("starting", "idle", "busy", "paused")
 OUTCOMES = ("ok", "error", "timeout", "memory", "died", "refused")
 INIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -128,9 +139,19 @@ class RunnerNode(RoleNode, serverless_pb2_grpc.FunctionsServicer):
         self.handles: dict[str, Handle] = {}
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="fn-action")
         self._stopping = threading.Event()
-        self._engine: Engine | None = None
+        # Asynchronous invocations: on disk before they are answered, run by _run_queue.
+        self.queue = AsyncQueue(ctx.data_dir / "async.log",
+                                max_attempts=config["FN_ASYNC_ATTEMPTS"])
+        self._queue_lock = threading.Lock()
+        self._queued = threading.Event()
+        self._async_pool = ThreadPoolExecutor(max_workers=ASYNC_RUNNING,
+                                              thread_name_prefix="fn-async")
         self._gateway: Gateway | None = None
         self._metrics(ctx)
+        self._engine = self._start_engine()
+        for path in sorted(self.dir.glob("*.json")):  # deployed before a restart
+            self._deploy(json_format.Parse(path.read_text(), serverless_pb2.FunctionSpec()),
+                         persist=False)
 
     def _metrics(self, ctx: NodeContext) -> None:
         registry = ctx.registry
@@ -158,19 +179,30 @@ class RunnerNode(RoleNode, serverless_pb2_grpc.FunctionsServicer):
     def register(self, server: grpc.Server) -> None:
         serverless_pb2_grpc.add_FunctionsServicer_to_server(self, server)
 
+    def _start_engine(self) -> Engine:
+        """The engine, its leftovers gone: before the server answers, so that no request
+        finds the runner without its engine or its functions."""
+        config = self._ctx.config
+        deadline = time.monotonic() + ENGINE_WAIT_SECONDS
+        while True:
+            try:
+                engine = Engine(config["FN_ENGINE"], self._ctx.credential,
+                                image=config["FN_IMAGE"], network=config["FN_NETWORK"],
+                                lab=config["FN_LAB"], storage=config["FN_STORAGE"])
+                for leftover in engine.leftovers():
+                    engine.remove(leftover)  # a runner before us made them; nobody owns them
+                return engine
+            except EngineError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                self._ctx.log.warning("fn_engine_waiting", problem=str(exc))
+                time.sleep(1.0)
+
     def serving(self, grpc_port: int) -> None:
         config = self._ctx.config
-        self._engine = Engine(config["FN_ENGINE"], self._ctx.credential, image=config["FN_IMAGE"],
-                              network=config["FN_NETWORK"], lab=config["FN_LAB"],
-                              storage=config["FN_STORAGE"])
-        for leftover in self._engine.leftovers():
-            self._engine.remove(leftover)  # a runner before us made them; nobody owns them now
-        for path in sorted(self.dir.glob("*.json")):
-            self._deploy(json_format.Parse(path.read_text(), serverless_pb2.FunctionSpec()),
-                         persist=False)
-        self._gateway = Gateway(self.invoke, self.list_functions, config["FN_HTTP_PORT"],
-                                MAX_PAYLOAD_BYTES)
+        self._gateway = Gateway(self, config["FN_HTTP_PORT"], MAX_PAYLOAD_BYTES)
         threading.Thread(target=self._ticks, name="fn-tick", daemon=True).start()
+        threading.Thread(target=self._run_queue, name="fn-queue", daemon=True).start()
         self._ctx.log.info("runner_started", functions=len(self.functions),
                            http_port=self._gateway.port)
 
@@ -183,6 +215,9 @@ class RunnerNode(RoleNode, serverless_pb2_grpc.FunctionsServicer):
         for instance in instances:  # scale to zero on the way out: nobody else would
             self._remove(instance)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._async_pool.shutdown(wait=False, cancel_futures=True)
+        with self._queue_lock:
+            self.queue.close()
 
     def status(self) -> dict[str, str]:
         with self._lock:
@@ -301,18 +336,10 @@ class RunnerNode(RoleNode, serverless_pb2_grpc.FunctionsServicer):
         except InvokeFailed as exc:
             context.abort(exc.code, str(exc))
 
-    def invoke(self, name: str, data: str) -> serverless_pb2.InvokeReply:
+    def invoke(self, name: str, data: str, *, request_id: str = "") -> serverless_pb2.InvokeReply:
         """Run `name` on `data` (JSON text) and return its answer, or raise InvokeFailed."""
-        if len(data.encode()) > MAX_PAYLOAD_BYTES:
-            raise InvokeFailed(grpc.StatusCode.INVALID_ARGUMENT, "refused",
-                               f"a payload of {len(data.encode())} bytes is over the "
-                               f"{MAX_PAYLOAD_BYTES // 1024} KiB limit")
-        try:
-            json.loads(data or "null")
-        except ValueError as exc:
-            raise InvokeFailed(grpc.StatusCode.INVALID_ARGUMENT, "refused",
-                               f"the payload is not JSON: {exc}") from None
-        pending = Pending(uuid.uuid4().hex, name, data, time.monotonic())
+        _check_payload(data)
+        pending = Pending(request_id or uuid.uuid4().hex, name, data, time.monotonic())
         with self._lock:
             deployed = self.functions.get(name)
             if deployed is None:
@@ -334,6 +361,95 @@ class RunnerNode(RoleNode, serverless_pb2_grpc.FunctionsServicer):
         if pending.failure is not None:
             raise pending.failure
         return pending.reply
+
+    # -- asynchronous invocations -----------------------------------------------------------
+
+    def InvokeAsync(self, request, context):
+        try:
+            return serverless_pb2.InvokeAsyncReply(id=self.invoke_async(request.name,
+                                                                        request.data))
+        except InvokeFailed as exc:
+            context.abort(exc.code, str(exc))
+
+    def invoke_async(self, name: str, data: str) -> str:
+        """Accept an invocation for later; its id, once it is on disk."""
+        _check_payload(data)
+        with self._lock:
+            if name not in self.functions:
+                raise InvokeFailed(grpc.StatusCode.NOT_FOUND, "refused", self._unknown(name))
+        invocation = uuid.uuid4().hex
+        try:
+            with self._queue_lock:
+                self.queue.accept(invocation, name, data)
+        except AppendFailed as exc:
+            raise InvokeFailed(grpc.StatusCode.UNAVAILABLE, "refused",
+                               f"could not keep the invocation: {exc}") from None
+        self._queued.set()
+        return invocation
+
+    def Result(self, request, context):
+        with self._queue_lock:
+            invocation = self.queue.result(request.id)
+        if invocation is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no asynchronous invocation "
+                                                     f"{request.id!r} (or it was long ago)")
+        return _result_reply(invocation)
+
+    def result(self, invocation_id: str) -> serverless_pb2.ResultReply | None:
+        with self._queue_lock:
+            invocation = self.queue.result(invocation_id)
+        return None if invocation is None else _result_reply(invocation)
+
+    def _run_queue(self) -> None:
+        """Start every waiting invocation (at most ASYNC_RUNNING at once), as they come."""
+        running: set[str] = set()
+        done_lock = threading.Lock()
+        while not self._stopping.is_set():
+            self._queued.wait(1.0)
+            self._queued.clear()
+            with self._queue_lock:
+                waiting = self.queue.pending()
+            for invocation in waiting:
+                with done_lock:
+                    if invocation.id in running or len(running) >= ASYNC_RUNNING:
+                        continue
+                    running.add(invocation.id)
+
+                def attempt(invocation=invocation) -> None:
+                    try:
+                        self._attempt(invocation)
+                    except Exception as exc:  # noqa: BLE001 - a full disk: it waits, logged
+                        self._ctx.log.error("fn_async_failed", invocation=invocation.id,
+                                            problem=f"{type(exc).__name__}: {exc}")
+                        self._stopping.wait(ASYNC_BACKOFF_SECONDS)
+                    finally:
+                        with done_lock:
+                            running.discard(invocation.id)
+                        self._queued.set()
+                self._async_pool.submit(attempt)
+
+    def _attempt(self, invocation) -> None:
+        with self._queue_lock:
+            attempt = self.queue.started(invocation.id).attempts
+        with self._lock:
+            known = invocation.function in self.functions
+        if not known:
+            with self._queue_lock:
+                self.queue.finished(invocation.id, ok=False,
+                                    error=f"function {invocation.function} was removed")
+            return
+        try:
+            reply = self.invoke(invocation.function, invocation.event,
+                                request_id=f"{invocation.id}.{attempt}")
+        except InvokeFailed as exc:
+            if exc.outcome == "refused":  # it never ran: wait for room, as a queue does
+                self._stopping.wait(ASYNC_BACKOFF_SECONDS)
+            with self._queue_lock:
+                self.queue.attempt_failed(invocation.id, str(exc))
+            return
+        with self._queue_lock:
+            self.queue.finished(invocation.id, ok=reply.ok, result=reply.result,
+                                error=reply.error)
 
     # -- carrying out the controller's actions ----------------------------------------------
 
@@ -514,6 +630,26 @@ class RunnerNode(RoleNode, serverless_pb2_grpc.FunctionsServicer):
             self._ctx.log.warning("fn_remove_failed", instance=instance, problem=str(exc))
 
 
+def _check_payload(data: str) -> None:
+    """Refuse a payload over the limit or not JSON, before any instance is touched."""
+    size = len(data.encode())
+    if size > MAX_PAYLOAD_BYTES:
+        raise InvokeFailed(grpc.StatusCode.INVALID_ARGUMENT, "refused",
+                           f"a payload of {size} bytes is over the "
+                           f"{MAX_PAYLOAD_BYTES // 1024} KiB limit")
+    try:
+        json.loads(data or "null")
+    except ValueError as exc:
+        raise InvokeFailed(grpc.StatusCode.INVALID_ARGUMENT, "refused",
+                           f"the payload is not JSON: {exc}") from None
+
+
+def _result_reply(invocation) -> serverless_pb2.ResultReply:
+    return serverless_pb2.ResultReply(
+        id=invocation.id, function=invocation.function, done=invocation.done, ok=invocation.ok,
+        result=invocation.result, error=invocation.error, attempts=invocation.attempts)
+
+
 def _wait_serving(channel: grpc.Channel, seconds: float) -> None:
     """Until the instance's gRPC server says SERVING (a container's start to ready)."""
     deadline = time.monotonic() + seconds
@@ -571,6 +707,8 @@ SPEC = RoleSpec(
         Setting("FN_QUEUE_LIMIT", int, 100, "requests that may wait beyond the instances "
                 "starting for them", positive),
         Setting("FN_PREWARM", int, 1, "generic containers kept ready to specialize"),
+        Setting("FN_ASYNC_ATTEMPTS", int, 3, "attempts of an asynchronous invocation whose "
+                "instance dies or overruns", positive),
         Setting("FN_CPUS", float, 0.5, "CPU limit of an instance (cores)", positive),
         Setting("FN_PIDS", int, 64, "pids limit of an instance", positive),
     ),

@@ -209,8 +209,35 @@ def test_an_instance_reaches_neither_the_engine_nor_its_own_root(fn):
     assert found["root"] == "read-only"
 
 
-def test_functions_survive_the_runners_restart_and_clean_removes_what_it_left(fn, testbed):
+def results(client: FunctionsClient, ids: list[str]) -> list:
+    """Each invocation's outcome, once every one has one."""
+    replies = [client.result(i) for i in ids]
+    return replies if all(r.done for r in replies) else []
+
+
+def test_async_invocations_each_complete_once_with_the_right_result(fn):
+    ids = [fn.invoke_async("fib", json.dumps({"n": n})) for n in range(10, 20)]
+    status, _, body = post("/async-function/fib", b'{"n": 20}')
+    assert status == 202
+    replies = eventually(lambda: results(fn, [*ids, body["id"]]), timeout=120,
+                         what="every async invocation done")
+    assert [json.loads(r.result)["fib"] for r in replies] == [
+        55, 89, 144, 233, 377, 610, 987, 1597, 2584, 4181, 6765]
+    assert all(r.ok and r.attempts == 1 for r in replies)
+    with pytest.raises(FunctionError) as raised:
+        fn.invoke_async("nope", "")
+    assert raised.value.code is grpc.StatusCode.NOT_FOUND
+
+
+def test_functions_and_accepted_invocations_survive_the_runners_kill(fn, testbed):
+    """Async invocations running when the runner is killed are tried again after its
+    restart; each ends with one outcome. Then `clean` removes what a killed runner left."""
     fn.invoke("echo", '"before"')
+    fn.deploy("nap", "import time\ndef handle(event, context):\n    time.sleep(2)\n"
+                     "    return event\n", max_instances=2)
+    ids = [fn.invoke_async("nap", str(n)) for n in range(4)]
+    eventually(lambda: any(fn.result(i).attempts for i in ids), timeout=60,
+               what="an async invocation running")
     runner = testbed.machine("runner-1")
     runner.kill()
     assert instances(testbed)  # a killed runner leaves its instances running
@@ -223,6 +250,10 @@ def test_functions_survive_the_runners_restart_and_clean_removes_what_it_left(fn
     eventually(lambda: client.invoke("echo", '"after"').ok, timeout=60,
                what="echo answers after the runner's restart")
     assert {"echo", "fib", "counter", "wordcount"} <= {f.function.name for f in client.list()}
+    replies = eventually(lambda: results(client, ids), timeout=120,
+                         what="the accepted invocations done after the restart")
+    assert [json.loads(r.result) for r in replies] == [0, 1, 2, 3]
+    assert any(r.attempts > 1 for r in replies)  # cut short by the kill, tried again
     runner.kill()
     assert instances(testbed)
     report = testbed.clean()
