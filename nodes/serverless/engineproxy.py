@@ -69,6 +69,7 @@ class EngineProxyNode(RoleNode):
                                  "unauthenticated, failed).", ["verdict"],
                                  registry=ctx.registry)
         self._server: ThreadingHTTPServer | None = None
+        self.port = 0  # the proxy's, once serving (ENGINE_PROXY_PORT, or a free one for 0)
 
     def register(self, server: grpc.Server) -> None:
         """Only the node contract's services: the proxy itself speaks HTTP."""
@@ -82,9 +83,10 @@ class EngineProxyNode(RoleNode):
         self._server = ThreadingHTTPServer(("0.0.0.0", self._ctx.config["ENGINE_PROXY_PORT"]),
                                            Handler)
         self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, name="engine-proxy",
                          daemon=True).start()
-        self._ctx.log.info("engine_proxy_started", port=self._server.server_address[1],
+        self._ctx.log.info("engine_proxy_started", port=self.port,
                            lab=self.policy.lab, image=self.policy.image,
                            network=self.policy.network)
 
