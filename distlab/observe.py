@@ -22,9 +22,12 @@ METRICS_PORT = 9100
 
 
 def targets_document(machines: Iterable[MachineInfo]) -> bytes:
+    """Prometheus's file_sd targets: every lab machine that keeps the node contract, but
+    an ephemeral one (a serverless instance lives on a network Prometheus is not on, for
+    seconds; the runner's metrics speak for it)."""
     groups = [{"targets": [f"{m.container}:{METRICS_PORT}"],
                "labels": {"machine": m.name, "role": m.role, "lab": m.lab}}
-              for m in machines if m.lab != "common" and m.contract]
+              for m in machines if m.lab != "common" and m.contract and not m.ephemeral]
     return json.dumps(groups, indent=1).encode()
 
 

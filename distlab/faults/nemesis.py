@@ -194,12 +194,12 @@ class Nemesis:
     def kill(self, name: str) -> FaultRecord:
         (machine,) = self._pick([name])
         machine.kill("SIGKILL")
-        return self._record("kill", [machine], {}, [["start", name]])
+        return self._record("kill", [machine], {}, _start_again(machine))
 
     def stop(self, name: str) -> FaultRecord:
         (machine,) = self._pick([name])
         machine.stop()
-        return self._record("stop", [machine], {}, [["start", name]])
+        return self._record("stop", [machine], {}, _start_again(machine))
 
     def pause(self, name: str) -> FaultRecord:
         (machine,) = self._pick([name])
@@ -442,6 +442,12 @@ class Nemesis:
             for record in records:
                 if record.active and predicate(record):
                     record.ended = self._clock()
+
+
+def _start_again(machine: Machine) -> list[list]:
+    """The undo of a kill or stop: start the machine, unless its lab replaces it by itself
+    (an ephemeral machine, such as a serverless instance, is gone for good)."""
+    return [] if machine.info.ephemeral else [["start", machine.name]]
 
 
 def _mark(machine: Machine, fault_id: str, kind: str, active: bool) -> None:

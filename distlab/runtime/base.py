@@ -32,6 +32,9 @@ class MachineInfo:
     # False for a machine that does not keep the node contract (a real BitTorrent client):
     # no gRPC admin, no metrics port, so nothing asks it for either.
     contract: bool = True
+    # True for a machine its lab makes and removes by itself (a serverless instance): a
+    # kill or stop is its end, the lab replaces it, and nothing starts it again.
+    ephemeral: bool = False
 
 
 @dataclass(frozen=True)

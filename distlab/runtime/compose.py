@@ -30,6 +30,7 @@ from distlab.runtime.base import GRPC_PORT, CleanReport, MachineInfo, Runtime
 LAB_LABEL = "distlab.lab"
 ROLE_LABEL = "distlab.role"
 CONTRACT_LABEL = "distlab.contract"  # "none": the machine does not keep the node contract
+EPHEMERAL_LABEL = "distlab.ephemeral"  # "true": made and removed by its lab, not by Compose
 PROJECT = "distlab"
 IMAGES_ENV = Path(".distlab") / "images.env"  # written by scripts/images.sh
 # `docker compose down` stops every container in parallel with a 10 s grace, then removes
@@ -256,7 +257,8 @@ def machine_info(summary: dict) -> MachineInfo:
         service=labels.get("com.docker.compose.service", short),
         state=status, health=health, addresses=addresses,
         grpc_endpoint=endpoint if status == "running" else None, gateways=gateways,
-        contract=labels.get(CONTRACT_LABEL) != "none")
+        contract=labels.get(CONTRACT_LABEL) != "none",
+        ephemeral=labels.get(EPHEMERAL_LABEL) == "true")
 
 
 def _health_of(status_text: str | None) -> str:

@@ -20,6 +20,7 @@ from nodes.serverless.enginepolicy import LAB_LABEL
 CREDENTIAL_HEADER = "X-Distlab-Credential"
 ROLE_LABEL = "distlab.role"
 FUNCTION_LABEL = "distlab.function"
+EPHEMERAL_LABEL = "distlab.ephemeral"  # the host's nemesis: killed, it is not started again
 INSTANCE_ROLE = "serverless-instance"
 CONTAINER_PREFIX = "distlab-"  # as Compose names the lab's machines: status shows `fn-...`
 INSTANCE_USER = "10001"
@@ -62,7 +63,7 @@ class Engine:
         environment = {"NODE_NAME": spec.instance, "INSTANCE_TOKEN": spec.token,
                        "FN_STORAGE": self.storage, "LOG_LEVEL": "warning"}
         labels = {LAB_LABEL: self.lab, ROLE_LABEL: INSTANCE_ROLE,
-                  FUNCTION_LABEL: spec.function}
+                  FUNCTION_LABEL: spec.function, EPHEMERAL_LABEL: "true"}
         try:
             container = self.client.containers.create(
                 self.image, ["python", "-m", "nodes.serverless.instance"], name=name,
@@ -105,15 +106,16 @@ class Engine:
                 return bool(state.get("OOMKilled"))
             time.sleep(0.1)
 
-    def leftovers(self) -> list[str]:
-        """Instances of this lab that a runner before this one left behind."""
+    def states(self) -> dict[str, str]:
+        """Every instance container of the lab, by instance id: its state (running,
+        paused, exited ...). One listing: what the runner reconciles with."""
         try:
             summaries = self.client.api.containers(all=True, filters={
                 "label": [f"{LAB_LABEL}={self.lab}", f"{ROLE_LABEL}={INSTANCE_ROLE}"]})
         except ENGINE_ERRORS as exc:
             raise EngineError(f"could not list the lab's instances: {_reason(exc)}") from None
-        return [name.lstrip("/")[len(CONTAINER_PREFIX):] for s in summaries
-                for name in (s.get("Names") or [])[:1]]
+        return {name.lstrip("/")[len(CONTAINER_PREFIX):]: s.get("State", "")
+                for s in summaries for name in (s.get("Names") or [])[:1]}
 
     def _call(self, instance: str, verb: str) -> None:
         try:

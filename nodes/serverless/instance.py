@@ -34,7 +34,11 @@ from nodes.rpc import kv_pb2, kv_pb2_grpc, serverless_pb2, serverless_pb2_grpc
 from nodes.serverless.function import LoadedFunction, LoadError, load
 
 SERVICE = serverless_pb2.DESCRIPTOR.services_by_name["Instance"]
-STORAGE_TIMEOUT_SECONDS = 5.0
+STORAGE_TIMEOUT_SECONDS = 2.0  # under a function's default timeout: its error says why
+
+
+class StorageUnavailable(Exception):
+    """The lab's storage did not answer: the function's error names it, not a gRPC trace."""
 
 
 class Storage:
@@ -45,20 +49,25 @@ class Storage:
 
     def get(self, key: str, default: str | None = None) -> str | None:
         try:
-            reply = self._kv.Get(kv_pb2.GetRequest(key=key), timeout=STORAGE_TIMEOUT_SECONDS)
-        except grpc.RpcError as exc:
-            if exc.code() is grpc.StatusCode.NOT_FOUND:
-                return default
-            raise
-        return reply.value.decode()
+            return self._call("get", self._kv.Get, kv_pb2.GetRequest(key=key)).value.decode()
+        except KeyError:
+            return default
 
     def put(self, key: str, value: str) -> None:
-        self._kv.Put(kv_pb2.PutRequest(key=key, value=str(value).encode()),
-                     timeout=STORAGE_TIMEOUT_SECONDS)
+        self._call("put", self._kv.Put, kv_pb2.PutRequest(key=key, value=str(value).encode()))
 
     def delete(self, key: str) -> bool:
-        return self._kv.Delete(kv_pb2.DeleteRequest(key=key),
-                               timeout=STORAGE_TIMEOUT_SECONDS).existed
+        return self._call("delete", self._kv.Delete, kv_pb2.DeleteRequest(key=key)).existed
+
+    @staticmethod
+    def _call(verb: str, method, request):
+        try:
+            return method(request, timeout=STORAGE_TIMEOUT_SECONDS)
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.NOT_FOUND:
+                raise KeyError(request.key) from None
+            raise StorageUnavailable(f"the lab's storage did not {verb} {request.key!r}: "
+                                     f"{exc.code().name}: {exc.details()}") from None
 
     def __repr__(self) -> str:
         return "<the lab's storage: get(key), put(key, value), delete(key)>"

@@ -70,6 +70,7 @@ MAX_FUNCTIONS = 50  # a bounded label set, and a lab's worth
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 ENGINE_WAIT_SECONDS = 60.0  # for the engine proxy, at the runner's start
 READY_SECONDS = 60.0  # a container's gRPC server answers within this, or it failed
+RECONCILE_TICKS = 2  # the engine's listing is compared with the controller's every 2 s
 LOG_LINES_KEPT = 1000  # per function
 ASYNC_RUNNING = 16  # asynchronous invocations running at once, across functions
 ASYNC_BACKOFF_SECONDS = 1.0  # after "too many requests", before an invocation waits again
@@ -189,7 +190,7 @@ class RunnerNode(RoleNode, serverless_pb2_grpc.FunctionsServicer):
                 engine = Engine(config["FN_ENGINE"], self._ctx.credential,
                                 image=config["FN_IMAGE"], network=config["FN_NETWORK"],
                                 lab=config["FN_LAB"], storage=config["FN_STORAGE"])
-                for leftover in engine.leftovers():
+                for leftover in engine.states():
                     engine.remove(leftover)  # a runner before us made them; nobody owns them
                 return engine
             except EngineError as exc:
@@ -223,16 +224,43 @@ class RunnerNode(RoleNode, serverless_pb2_grpc.FunctionsServicer):
         with self._lock:
             pool = sum(1 for i in self.controller.instances.values()
                        if i.function is None and i.state is ctl.State.IDLE)
+            busy = [i.id for i in self.controller.instances.values()
+                    if i.state is ctl.State.BUSY]
             return {"functions": str(len(self.functions)),
                     "instances": str(len(self.controller.instances)),
-                    "pool": str(pool), "waiting": str(len(self.pending))}
+                    "pool": str(pool), "waiting": str(len(self.pending)),
+                    "busy": ",".join(sorted(busy))}
 
     def _ticks(self) -> None:
+        ticks = 0
         while not self._stopping.wait(1.0):
+            ticks += 1
+            if ticks % RECONCILE_TICKS == 0:
+                self._reconcile()
             with self._lock:
                 actions = self.controller.tick()
                 self._count_instances()
             self._apply(actions)
+
+    def _reconcile(self) -> None:
+        """Instances whose container died while idle (killed from outside, the kernel's
+        OOM killer) are failed now, not found dead by the next request."""
+        try:
+            states = self._engine.states()
+        except EngineError as exc:
+            self._ctx.log.warning("fn_reconcile_failed", problem=str(exc))
+            return
+        actions: list[ctl.Action] = []
+        with self._lock:
+            for instance in list(self.controller.instances.values()):
+                handle = self.handles.get(instance.id)
+                created = handle is not None and handle.channel is not None
+                if created and instance.state in (ctl.State.IDLE, ctl.State.PAUSED) \
+                        and states.get(instance.id) not in ("running", "paused"):
+                    self._ctx.log.warning("fn_instance_gone", instance=instance.id,
+                                          state=states.get(instance.id, "missing"))
+                    actions += self.controller.failed(instance.id)[1]
+        self._apply(actions)
 
     def _count_instances(self) -> None:
         counts: dict[tuple[str, str], int] = defaultdict(int)

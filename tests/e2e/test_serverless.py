@@ -28,7 +28,7 @@ import grpc
 import pytest
 
 from distlab.serverless.client import FunctionError, FunctionsClient, runner_channel
-from tests.e2e.conftest import eventually, lab_fixture
+from tests.e2e.conftest import assert_dashboards_answer, eventually, lab_fixture, run_valid
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -40,11 +40,17 @@ testbed = lab_fixture("serverless")
 
 
 @pytest.fixture(scope="module")
-def fn(testbed) -> FunctionsClient:
+def examples(testbed) -> None:
     client = FunctionsClient(runner_channel(testbed))
     for name in ("echo", "fib", "counter", "wordcount"):
         client.deploy(name, FUNCTIONS / f"{name}.py")
-    return client
+
+
+@pytest.fixture
+def fn(testbed, examples) -> FunctionsClient:
+    """A client of the runner as it is now (a scenario may have restarted it: another
+    published port)."""
+    return FunctionsClient(runner_channel(testbed))
 
 
 def instances(testbed) -> list[str]:
@@ -207,6 +213,30 @@ def test_an_instance_reaches_neither_the_engine_nor_its_own_root(fn):
     assert found["uid"] != 0
     assert found["engine-proxy"] != "reached" and found["runner"] != "reached"
     assert found["root"] == "read-only"
+
+
+def test_every_serverless_dashboard_query_returns_series(fn, testbed):
+    fn.invoke("echo", '"for the dashboard"')
+    testbed.sync_targets()
+    assert_dashboards_answer("serverless")
+
+
+@pytest.mark.parametrize("scenario, kinds", [
+    ("serverless-kill-instance", ["kill", "kill"]),
+    ("serverless-kill-runner", ["kill"]),
+    ("serverless-pause-storage", ["pause"])])
+def test_each_serverless_scenario_comes_out_valid(testbed, tmp_path, scenario, kinds):
+    outcome = run_valid(f"{scenario}.yaml", tmp_path)
+    assert [fault["kind"] for fault in outcome["faults"]] == kinds
+    (check,) = outcome["checks"]
+    assert (check["name"], check["outcome"]) == ("invocations", "valid"), check
+    figures = check["figures"]
+    if scenario == "serverless-pause-storage":  # failed with the reason, then recovered
+        assert figures["sync_failed"] >= 1 and figures["sync_ok"] >= 10, figures
+        assert all("StorageUnavailable" in e for e in figures["errors"]), figures
+    else:  # every accepted invocation completed, some after the kill cut them short
+        assert figures["async_completed"] == figures["async_accepted"] > 0, figures
+    assert testbed.nemesis.active() == [], "a fault outlived its scenario"
 
 
 def results(client: FunctionsClient, ids: list[str]) -> list:
