@@ -254,8 +254,8 @@ def test_a_check_without_its_workload_names_the_workload_it_needs(catalogue):
 
 def test_an_unknown_check_lists_the_checks(catalogue):
     assert problems(catalogue, HEAD + "checks: [linearisable, {bank: {strict: true}}]\n") == [
-        "s.yaml:4: checks[0]: unknown check 'linearisable', not one of pieces, output, bank, "
-        "linearizable; "
+        "s.yaml:4: checks[0]: unknown check 'linearisable', not one of pieces, output, "
+        "invocations, bank, linearizable; "
         "did you mean 'linearizable'?",
         "s.yaml:4: checks[1].bank: unknown option 'strict': the bank check has none"]
 
@@ -373,7 +373,7 @@ def test_all_is_refused_as_a_single_target_and_taken_where_a_list_is_meant(catal
 def test_a_bare_service_name_is_not_a_ref_and_suggests_the_forms(catalogue):
     assert problems(catalogue, HEAD + "faults: [{at: 1, kind: kill, target: app}]\n") == [
         "s.yaml:4: faults[0].target: 'app' is not a machine ref (write <service>-<n> (app-1), "
-        "role:<role>, chain:head|middle|tail); did you mean 'app-1' or 'role:app'?"]
+        "role:<role>, instance:busy, chain:head|middle|tail); did you mean 'app-1' or 'role:app'?"]
 
 
 def test_machine_names_follow_the_scale_then_compose_replicas_then_one(catalogue):
