@@ -255,3 +255,14 @@ class Platform(RuleBasedStateMachine):
 
 TestPlatform = Platform.TestCase
 TestPlatform.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+
+
+def test_drain_refuses_every_waiting_request_and_starts_nothing_more():
+    clock = [0.0]
+    c = Controller(clock=lambda: clock[0])
+    c.deploy(FunctionConfig("f", max_instances=1))
+    c.invoke("r1", "f")
+    c.invoke("r2", "f")
+    assert c.drain("f", "f could not start: no image") == [
+        Refuse("r1", "f could not start: no image"), Refuse("r2", "f could not start: no image")]
+    assert c.waiting("f") == 0
