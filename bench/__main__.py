@@ -12,6 +12,7 @@ from bench import (
     migration_local,
     overload,
     scenarios,
+    serverless,
     tiers,
 )
 
@@ -24,3 +25,4 @@ migration_local.main([])
 overload.main([])
 mapreduce.main([])
 bittorrent.main([])
+serverless.main([])

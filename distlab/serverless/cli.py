@@ -25,8 +25,8 @@ def _client() -> FunctionsClient:
     return FunctionsClient(runner_channel(Testbed()))
 
 
-def _seconds(value: str, option: str) -> float:
-    """`5`, `5s`, `500ms`, `2m` -> seconds."""
+def _seconds(value: str, option: str, *, zero: bool = False) -> float:
+    """`5`, `5s`, `500ms`, `2m` -> seconds (0 only where `zero` allows it)."""
     text = value.strip().lower()
     for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
         if text.endswith(suffix):
@@ -38,7 +38,7 @@ def _seconds(value: str, option: str) -> float:
         seconds = float(text) * scale
     except ValueError:
         raise UsageError(f"{option} {value!r} is not a duration", hint="5s, 500ms, 2m") from None
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not zero):
         raise UsageError(f"{option} {value!r} must be positive")
     return seconds
 
@@ -56,7 +56,8 @@ def fn() -> None:
 @click.option("--max-instances", default=0, help="at most this many instances [default: 4]")
 @click.option("--min-instances", default=0, show_default=True,
               help="always kept (0: scales to zero)")
-@click.option("--keep-alive", default="", help="an idle instance goes after this [default: 60s]")
+@click.option("--keep-alive", default="",
+              help="an idle instance goes after this; 0s: at once [default: 60s]")
 def deploy(name: str, file: Path, memory: str, timeout: str, max_instances: int,
            min_instances: int, keep_alive: str) -> None:
     """Deploy FILE (Python with handle(event, context)) as function NAME, or replace it."""
@@ -68,7 +69,7 @@ def deploy(name: str, file: Path, memory: str, timeout: str, max_instances: int,
         name, file, memory_bytes=memory_bytes,
         timeout=_seconds(timeout, "--timeout") if timeout else 0.0,
         max_instances=max_instances, min_instances=min_instances,
-        keep_alive=_seconds(keep_alive, "--keep-alive") if keep_alive else 0.0)
+        keep_alive=_seconds(keep_alive, "--keep-alive", zero=True) if keep_alive else None)
     spec = info.function
     out.print(f"deployed {spec.name}: memory {spec.memory_bytes // (1024 * 1024)} MiB, timeout "
               f"{spec.timeout_seconds:g} s, instances {spec.min_instances}..{spec.max_instances}, "

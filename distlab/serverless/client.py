@@ -42,7 +42,7 @@ class FunctionsClient:
 
     def deploy(self, name: str, source: str | Path, *, memory_bytes: int = 0,
                timeout: float = 0.0, max_instances: int = 0, min_instances: int = 0,
-               keep_alive: float = 0.0) -> serverless_pb2.FunctionInfo:
+               keep_alive: float | None = None) -> serverless_pb2.FunctionInfo:
         if isinstance(source, Path):
             try:
                 source = source.read_text()

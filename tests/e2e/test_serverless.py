@@ -27,7 +27,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from distlab.observe import Prometheus
 from distlab.serverless.client import FunctionError, FunctionsClient, runner_channel
+from distlab.testbed import PROMETHEUS_URL
 from tests.e2e.conftest import assert_dashboards_answer, eventually, lab_fixture, run_valid
 
 pytestmark = pytest.mark.e2e
@@ -86,6 +88,11 @@ def test_the_example_functions_answer_right_over_grpc_and_http(fn):
     assert headers["X-Start-Path"] in ("warm", "paused", "prewarm", "cold")
     status, _, body = post("/function/counter", b'{"name": "e2e"}')
     assert (status, body["count"]) == (200, 4)  # the same storage as the gRPC calls
+
+
+def prometheus_value(expr: str) -> float:
+    result = Prometheus(PROMETHEUS_URL).data(expr)["result"]
+    return float(result[0]["value"][1]) if result else 0.0
 
 
 def pool_ready(testbed) -> bool:
@@ -173,14 +180,22 @@ def test_bad_input_gets_a_clear_error_and_touches_no_instance(fn, testbed):
         fn.deploy("Bad Name", "def handle(e, c):\n    return 1\n")
     after = {f.function.name: f.invocations for f in fn.list()}
     assert after["echo"] == {f.function.name: f.invocations for f in before}["echo"]
+    assert fn.invoke("echo", '"still serving"').ok  # and every other function with it
 
 
-def test_an_idle_function_scales_to_zero(fn, testbed):
-    fn.deploy("brief", "def handle(event, context):\n    return 1\n", keep_alive=3.0)
-    fn.invoke("brief", "")
-    assert {f.function.name: f for f in fn.list()}["brief"].instances
+def test_a_burst_scales_out_then_to_zero_and_the_next_call_starts_an_instance(fn, testbed):
+    fn.deploy("brief", "import time\ndef handle(event, context):\n    time.sleep(event)\n"
+                       "    return 1\n", keep_alive=3.0, max_instances=3)
+    with ThreadPoolExecutor(3) as pool:
+        burst = list(pool.map(lambda _: fn.invoke("brief", "2"), range(3)))
+    assert len({r.instance for r in burst}) == 3  # one request at a time each
     eventually(lambda: not {f.function.name: f for f in fn.list()}["brief"].instances,
                timeout=30, what="brief scaled to zero")
+    after = fn.invoke("brief", "0")
+    assert after.path in ("prewarm", "cold"), after.path  # no instance was left to be warm
+    query = f'sum(distlab_serverless_starts_total{{function="brief", path="{after.path}"}})'
+    eventually(lambda: prometheus_value(query) >= 1, timeout=60,
+               what=f"the {after.path} start in Prometheus")
 
 
 def test_concurrent_calls_run_one_per_instance_within_max_instances(fn):
@@ -207,12 +222,14 @@ def test_an_instance_reaches_neither_the_engine_nor_its_own_root(fn):
               "        except OSError as exc:\n            found[host] = type(exc).__name__\n"
               "    try:\n        open('/etc/owned', 'w')\n        found['root'] = 'written'\n"
               "    except OSError:\n        found['root'] = 'read-only'\n"
+              "    found['socket'] = any(os.path.exists(p) for p in "
+              "('/var/run/docker.sock', '/run/docker.sock', '/engine/docker.sock'))\n"
               "    return found\n")
     fn.deploy("probe", source, timeout=30.0)  # a name the internal network cannot resolve
     found = json.loads(fn.invoke("probe", "").result)
     assert found["uid"] != 0
     assert found["engine-proxy"] != "reached" and found["runner"] != "reached"
-    assert found["root"] == "read-only"
+    assert found["root"] == "read-only" and found["socket"] is False
 
 
 def test_every_serverless_dashboard_query_returns_series(fn, testbed):
