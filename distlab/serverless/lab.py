@@ -20,7 +20,8 @@ def _build(spec: Workload, start: WorkloadStart) -> InvokeWorkload:
     return InvokeWorkload(start.channel, InvokeConfig(
         processes=spec.processes, max_ops=spec.max_ops, seconds=start.seconds,
         timeout=spec.timeout, seed=start.seed, rate=spec.rate, async_share=spec.async_share,
-        work_ms=spec.work_ms, storage=spec.storage, max_instances=spec.max_instances),
+        work_ms=spec.work_ms, storage=spec.storage, max_instances=spec.max_instances,
+        burst=spec.burst),
         history=start.history, run_id=start.run_id, first_process=start.first_process,
         reconnect=start.reconnect)
 
@@ -34,7 +35,8 @@ INVOKE_KIND = WorkloadKind(
     (Field("async_share", number_in(lambda x: 0 <= x <= 1, "0..1"), 0.5),
      Field("work_ms", integer_in(0, 10_000), 100),
      Field("storage", Reader.boolean, False),
-     Field("max_instances", integer_in(1, 16), 3)), _build,
+     Field("max_instances", integer_in(1, 16), 3),
+     Field("burst", integer_in(1, 32), 1)), _build,
     settle=lambda workload, seconds: workload.settle(deadline_seconds=seconds))
 
 LAB = LabPlugin("serverless", entry_role=RUNNER_ROLE, serves=("invoke",),

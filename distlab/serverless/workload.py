@@ -3,7 +3,8 @@
 The workload deploys a function whose answers can be checked — `square` returns n*n
 after `work_ms` of work, or, with `storage: true`, `stash` puts a value in the lab's
 storage and returns what it reads back — and has its client processes invoke it with
-n = a counter of their own, at the workload's rate (open loop) or one after another.
+n = a counter of their own, at the workload's rate (open loop) or one after another, in
+bursts of `burst` calls at once at each start (1: one call).
 A share of the calls (`async_share`) are asynchronous: the history records the
 acceptance (`submit`, ok with the invocation id once the runner kept it on disk), and the
 settle step follows every accepted id until it has its one outcome.
@@ -29,6 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +70,7 @@ class InvokeConfig(ClientConfig):
     work_ms: int = 100
     storage: bool = False
     max_instances: int = 3
+    burst: int = 1  # calls started at once at each paced start
 
 
 @dataclass
@@ -106,35 +109,44 @@ class InvokeWorkload(ClientWorkload):
     def _process(self, process: int, stop: threading.Event, ends: float) -> None:
         rng = random.Random(f"{self.config.seed}-{process}")
         pacer = Pacer(self.config.rate / self.config.processes if self.config.rate else 0.0)
+        burst = self.config.burst
         n = 0
-        while not stop.is_set() and time.monotonic() < ends and self._take_slot():
-            pacer.wait(stop)
-            n += 1
-            kind = SUBMIT if rng.random() < self.config.async_share else INVOKE
-            args = {"n": n, "process": process}
-            data = json.dumps(self.event(process, n))
-            invoke = self.history.now()
-            try:
-                if kind == SUBMIT:
-                    result: Any = {"id": self.client.invoke_async(self.function, data)}
-                else:
-                    reply = self.client.invoke(self.function, data,
-                                               timeout=self.config.timeout)
-                    if not reply.ok:
-                        self.history.add(Op(process, kind, args, invoke, self.history.now(),
-                                            FAIL, error=reply.error[:200]))
-                        continue
-                    result = {"value": json.loads(reply.result), "path": reply.path}
-            except FunctionError as exc:
-                self.history.add(Op(process, kind, args, invoke, self.history.now(),
-                                    INFO if exc.code in UNHEARD else FAIL,
-                                    error=str(exc)[:200]))
-                if exc.code in UNHEARD:
-                    self.reconnect()
-                    stop.wait(POLL_SECONDS)
-                continue
-            self.history.add(Op(process, kind, args, invoke, self.history.now(), OK,
-                                result=result))
+        with ThreadPoolExecutor(burst, thread_name_prefix=f"invoke-{process}") as pool:
+            while not stop.is_set() and time.monotonic() < ends:
+                pacer.wait(stop)
+                # A burst: `burst` calls at once at each paced start (1: one call).
+                calls = [n + i + 1 for i in range(burst) if self._take_slot()]
+                if not calls:
+                    return
+                n += len(calls)
+                kinds = [SUBMIT if rng.random() < self.config.async_share else INVOKE
+                         for _ in calls]
+                list(pool.map(lambda call: self._call(process, *call, stop),
+                              zip(calls, kinds, strict=True)))
+
+    def _call(self, process: int, n: int, kind: str, stop: threading.Event) -> None:
+        """One call, recorded in the history."""
+        args = {"n": n, "process": process}
+        data = json.dumps(self.event(process, n))
+        invoke = self.history.now()
+        try:
+            if kind == SUBMIT:
+                result: Any = {"id": self.client.invoke_async(self.function, data)}
+            else:
+                reply = self.client.invoke(self.function, data, timeout=self.config.timeout)
+                if not reply.ok:
+                    self.history.add(Op(process, kind, args, invoke, self.history.now(), FAIL,
+                                        error=reply.error[:200]))
+                    return
+                result = {"value": json.loads(reply.result), "path": reply.path}
+        except FunctionError as exc:
+            self.history.add(Op(process, kind, args, invoke, self.history.now(),
+                                INFO if exc.code in UNHEARD else FAIL, error=str(exc)[:200]))
+            if exc.code in UNHEARD:
+                self.reconnect()
+                stop.wait(POLL_SECONDS)
+            return
+        self.history.add(Op(process, kind, args, invoke, self.history.now(), OK, result=result))
 
     def reconnect(self) -> None:
         if self._reconnect is None:

@@ -178,6 +178,10 @@ def test_bad_input_gets_a_clear_error_and_touches_no_instance(fn, testbed):
         fn.deploy("nohandle", "x = 1\n")
     with pytest.raises(FunctionError, match="function name"):
         fn.deploy("Bad Name", "def handle(e, c):\n    return 1\n")
+    fn.deploy("noimport", "import no_such_module\ndef handle(event, context):\n    return 1\n")
+    with pytest.raises(FunctionError, match="could not start: .*No module named") as raised:
+        fn.invoke("noimport", "")
+    assert raised.value.code is grpc.StatusCode.UNAVAILABLE
     after = {f.function.name: f.invocations for f in fn.list()}
     assert after["echo"] == {f.function.name: f.invocations for f in before}["echo"]
     assert fn.invoke("echo", '"still serving"').ok  # and every other function with it
