@@ -56,10 +56,12 @@ def fn() -> None:
 @click.option("--max-instances", default=0, help="at most this many instances [default: 4]")
 @click.option("--min-instances", default=0, show_default=True,
               help="always kept (0: scales to zero)")
+@click.option("--queue-limit", type=click.IntRange(0, 10_000), default=None,
+              help="requests that may wait; past it 'too many requests' [default: 100]")
 @click.option("--keep-alive", default="",
               help="an idle instance goes after this; 0s: at once [default: 60s]")
 def deploy(name: str, file: Path, memory: str, timeout: str, max_instances: int,
-           min_instances: int, keep_alive: str) -> None:
+           min_instances: int, queue_limit: int | None, keep_alive: str) -> None:
     """Deploy FILE (Python with handle(event, context)) as function NAME, or replace it."""
     try:
         memory_bytes = parse_bytes(memory) if memory else 0
@@ -68,7 +70,7 @@ def deploy(name: str, file: Path, memory: str, timeout: str, max_instances: int,
     info = _client().deploy(
         name, file, memory_bytes=memory_bytes,
         timeout=_seconds(timeout, "--timeout") if timeout else 0.0,
-        max_instances=max_instances, min_instances=min_instances,
+        max_instances=max_instances, min_instances=min_instances, queue_limit=queue_limit,
         keep_alive=_seconds(keep_alive, "--keep-alive", zero=True) if keep_alive else None)
     spec = info.function
     out.print(f"deployed {spec.name}: memory {spec.memory_bytes // (1024 * 1024)} MiB, timeout "

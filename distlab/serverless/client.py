@@ -42,7 +42,8 @@ class FunctionsClient:
 
     def deploy(self, name: str, source: str | Path, *, memory_bytes: int = 0,
                timeout: float = 0.0, max_instances: int = 0, min_instances: int = 0,
-               keep_alive: float | None = None) -> serverless_pb2.FunctionInfo:
+               keep_alive: float | None = None,
+               queue_limit: int | None = None) -> serverless_pb2.FunctionInfo:
         if isinstance(source, Path):
             try:
                 source = source.read_text()
@@ -51,7 +52,7 @@ class FunctionsClient:
         spec = serverless_pb2.FunctionSpec(
             name=name, source=source, memory_bytes=memory_bytes, timeout_seconds=timeout,
             max_instances=max_instances, min_instances=min_instances,
-            keep_alive_seconds=keep_alive)
+            keep_alive_seconds=keep_alive, queue_limit=queue_limit)
         return self._call("deploy", self.stub.Deploy,
                           serverless_pb2.DeployRequest(function=spec))
 

@@ -135,7 +135,8 @@ class RunnerNode(RoleNode, serverless_pb2_grpc.FunctionsServicer):
         self.defaults = serverless_pb2.FunctionSpec(
             memory_bytes=config["FN_MEMORY_BYTES"], timeout_seconds=config["FN_TIMEOUT_SECONDS"],
             max_instances=config["FN_MAX_INSTANCES"],
-            keep_alive_seconds=config["FN_KEEP_ALIVE_SECONDS"])
+            keep_alive_seconds=config["FN_KEEP_ALIVE_SECONDS"],
+            queue_limit=config["FN_QUEUE_LIMIT"])
         self.dir = ctx.data_dir / "functions"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # the controller, the functions, the pending, the handles
@@ -303,7 +304,7 @@ class RunnerNode(RoleNode, serverless_pb2_grpc.FunctionsServicer):
                                     keep_alive=full.keep_alive_seconds,
                                     pause_after=min(self._ctx.config["FN_PAUSE_AFTER_SECONDS"],
                                                     full.keep_alive_seconds),
-                                    queue_limit=self._ctx.config["FN_QUEUE_LIMIT"])
+                                    queue_limit=full.queue_limit)
         if persist:
             write_atomically(self.dir / f"{full.name}.json",
                              json_format.MessageToJson(full).encode())

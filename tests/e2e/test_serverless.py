@@ -217,6 +217,28 @@ def test_concurrent_calls_run_one_per_instance_within_max_instances(fn):
     assert len({r.instance for r in replies}) <= 2
 
 
+def test_past_max_instances_and_the_queue_bound_a_call_hears_too_many_requests(fn):
+    fn.deploy("narrow", "import time\ndef handle(event, context):\n    time.sleep(event)\n"
+                        "    return event\n", max_instances=1, queue_limit=1)
+    fn.invoke("narrow", "0")  # its one instance, up
+
+    def call(_):
+        try:
+            return fn.invoke("narrow", "2").ok
+        except FunctionError as exc:
+            return exc
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(call, range(4)))
+    refused = [o for o in outcomes if isinstance(o, FunctionError)]
+    assert outcomes.count(True) == 2, outcomes  # one ran, one waited for it
+    assert len(refused) == 2 and all(
+        o.code is grpc.StatusCode.RESOURCE_EXHAUSTED and "too many requests" in str(o)
+        for o in refused), refused
+    status, _, body = post("/function/narrow", b"0")
+    assert status == 200  # the bound is on what waits, not on the function
+
+
 def test_an_instance_reaches_neither_the_engine_nor_its_own_root(fn):
     source = ("import os, socket\ndef handle(event, context):\n"
               "    found = {'uid': os.getuid()}\n"
