@@ -426,12 +426,11 @@ class RunnerNode(RoleNode, serverless_pb2_grpc.FunctionsServicer):
         return invocation
 
     def Result(self, request, context):
-        with self._queue_lock:
-            invocation = self.queue.result(request.id)
-        if invocation is None:
+        reply = self.result(request.id)
+        if reply is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no asynchronous invocation "
                                                      f"{request.id!r} (or it was long ago)")
-        return _result_reply(invocation)
+        return reply
 
     def result(self, invocation_id: str) -> serverless_pb2.ResultReply | None:
         with self._queue_lock:
