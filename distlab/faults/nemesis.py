@@ -186,7 +186,10 @@ class Nemesis:
         return [known[n] for n in names]
 
     def _lab_machines(self, *, running: bool = False) -> list[Machine]:
-        return [m for m in self._machines() if m.info.lab != "common"
+        """The lab's own machines, but ephemeral ones: the lab makes, replaces and removes
+        those by itself, so no sweep restarts or scrubs them and no default partition
+        counts them (a fault may still name one)."""
+        return [m for m in self._machines() if m.info.lab != "common" and not m.info.ephemeral
                 and (not running or m.info.state == "running")]
 
     # -- process faults ------------------------------------------------------------------

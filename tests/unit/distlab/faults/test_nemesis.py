@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -18,6 +19,7 @@ from distlab.errors import DistlabError, FaultError, UsageError
 from distlab.faults import network
 from distlab.faults.nemesis import FaultRecord, Journal, Nemesis
 from nodes.rpc import control_pb2, control_pb2_grpc, kv_pb2, kv_pb2_grpc
+from tests.unit.distlab.conftest import machine_info
 
 IP = {"kv-1": "172.20.0.11", "kv-2": "172.20.0.12", "kv-3": "172.20.0.13",
       "prometheus-1": "172.20.0.2"}
@@ -442,3 +444,16 @@ def test_the_journal_keeps_every_active_fault_and_only_the_newest_ended_ones(
     bounded.heal()
     assert [r.id for r in journal.load() if r.active] == []
     assert len(journal.load()) == 5
+
+
+def test_an_ephemeral_machine_killed_stays_down_and_heal_neither_starts_nor_scrubs_it(
+        kv_lab, machines_of, tmp_path, clock):
+    """A serverless instance: its lab replaces it, so nothing must start it again."""
+    instance = replace(machine_info("fn-ab12-1", role="serverless-instance"), ephemeral=True)
+    kv_lab.infos[instance.container] = instance
+    nemesis = Nemesis(machines_of(kv_lab), Journal(tmp_path / "faults.json"), clock=clock)
+    record = nemesis.kill("fn-ab12-1")
+    assert record.undo == []
+    assert nemesis.heal() == []
+    assert kv_lab.state("distlab-fn-ab12-1") == "exited"
+    assert kv_lab.execs_in(instance.container) == []
