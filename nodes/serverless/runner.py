@@ -81,7 +81,6 @@ LOG_LINES_KEPT = 1000  # per function
 ASYNC_RUNNING = 16  # asynchronous invocations running at once, across functions
 ASYNC_BACKOFF_SECONDS = 1.0  # after "too many requests", before an invocation waits again
 STATES = ("starting", "idle", "busy", "paused")
-OUTCOMES = ("ok", "error", "timeout", "memory", "died", "refused")
 INIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
 RUN_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
 
@@ -97,10 +96,10 @@ class Deployed:
 
 @dataclass
 class Pending:
+    """A synchronous call waiting for its answer (the controller keeps its queue time)."""
+
     id: str
-    function: str
     data: str
-    arrived: float
     done: threading.Event = field(default_factory=threading.Event)
     reply: serverless_pb2.InvokeReply | None = None
     failure: InvokeFailed | None = None
@@ -377,7 +376,7 @@ class RunnerNode(RoleNode, serverless_pb2_grpc.FunctionsServicer):
     def invoke(self, name: str, data: str, *, request_id: str = "") -> serverless_pb2.InvokeReply:
         """Run `name` on `data` (JSON text) and return its answer, or raise InvokeFailed."""
         _check_payload(data)
-        pending = Pending(request_id or uuid.uuid4().hex, name, data, time.monotonic())
+        pending = Pending(request_id or uuid.uuid4().hex, data)
         with self._lock:
             deployed = self.functions.get(name)
             if deployed is None:

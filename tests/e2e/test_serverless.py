@@ -189,9 +189,10 @@ def test_bad_input_gets_a_clear_error_and_touches_no_instance(fn, testbed):
 
 def test_a_burst_scales_out_then_to_zero_and_the_next_call_starts_an_instance(fn, testbed):
     fn.deploy("brief", "import time\ndef handle(event, context):\n    time.sleep(event)\n"
-                       "    return 1\n", keep_alive=3.0, max_instances=3)
+                       "    return 1\n", keep_alive=3.0, max_instances=3, timeout=10.0)
+    # Each call runs 5 s: far longer than a cold start, so none waits for a busy instance.
     with ThreadPoolExecutor(3) as pool:
-        burst = list(pool.map(lambda _: fn.invoke("brief", "2"), range(3)))
+        burst = list(pool.map(lambda _: fn.invoke("brief", "5"), range(3)))
     assert len({r.instance for r in burst}) == 3  # one request at a time each
     eventually(lambda: not {f.function.name: f for f in fn.list()}["brief"].instances,
                timeout=30, what="brief scaled to zero")
