@@ -35,6 +35,10 @@ CALLER_METADATA_KEY = "x-distlab-node"
 # Trailing metadata of a call refused before its handler ran (admission): it did nothing,
 # so a proxy (the switch) may send it to another backend whatever the method.
 REFUSED_METADATA = ("x-distlab-refused", "overload")
+# Trailing metadata of a call a machine refused, unrun, because what it served has moved
+# (a migrated vm, fenced): its value is the new address. The switch holds such a call until
+# it is re-pointed and sends it there.
+MOVED_METADATA_KEY = "x-distlab-moved-to"
 # The longest a dropped call is held. Also what a caller without a deadline gets: gRPC
 # reports "no deadline" as a time_remaining of about 1e10 s, not None, and waiting that
 # long overflows the platform's time_t.

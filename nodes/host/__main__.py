@@ -5,7 +5,7 @@ import sys
 from nodes.common.config import Setting, positive
 from nodes.common.role import RoleSpec
 from nodes.common.server import main
-from nodes.host.service import PROTECTED, HostNode, parse_ports
+from nodes.host.service import PROTECTED, HostNode, parse_pairs, parse_ports
 
 SPEC = RoleSpec(
     name="host",
@@ -20,6 +20,12 @@ SPEC = RoleSpec(
                 positive),
         Setting("HOST_MIGRATION_TIMEOUT_SECONDS", float, 600.0, "deadline of one migration",
                 positive),
+        Setting("HOST_SWITCHES", lambda raw: parse_pairs(raw, "="), {},
+                "the switch in front of each vm, vm=host:port, comma list: held while the vm "
+                "pauses, re-pointed when it has moved"),
+        Setting("HOST_BOOT_VMS", lambda raw: parse_pairs(raw, "@"), {},
+                "vms started with the host, vm@host comma list (a host starts those naming "
+                "it, with its own VM_* settings)"),
     ),
     build=HostNode,
     protected=PROTECTED,

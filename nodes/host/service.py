@@ -27,7 +27,7 @@ from nodes.common.auth import service_methods
 from nodes.common.config import ConfigError
 from nodes.common.role import NodeContext, RoleNode
 from nodes.host.table import TableError, VmEntry, VmTable
-from nodes.rpc import vm_pb2, vm_pb2_grpc
+from nodes.rpc import control_pb2, control_pb2_grpc, vm_pb2, vm_pb2_grpc
 
 HYPERVISOR = vm_pb2.DESCRIPTOR.services_by_name["Hypervisor"]
 SERVICE_NAME = HYPERVISOR.full_name
@@ -40,6 +40,12 @@ INHERITED = ("CREDENTIAL_FILE", "DATA_DIR", "LOG_LEVEL", "GRACE_SECONDS", "MAX_M
              "RPC_TIMEOUT_SECONDS")
 PREPARE_SECONDS = 40.0
 SETTING_NAME = re.compile(r"^VM_[A-Z0-9_]{1,64}$")
+SWITCH_SECONDS = 5.0  # deadline of one call to a switch
+# How long the switch holds new calls once the vm pauses: the switch caps it at its
+# SWITCH_HOLD_SECONDS, and re-pointing it ends the hold sooner.
+SWITCH_HOLD_SECONDS = 30.0
+# Phases of a migration once the destination owns the vm (nodes.vm.transfer).
+OWNED = ("committed", "done")
 
 
 def parse_ports(raw: str) -> tuple[int, int]:
@@ -47,8 +53,31 @@ def parse_ports(raw: str) -> tuple[int, int]:
     return int(first), int(last or first)
 
 
+def parse_pairs(raw: str, separator: str) -> dict[str, str]:
+    """`vm-1@host-1,vm-2@host-2` -> {"vm-1": "host-1", ...}; ValueError says which is wrong."""
+    pairs = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        left, sep, right = item.partition(separator)
+        if not sep or not left or not right:
+            raise ValueError(f"{item!r} is not NAME{separator}VALUE")
+        pairs[left] = right
+    return pairs
+
+
 def _abort(context, exc: TableError) -> None:
     context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
+
+
+class _Refused(Exception):
+    pass
+
+
+class _Raise:
+    """A stand-in for a call's context where no call is (booting): abort raises."""
+
+    @staticmethod
+    def abort(code: grpc.StatusCode, details: str):
+        raise _Refused(f"{code.name}: {details}")
 
 
 class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
@@ -66,9 +95,47 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
         self._start_seconds = config["HOST_VM_START_SECONDS"]
         self._lock = threading.Lock()
         self._migrating: dict[str, str] = {}
+        self._switches: dict[str, str] = config["HOST_SWITCHES"]
+        self._boot = sorted(vm for vm, host in config["HOST_BOOT_VMS"].items()
+                            if host == ctx.name)
 
     def register(self, server: grpc.Server) -> None:
         vm_pb2_grpc.add_HypervisorServicer_to_server(self, server)
+
+    def serving(self, grpc_port: int) -> None:
+        for name in self._boot:
+            self._boot_vm(name)
+
+    def _boot_vm(self, name: str) -> None:
+        """Start vm `name` with this host's VM_* settings and point its switch at it."""
+        elsewhere = self._lives_elsewhere(name)
+        if elsewhere:
+            self._log.info("vm_not_booted", vm=name, reason=elsewhere)
+            return
+        settings = {key: value for key, value in os.environ.items() if SETTING_NAME.match(key)}
+        try:
+            entry = self._spawn(name, settings, incoming=False, context=_Raise())
+        except _Refused as exc:
+            self._log.error("vm_boot_failed", vm=name, problem=str(exc))
+            return
+        self._steer(name, {"backends": self._address(entry)})
+
+    def _lives_elsewhere(self, name: str) -> str:
+        """Why not to boot `name` here ("" to boot it): its switch points at another host
+        whose vm serves (it moved there before this host restarted)."""
+        switch = self._switches.get(name)
+        if not switch:
+            return ""
+        try:
+            status = control_pb2_grpc.ControlStub(self._ctx.channels.get(switch, switch)).Status(
+                control_pb2.StatusRequest(), timeout=SWITCH_SECONDS)
+        except grpc.RpcError:
+            return ""  # no switch to ask: boot, as on a lab's first start
+        healthy = status.state.get("backends", "0/0").split("/")[0]
+        entries = status.state.get("entries", "")
+        if healthy not in ("", "0") and not entries.startswith(f"{self._advertise}:"):
+            return f"its switch {switch} reaches it at {entries}"
+        return ""
 
     def status(self) -> dict[str, str]:
         with self._lock:
@@ -161,8 +228,11 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
                 process.wait()
         self._log.info("vm_stopped", vm=entry.name, exit_code=process.returncode)
 
+    def _address(self, entry: VmEntry) -> str:
+        return f"{self._advertise}:{entry.port}"
+
     def _info(self, entry: VmEntry) -> vm_pb2.VmInfo:
-        info = vm_pb2.VmInfo(name=entry.name, address=f"{self._advertise}:{entry.port}")
+        info = vm_pb2.VmInfo(name=entry.name, address=self._address(entry))
         if entry.process.poll() is not None:
             info.state = "exited"
             return info
@@ -251,16 +321,46 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
             destination=target.address, strategy=request.strategy, min_rate=request.min_rate,
             max_rate=request.max_rate, rate_increment=request.rate_increment,
             max_rounds=request.max_rounds)
+        holding = repointed = False
         try:
-            yield from self._vm(entry).Migrate(
-                migrate, timeout=self._ctx.config["HOST_MIGRATION_TIMEOUT_SECONDS"])
+            for progress in self._vm(entry).Migrate(
+                    migrate, timeout=self._ctx.config["HOST_MIGRATION_TIMEOUT_SECONDS"]):
+                if progress.phase == "paused" and not holding:
+                    holding = self._steer(entry.name, {"hold": str(SWITCH_HOLD_SECONDS)})
+                elif progress.phase in OWNED and not repointed:
+                    # The destination owns the vm (post-copy: while pages are still pushed):
+                    # what the switch held, and what the fenced source refused as moved,
+                    # goes there now.
+                    repointed = self._steer(entry.name, {"backends": target.address})
+                yield progress
         except grpc.RpcError as exc:
+            if holding and not repointed:
+                self._steer(entry.name, {"hold": "0"})  # the source serves on
             self._clean_up(peer, entry.name)
             context.abort(exc.code(), exc.details())
+        if not repointed:  # the last message was the first to say "done"
+            self._steer(entry.name, {"backends": target.address})
         with self._lock:
             self._table.remove(entry.name)
         self._stop_process(entry)
         self._log.info("vm_moved", vm=entry.name, to=request.to)
+
+    def _steer(self, name: str, settings: dict[str, str]) -> bool:
+        """Reconfigure the switch in front of vm `name` (if it has one); whether it took it."""
+        switch = self._switches.get(name)
+        if not switch:
+            return False
+        stub = control_pb2_grpc.ControlStub(self._ctx.channels.get(switch, switch))
+        try:
+            stub.Reconfigure(control_pb2.ReconfigureRequest(settings=settings),
+                             timeout=SWITCH_SECONDS)
+        except grpc.RpcError as exc:
+            # Calls then wait out the switch's hold, or the vm's "moved" refusal.
+            self._log.warning("switch_not_steered", vm=name, switch=switch, settings=settings,
+                              code=exc.code().name, problem=exc.details())
+            return False
+        self._log.info("switch_steered", vm=name, switch=switch, **settings)
+        return True
 
     def _clean_up(self, peer: vm_pb2_grpc.HypervisorStub, name: str) -> None:
         """The migration failed: stop the destination's incoming process (best effort)."""

@@ -166,4 +166,10 @@ SETTINGS: tuple[Setting, ...] = (
             "when fewer than this % of the backends look healthy (passing or not yet "
             "checked, not ejected), every backend takes calls rather than the switch "
             "refusing them (Envoy's panic threshold); 0: never", percent),
+    Setting("SWITCH_HOLD_SECONDS", float, 10.0,
+            "longest a call waits while the service moves (Reconfigure {hold}, or a backend's "
+            "'moved' refusal waiting for the switch to be re-pointed)", positive),
+    Setting("SWITCH_HOLD_MAX_CALLS", int, 256,
+            "most calls held at once while the service moves; one more is refused "
+            "RESOURCE_EXHAUSTED", positive),
 )

@@ -42,11 +42,12 @@ import grpc
 
 from nodes.common.auth import METADATA_KEY as CREDENTIAL_METADATA_KEY
 from nodes.common.faults import FaultRules
-from nodes.common.interceptors import CALLER_METADATA_KEY, REFUSED_METADATA
+from nodes.common.interceptors import CALLER_METADATA_KEY, MOVED_METADATA_KEY, REFUSED_METADATA
 from nodes.common.logs import EventLog
 from nodes.common.metrics import NodeMetrics
 from nodes.switch.backends import Backend, BackendPool
 from nodes.switch.config import NEVER_FORWARDED
+from nodes.switch.hold import Hold, HoldFull
 from nodes.switch.metrics import SwitchMetrics
 from nodes.switch.policies import Policy
 from nodes.switch.retry_budget import RetryBudget
@@ -62,6 +63,8 @@ MAX_QUOTED_METHOD = 200
 _NOT_FORWARDED = frozenset({"user-agent", CALLER_METADATA_KEY, CREDENTIAL_METADATA_KEY})
 _RICH_ERROR_DETAILS = "grpc-status-details-bin"
 _OK = grpc.StatusCode.OK
+# A call refused "moved" by one backend, then another, is not followed further.
+MAX_MOVES = 2
 
 
 def link_options(max_message_bytes: int) -> list[tuple[str, object]]:
@@ -137,7 +140,7 @@ class Result(NamedTuple):
 class Forwarder(grpc.GenericRpcHandler):
     def __init__(self, *, node: str, pool: BackendPool, policy: Policy, budget: RetryBudget,
                  rules: ForwardingRules, metrics: SwitchMetrics, node_metrics: NodeMetrics,
-                 faults: FaultRules, log: EventLog) -> None:
+                 faults: FaultRules, log: EventLog, hold: Hold) -> None:
         self.policy = policy  # replaced whole by Reconfigure; read once per pick
         self._caller = (CALLER_METADATA_KEY, node)
         self._pool = pool
@@ -147,6 +150,7 @@ class Forwarder(grpc.GenericRpcHandler):
         self._node_metrics = node_metrics
         self._faults = faults
         self._log = log
+        self._hold = hold
         self._handlers = {
             method: grpc.stream_stream_rpc_method_handler(
                 functools.partial(self._forward_stream, method)) if streams else
@@ -179,16 +183,24 @@ class Forwarder(grpc.GenericRpcHandler):
         deadline = _deadline_of(context)
         retryable = method in self._rules.idempotent_methods
         self._budget.deposit()
+        self._enter_hold(deadline, context)
         backend = self._first_choice(affinity, context)
         tried: list[Backend] = []
-        attempt = 1
+        attempt = moves = 1
         while True:
             timeout, per_try_capped = self._attempt_timeout(deadline, context)
+            generation = self._hold.generation
             result = self._attempt(backend, method, request, metadata, timeout)
             if result.code is _OK:
                 if result.trailing:
                     context.set_trailing_metadata(_forwardable(result.trailing))
                 return result.response
+            if _moved(result) and moves <= MAX_MOVES and self._await_move(generation, deadline):
+                # The backend ran nothing and the switch points elsewhere now: go there.
+                self._metrics.moved.inc()
+                backend = self._first_choice(affinity, context)
+                moves += 1
+                continue
             if ((retryable and _worth_retrying(result.code, per_try_capped)
                     or _refused_unstarted(result))
                     and attempt < self._rules.max_attempts
@@ -255,6 +267,7 @@ class Forwarder(grpc.GenericRpcHandler):
         deadline = _deadline_of(context)
         timeout = (self._rules.stream_timeout if deadline is None
                    else max(0.0, deadline - time.monotonic()))
+        self._enter_hold(deadline, context)
         backend = self._first_choice(affinity, context)
         self._pool.begin(backend)
         started = time.perf_counter()
@@ -292,6 +305,20 @@ class Forwarder(grpc.GenericRpcHandler):
                 affinity = value
             metadata.append((key, value))
         return metadata, affinity
+
+    def _enter_hold(self, deadline: float | None, context: grpc.ServicerContext) -> None:
+        """Wait while the switch holds new calls (a migration's blackout)."""
+        try:
+            self._hold.enter(deadline)
+        except HoldFull as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    def _await_move(self, generation: int, deadline: float | None) -> bool:
+        """After a "moved" refusal: wait for the switch to be re-pointed; whether it was."""
+        try:
+            return self._hold.await_move(generation, deadline)
+        except HoldFull:
+            return False  # the caller gets the backend's refusal
 
     def _first_choice(self, affinity: str | None, context: grpc.ServicerContext) -> Backend:
         candidates = self._pool.candidates()
@@ -343,6 +370,12 @@ def _refused_unstarted(result: Result) -> bool:
     another backend may take it, idempotent or not."""
     return (result.code is grpc.StatusCode.RESOURCE_EXHAUSTED
             and tuple(REFUSED_METADATA) in (tuple(item) for item in result.trailing))
+
+
+def _moved(result: Result) -> bool:
+    """Whether the backend refused the call, unrun, because its service moved elsewhere."""
+    return (result.code is grpc.StatusCode.UNAVAILABLE
+            and any(key == MOVED_METADATA_KEY for key, _ in result.trailing))
 
 
 def _deadline_of(context: grpc.ServicerContext) -> float | None:

@@ -61,6 +61,14 @@ class SwitchMetrics:
             "distlab_switch_panic",
             "1 while too few backends look healthy (SWITCH_PANIC_THRESHOLD_PERCENT) and every "
             "backend takes calls, else 0.", registry=registry)
+        self.held = Gauge(
+            "distlab_switch_held_calls",
+            "Calls waiting at the switch while the service behind it moves (a migration's "
+            "blackout).", registry=registry)
+        self.moved = Counter(
+            "distlab_switch_moved_total",
+            "Calls a backend refused as moved, sent again once the switch was re-pointed.",
+            registry=registry)
         self.no_backend = Counter(
             "distlab_switch_no_backend_total",
             "Calls refused with UNAVAILABLE because no backend could take them.",

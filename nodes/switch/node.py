@@ -51,11 +51,12 @@ from nodes.common.role import NodeContext, RoleError, RoleNode
 from nodes.switch.backends import HEALTHY, UNKNOWN, Backend, BackendPool
 from nodes.switch.config import BACKEND_PORT, CONTROL_SERVICE, forwarded_methods, parse_backends
 from nodes.switch.forwarder import BackendLink, Forwarder, ForwardingRules
+from nodes.switch.hold import Hold
 from nodes.switch.metrics import SwitchMetrics
 from nodes.switch.policies import POLICIES, make_policy
 from nodes.switch.retry_budget import RetryBudget
 
-RECONFIGURABLE = ("backends", "policy")
+RECONFIGURABLE = ("backends", "policy", "hold")
 _HEALTH_REQUEST = health_pb2.HealthCheckRequest()
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -117,6 +118,9 @@ class SwitchNode(RoleNode):
             panic_threshold_percent=config["SWITCH_PANIC_THRESHOLD_PERCENT"])
         self._metrics = SwitchMetrics(ctx.registry)
         self._metrics.panic.set_function(lambda: 1 if self._pool.panic else 0)
+        self._hold = Hold(max_calls=config["SWITCH_HOLD_MAX_CALLS"],
+                          max_seconds=config["SWITCH_HOLD_SECONDS"])
+        self._metrics.held.set_function(lambda: self._hold.waiting)
         self._was_panicking = False
         self._forwarder = Forwarder(
             node=ctx.name, pool=self._pool,
@@ -130,7 +134,8 @@ class SwitchNode(RoleNode):
                 max_attempts=config["SWITCH_MAX_ATTEMPTS"],
                 per_try_timeout=config["SWITCH_PER_TRY_TIMEOUT_SECONDS"],
                 stream_timeout=config["SWITCH_STREAM_TIMEOUT_SECONDS"]),
-            metrics=self._metrics, node_metrics=ctx.metrics, faults=ctx.rules, log=ctx.log)
+            metrics=self._metrics, node_metrics=ctx.metrics, faults=ctx.rules, log=ctx.log,
+            hold=self._hold)
         # A call still in flight on a departed backend may run this long before its channel closes.
         self._drain_limit = max(config["SWITCH_PER_TRY_TIMEOUT_SECONDS"],
                                 config["SWITCH_STREAM_TIMEOUT_SECONDS"])
@@ -203,6 +208,7 @@ class SwitchNode(RoleNode):
             self._draining.append((backend, now))
             self._ctx.log.info("backend_removed", backend=backend.name, address=backend.target,
                                in_flight=backend.outstanding)
+        self._hold.repointed()  # held calls go to the new set
 
     def _close_drained(self) -> None:
         now = time.monotonic()
@@ -262,7 +268,9 @@ class SwitchNode(RoleNode):
         state = {"policy": self._forwarder.policy.name, "entries": ",".join(self._entries),
                  "backends": f"{healthy}/{len(backends)}",
                  "panic": self._panic_status(backends),
-                 "in_flight": str(sum(backend.outstanding for backend in backends))}
+                 "in_flight": str(sum(backend.outstanding for backend in backends)),
+                 "holding": "yes" if self._hold.holding else "no",
+                 "held": str(self._hold.waiting)}
         for backend in backends:
             state[f"backend.{backend.name}"] = backend.state
         return state
@@ -288,6 +296,15 @@ class SwitchNode(RoleNode):
         policy_name = settings.get("policy", self._forwarder.policy.name)
         if policy_name not in POLICIES:
             raise RoleError(f"policy {policy_name!r} is not one of {', '.join(POLICIES)}")
+        hold = None
+        if "hold" in settings:
+            try:
+                hold = float(settings["hold"])
+            except ValueError:
+                hold = -1.0
+            if not 0 <= hold < float("inf"):
+                raise RoleError(f"hold {settings['hold']!r}: seconds to hold new calls "
+                                f"(at most {self._hold.max_seconds}), or 0 to release them")
         with self._set_lock:
             if policy_name != self._forwarder.policy.name:
                 policy = make_policy(policy_name, rng=self._rng)
@@ -295,10 +312,16 @@ class SwitchNode(RoleNode):
                 self._forwarder.policy = policy
             moved = entries != self._entries
             self._entries = entries
+        if hold is not None and not moved:
+            hold = self._hold.start(hold)
+            self._ctx.log.info("switch_hold" if hold else "switch_hold_released", seconds=hold,
+                               held=self._hold.waiting)
         if moved:
-            self._discover()  # re-pointed before Reconfigure answers
+            self._discover()  # re-pointed before Reconfigure answers; held calls go there
+            self._hold.repointed()  # even when the new entries resolve to the same set
         self._ctx.log.info("switch_reconfigured", backends=",".join(entries), policy=policy_name)
-        return {"backends": ",".join(entries), "policy": policy_name}
+        return {"backends": ",".join(entries), "policy": policy_name,
+                "hold": f"{self._hold.remaining:.3f}"}
 
     def close(self) -> None:
         self._discovery.stop()

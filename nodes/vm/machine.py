@@ -32,9 +32,10 @@ from nodes.vm.strategies import DestinationMigration, Strategy
 class VmRefused(Exception):
     """A call the vm cannot serve now; `code` names the gRPC status for it."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, moved_to: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.moved_to = moved_to  # set when the call was refused because the vm moved there
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class VirtualMachine:
                 self.cpu.wait(left)
             if self.state == "moved":
                 raise VmRefused("UNAVAILABLE", f"not applied: this vm has moved to "
-                                f"{self.moved_to}")
+                                f"{self.moved_to}", moved_to=self.moved_to)
             if self.state in ("incoming", "receiving"):
                 raise VmRefused("UNAVAILABLE", "not applied: no vm here yet, this process "
                                 "waits for an incoming migration")

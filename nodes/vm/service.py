@@ -16,6 +16,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from nodes.common.auth import service_methods
 from nodes.common.config import ConfigError
+from nodes.common.interceptors import MOVED_METADATA_KEY
 from nodes.common.role import NodeContext, RoleNode
 from nodes.rpc import vm_pb2, vm_pb2_grpc
 from nodes.vm.guest import GuestLayout, KVFull
@@ -32,6 +33,8 @@ PROGRESS_SECONDS = 0.2
 
 def _abort(context, exc: Exception) -> None:
     if isinstance(exc, VmRefused):
+        if exc.moved_to:  # a switch in front holds the call and sends it to the new home
+            context.set_trailing_metadata(((MOVED_METADATA_KEY, exc.moved_to),))
         context.abort(getattr(grpc.StatusCode, exc.code), str(exc))
     context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
@@ -178,8 +181,11 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
                        strategy=plan.strategy.value)
         threading.Thread(target=migration.run, args=(self._count,), name="migration",
                          daemon=True).start()
-        while not migration.finished.wait(PROGRESS_SECONDS):
-            yield migration.progress()
+        while not migration.finished.is_set():
+            migration.phase_changed.wait(PROGRESS_SECONDS)
+            migration.phase_changed.clear()
+            if not migration.finished.is_set():
+                yield migration.progress()
         if migration.error is not None:
             context.abort(migration.error.code, str(migration.error))
         yield migration.progress()

@@ -90,6 +90,9 @@ class Outgoing:
         self._lock = threading.Lock()  # the core is used by this thread and status readers
         self.core: SourceMigration | None = None
         self.phase = "starting"
+        # Set at each change of phase, so a progress stream reports a pause or a commit
+        # at once rather than at its next tick (the hypervisor steers the switch by them).
+        self.phase_changed = threading.Event()
         self.result: vm_pb2.MigrationResult | None = None
         self.error: MigrationFailed | None = None
         self.finished = threading.Event()
@@ -112,16 +115,21 @@ class Outgoing:
         """Migrate; `on_end` runs before `finished` is set, so whoever waits sees its work."""
         try:
             self.result = self._migrate()
-            self.phase = "done"
+            self._enter("done")
         except MigrationFailed as exc:
             self.error = exc
-            self.phase = "failed"
+            self._enter("failed")
         finally:
             self._outbox_close()
             try:
                 on_end(self)
             finally:
                 self.finished.set()
+                self.phase_changed.set()
+
+    def _enter(self, phase: str) -> None:
+        self.phase = phase
+        self.phase_changed.set()
 
     def _requests(self) -> Iterator[vm_pb2.TransferMessage]:
         while True:
@@ -219,7 +227,7 @@ class Outgoing:
         with self._lock:
             self.core = SourceMigration(vm.image, plan.strategy, now=time.monotonic(),
                                         limits=plan.limits, chunk_pages=plan.chunk_pages)
-        self.phase = "live"
+        self._enter("live")
         paused_at = None
         commit_sent = False
         committed = False
@@ -239,7 +247,7 @@ class Outgoing:
                 elif isinstance(step, Pause):
                     vm.pause()
                     paused_at = time.monotonic()
-                    self.phase = "paused"
+                    self._enter("paused")
                     self._log.info("migration_paused", round=self.core.round_number)
                 elif isinstance(step, Commit):
                     guest_step = vm.guest_step
@@ -256,7 +264,7 @@ class Outgoing:
                                    downtime_seconds=round(downtime, 6))
                     if plan.strategy is not Strategy.POST_COPY:
                         break
-                    self.phase = "committed"
+                    self._enter("committed")
                 elif isinstance(step, Done):  # post-copy: every page pushed, faults may come
                     if self._complete:
                         break

@@ -101,7 +101,7 @@ def test_reconfigure_re_points_the_switch_and_refuses_bad_settings(lab, seeded):
     assert has_key(lab, first, "before") and not has_key(lab, second, "before")
 
     assert reconfigure(lab, switch, backends=lab.address(second)) == {
-        "backends": lab.address(second), "policy": "round_robin"}
+        "backends": lab.address(second), "policy": "round_robin", "hold": "0.000"}
     kv.Put(kv_pb2.PutRequest(key="after", value=b"v"), timeout=5)
     assert has_key(lab, second, "after") and not has_key(lab, first, "after")
     state = switch_state(lab, switch)
@@ -115,6 +115,8 @@ def test_reconfigure_re_points_the_switch_and_refuses_bad_settings(lab, seeded):
         ({"policy": "random"}, "policy 'random' is not one of"),
         ({"backends": "kv-1:99999", "policy": "least_outstanding"}, "is not host[:port]"),
         ({"backends": " "}, "at least one backend"),
+        ({"hold": "soon"}, "hold 'soon': seconds to hold new calls"),
+        ({"hold": "-1"}, "or 0 to release them"),
     ]:
         with pytest.raises(grpc.RpcError) as caught:
             reconfigure(lab, switch, **settings)
@@ -123,10 +125,26 @@ def test_reconfigure_re_points_the_switch_and_refuses_bad_settings(lab, seeded):
     assert switch_state(lab, switch)["policy"] == "round_robin"  # nothing changed
 
     assert reconfigure(lab, switch, policy="consistent_hash") == {
-        "backends": lab.address(second), "policy": "consistent_hash"}
+        "backends": lab.address(second), "policy": "consistent_hash", "hold": "0.000"}
     kv.Put(kv_pb2.PutRequest(key="hashed", value=b"v"), metadata=[("x-session-id", "s")],
            timeout=5)
     assert has_key(lab, second, "hashed")
+
+
+def test_a_held_call_waits_until_the_switch_is_repointed_then_goes_to_the_new_backend(
+        lab, seeded):
+    first, second = seeded
+    switch = start_switch(lab, first)
+    kv = lab.kv(switch)
+    assert float(reconfigure(lab, switch, hold="5")["hold"]) > 4
+    call = kv.Put.future(kv_pb2.PutRequest(key="held", value=b"v"), timeout=10)
+    lab.wait_until(lambda: switch_state(lab, switch)["held"] == "1", timeout=5)
+    assert not call.done()
+    assert not has_key(lab, first, "held")  # held at the switch, not sent
+    reconfigure(lab, switch, backends=lab.address(second))
+    call.result()
+    assert has_key(lab, second, "held") and not has_key(lab, first, "held")
+    assert switch_state(lab, switch)["holding"] == "no"
 
 
 def test_an_outbound_fault_rule_on_the_switch_breaks_its_link_to_one_backend(lab, seeded):
