@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -81,11 +81,15 @@ class WorkloadKind:
     settle: Callable[[ClientWorkload, float], Any] | None = None
 
 
+# A check whose `needs` is this reads the run's migrations (MigrationRun), not a workload.
+MIGRATIONS = "migrations"
+
+
 @dataclass(frozen=True)
 class CheckKind:
     name: str
-    needs: str  # the workload kind whose history it reads
-    run: Callable[[ClientWorkload, dict[str, Any]], Verdict]
+    needs: str  # the workload kind whose history it reads, or MIGRATIONS
+    run: Callable[[Any, dict[str, Any]], Verdict]  # (the workload or the migrations, options)
     options: tuple[Field, ...] = ()
 
 
@@ -134,11 +138,25 @@ class FaultKind:
 
 
 @dataclass(frozen=True)
+class MigrationRun:
+    """One migration a scenario carried out, as its action recorded it (history seconds)."""
+
+    label: str  # "migrate vm-1 host-1 -> host-2 (pre-copy)"
+    start: float
+    end: float
+    error: str = ""  # why it failed; "" when it was done
+    figures: dict[str, float] = field(default_factory=dict)  # downtime_ms, total_s ...
+
+
+@dataclass(frozen=True)
 class MigrationKind:
     name: str
     fields: tuple[str, ...]  # beyond at and action
     parse: Callable[[ScenarioParser, Migration, Entries, Node, str], Migration | None]
     apply: Callable[[ScenarioContext, Migration], str]  # returns what the timeline prints
+    # Runs beside the timeline (the runner waits for it before the workloads stop), so
+    # faults scheduled during it happen during it.
+    background: bool = False
 
 
 # -- labs ----------------------------------------------------------------------------------

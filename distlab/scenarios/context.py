@@ -22,7 +22,7 @@ from distlab.control import ControlError
 from distlab.errors import DistlabError, UsageError
 from distlab.history import History
 from distlab.machine import Machine
-from distlab.registry import Injection, WorkloadStart
+from distlab.registry import MIGRATIONS, Injection, MigrationKind, MigrationRun, WorkloadStart
 from distlab.report import FaultWindow
 from distlab.scenarios.model import Check, Expectation, Fault, MachineRef, Migration, Workload
 from distlab.scenarios.schedule import pick_rng
@@ -32,6 +32,8 @@ from distlab.workloads.clients import ClientWorkload
 JOIN_GRACE_SECONDS = 10.0
 SETTLE_SECONDS = 60.0
 HEALTHY_AFTER_HEAL_SECONDS = 120.0
+# A live migration still running when the scenario ends gets this long to finish.
+MIGRATIONS_END_SECONDS = 300.0
 
 
 class FaultObserver:
@@ -63,6 +65,9 @@ class ScenarioContext:
         self.say = say
         self.verdicts: list[Verdict] = []
         self.windows: list[FaultWindow] = []
+        self.migration_runs: list[MigrationRun] = []
+        self._migrations: list[threading.Thread] = []
+        self._migration_errors: list[str] = []
         self._observer = observer or FaultObserver()
         self._stop = threading.Event()
         self._workloads: list[RunningWorkload] = []
@@ -223,10 +228,53 @@ class ScenarioContext:
     # -- migrations -----------------------------------------------------------------------
 
     def migrate(self, migration: Migration) -> None:
-        at = self.now()
-        label = self.testbed.registry.migrations[migration.action].apply(self, migration)
-        self.windows.append(FaultWindow(f"m{len(self.windows) + 1}", "migration", (), at, at))
-        self.say(f"t={at:6.1f}s  {label}")
+        """Carry out a migration: at once, or beside the timeline for an action that runs
+        in the background (a live migration takes seconds, and a fault may meet it)."""
+        kind = self.testbed.registry.migrations[migration.action]
+        window = FaultWindow(f"m{len(self.windows) + 1}", "migration", (), self.now(), None)
+        self.windows.append(window)
+        if not kind.background:
+            self._migrate(kind, migration, window)
+            return
+        thread = threading.Thread(target=self._migrate_beside, name=f"migration-{window.id}",
+                                  args=(kind, migration, window), daemon=True)
+        self._migrations.append(thread)
+        thread.start()
+
+    def _migrate(self, kind: MigrationKind, migration: Migration, window: FaultWindow) -> None:
+        try:
+            label = kind.apply(self, migration)
+        finally:
+            # Shaded on the plots from its start to its end.
+            self.windows[self.windows.index(window)] = FaultWindow(
+                window.id, window.kind, window.machines, window.start, self.now())
+        self.say(f"t={window.start:6.1f}s  {label}")
+
+    def _migrate_beside(self, kind: MigrationKind, migration: Migration,
+                        window: FaultWindow) -> None:
+        try:
+            self._migrate(kind, migration, window)
+        except DistlabError as exc:
+            self._migration_errors.append(f"{migration.action} at {migration.at:g} s: {exc}")
+        except Exception as exc:  # noqa: BLE001 - reported by wait_migrations, not lost
+            self._migration_errors.append(f"{migration.action} at {migration.at:g} s: "
+                                          f"{type(exc).__name__}: {exc}")
+
+    def wait_migrations(self, timeout: float) -> None:
+        """Wait for the migrations running in the background; DistlabError if one could
+        not be carried out (a migration that failed is a MigrationRun, not an error)."""
+        ends = time.monotonic() + timeout
+        for thread in self._migrations:
+            thread.join(max(0.0, ends - time.monotonic()))
+        late = [thread.name for thread in self._migrations if thread.is_alive()]
+        problems = self._migration_errors + [f"{name} still runs after {timeout:g} s"
+                                             for name in late]
+        if problems:
+            raise DistlabError(f"migrations: {'; '.join(problems)}")
+
+    def record_migration(self, run: MigrationRun) -> None:
+        """A migration action's outcome, for the `migration` check and the report."""
+        self.migration_runs.append(run)
 
     def on_revert(self, undo: Callable[[], object]) -> None:
         """Run `undo` when the run ends (newest first): a migration putting things back."""
@@ -267,6 +315,9 @@ class ScenarioContext:
                 settle(running.workload, SETTLE_SECONDS)
         for check in checks:
             kind = registry.checks[check.name]
+            if kind.needs == MIGRATIONS:
+                self.verdicts.append(kind.run(self.migration_runs, check.options))
+                continue
             workload = self.workload(kind.needs)
             if workload is None:
                 self.verdicts.append(Verdict(check.name, None, [f"no {kind.needs} workload ran"]))

@@ -25,7 +25,11 @@ from pathlib import Path
 from distlab.errors import DistlabError
 from distlab.history import History
 from distlab.report import FaultWindow, RunSummary, report_dir, write_report
-from distlab.scenarios.context import HEALTHY_AFTER_HEAL_SECONDS, ScenarioContext
+from distlab.scenarios.context import (
+    HEALTHY_AFTER_HEAL_SECONDS,
+    MIGRATIONS_END_SECONDS,
+    ScenarioContext,
+)
 from distlab.scenarios.exporter import RUNNER_TARGETS_PATH, FaultExporter, lab_gateway
 from distlab.scenarios.model import Scenario
 from distlab.scenarios.schedule import Event, plan
@@ -161,6 +165,7 @@ class ScenarioRunner:
         else:
             self._play_timeline(plan(scenario, self.testbed.registry))
         ctx.sleep_until(scenario.duration)
+        ctx.wait_migrations(MIGRATIONS_END_SECONDS)
         ctx.stop_workloads()
         problems = ctx.heal_all() + ctx.revert_migrations()
         if problems:

@@ -22,7 +22,7 @@ from typing import Any
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from distlab.labs import MAX_REPLICAS, Catalogue, Lab, counts_at, names_of, span
-from distlab.registry import Registry, load_registry
+from distlab.registry import MIGRATIONS, Registry, load_registry
 from distlab.scenarios.model import (
     Check,
     Expectation,
@@ -369,7 +369,7 @@ class ScenarioParser(Reader):
                          f"{', '.join(kinds)}{did_you_mean(name, kinds)}")
             return None
         kind = kinds[name]
-        if types and kind.needs not in types:
+        if types and kind.needs not in types and kind.needs != MIGRATIONS:
             self.problem(name_node, path, f"the {name} check needs a {kind.needs} workload; "
                          f"this scenario has {', '.join(sorted(types))}")
         path = join(path, name)

@@ -231,8 +231,9 @@ class HealthChecks:
             changes.append((name, verdict))
 
 
-def machine_name_of(address: str) -> str | None:
-    """The machine name Docker's DNS gives `address`: `<project>-<service>-<n>.<network>`.
+def container_name_of(address: str) -> str | None:
+    """The container name Docker's DNS gives `address` (`<project>-<service>-<n>`, from
+    `<project>-<service>-<n>.<network>`), which every machine on its networks resolves.
 
     Asks the resolver in /etc/resolv.conf directly: the system lookup reads
     /etc/hosts first, where a container finds only its own id for itself.
@@ -242,7 +243,15 @@ def machine_name_of(address: str) -> str | None:
         full = str(answer[0].target).rstrip(".")
     except (dns.exception.DNSException, OSError, IndexError):
         return None
-    container = full.split(".")[0]
+    return full.split(".")[0]
+
+
+def machine_name_of(address: str) -> str | None:
+    """The machine name distlab shows for `address`: its container name without the
+    Compose project (`kv-2`)."""
+    container = container_name_of(address)
+    if container is None:
+        return None
     project, _, rest = container.partition("-")
     return rest if project and rest else container
 

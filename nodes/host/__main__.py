@@ -15,7 +15,7 @@ SPEC = RoleSpec(
         Setting("HOST_VM_PORTS", parse_ports, (50100, 50131), "gRPC ports of the vm processes, "
                 "first-last (each vm's metrics: its port + 1000)"),
         Setting("HOST_ADVERTISE", str, "", "the name or address other machines reach this "
-                "host's vms at (default: the hostname)"),
+                "host's vms at (default: its container name, else the hostname)"),
         Setting("HOST_VM_START_SECONDS", float, 30.0, "how long a vm process gets to answer",
                 positive),
         Setting("HOST_MIGRATION_TIMEOUT_SECONDS", float, 600.0, "deadline of one migration",

@@ -24,8 +24,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nodes.common.auth import service_methods
-from nodes.common.config import ConfigError
+from nodes.common.config import ConfigError, own_ip
+from nodes.common.peers import container_name_of
 from nodes.common.role import NodeContext, RoleNode
+from nodes.host.metrics import STRATEGIES, HostMetrics
 from nodes.host.table import TableError, VmEntry, VmTable
 from nodes.rpc import control_pb2, control_pb2_grpc, vm_pb2, vm_pb2_grpc
 
@@ -91,11 +93,14 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
             self._table = VmTable(*config["HOST_VM_PORTS"])
         except ValueError as exc:
             raise ConfigError(f"HOST_VM_PORTS={config['HOST_VM_PORTS']!r}: {exc}") from None
-        self._advertise = config["HOST_ADVERTISE"] or socket.gethostname()
+        address = own_ip()
+        self._advertise = (config["HOST_ADVERTISE"] or (address and container_name_of(address))
+                           or socket.gethostname())
         self._start_seconds = config["HOST_VM_START_SECONDS"]
         self._lock = threading.Lock()
         self._migrating: dict[str, str] = {}
         self._switches: dict[str, str] = config["HOST_SWITCHES"]
+        self._metrics = HostMetrics(ctx.registry, vms=lambda: len(self._table.entries))
         self._boot = sorted(vm for vm, host in config["HOST_BOOT_VMS"].items()
                             if host == ctx.name)
 
@@ -231,17 +236,19 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
     def _address(self, entry: VmEntry) -> str:
         return f"{self._advertise}:{entry.port}"
 
-    def _info(self, entry: VmEntry) -> vm_pb2.VmInfo:
+    def _info(self, entry: VmEntry, checksum: bool = False) -> vm_pb2.VmInfo:
         info = vm_pb2.VmInfo(name=entry.name, address=self._address(entry))
         if entry.process.poll() is not None:
             info.state = "exited"
             return info
         try:
-            status = self._vm(entry).Status(vm_pb2.VmStatusRequest(), timeout=2)
+            status = self._vm(entry).Status(vm_pb2.VmStatusRequest(checksum=checksum),
+                                            timeout=30 if checksum else 2)
         except grpc.RpcError as exc:
             info.state = f"unreachable ({exc.code().name})"
             return info
         info.state, info.guest_step, info.pages = status.state, status.guest_step, status.pages
+        info.checksum, info.pages_missing = status.checksum, status.pages_missing
         return info
 
     def _vm(self, entry: VmEntry) -> vm_pb2_grpc.MigrationStub:
@@ -281,9 +288,14 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
         with self._lock:
             entries = list(self._table.entries.values())
         return vm_pb2.ListVmsReply(host=self._ctx.name,
-                                   vms=[self._info(entry) for entry in entries])
+                                   vms=[self._info(entry, request.checksum)
+                                        for entry in entries])
 
     def MigrateVm(self, request, context):
+        if request.strategy and request.strategy not in STRATEGIES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"strategy {request.strategy[:40]!r} is not one of "
+                          f"{', '.join(STRATEGIES)}")
         host, _, port = request.to.rpartition(":")
         if not host or not port.isdigit():
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -322,9 +334,13 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
             max_rate=request.max_rate, rate_increment=request.rate_increment,
             max_rounds=request.max_rounds)
         holding = repointed = False
+        strategy = request.strategy or "pre-copy"
         try:
             for progress in self._vm(entry).Migrate(
                     migrate, timeout=self._ctx.config["HOST_MIGRATION_TIMEOUT_SECONDS"]):
+                self._metrics.progress(progress)
+                if progress.HasField("result"):
+                    self._metrics.finished(strategy, progress.result)
                 if progress.phase == "paused" and not holding:
                     holding = self._steer(entry.name, {"hold": str(SWITCH_HOLD_SECONDS)})
                 elif progress.phase in OWNED and not repointed:
@@ -334,6 +350,7 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
                     repointed = self._steer(entry.name, {"backends": target.address})
                 yield progress
         except grpc.RpcError as exc:
+            self._metrics.finished(strategy, None)
             if holding and not repointed:
                 self._steer(entry.name, {"hold": "0"})  # the source serves on
             self._clean_up(peer, entry.name)

@@ -131,6 +131,10 @@ class PageKV:
         self.check(key)
         return self._find(key)[1]
 
+    def keys(self) -> list[bytes]:
+        """Every key held, in slot order."""
+        return [key for used, key, _ in map(self._slot, range(self.slots)) if used]
+
     def put(self, key: bytes, value: bytes) -> None:
         self.check(key, value)
         slot, _ = self._find(key)

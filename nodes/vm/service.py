@@ -18,14 +18,16 @@ from nodes.common.auth import service_methods
 from nodes.common.config import ConfigError
 from nodes.common.interceptors import MOVED_METADATA_KEY
 from nodes.common.role import NodeContext, RoleNode
-from nodes.rpc import vm_pb2, vm_pb2_grpc
+from nodes.rpc import kv_pb2, kv_pb2_grpc, vm_pb2, vm_pb2_grpc
 from nodes.vm.guest import GuestLayout, KVFull
+from nodes.vm.kvservice import VmKV
 from nodes.vm.machine import GuestSettings, VirtualMachine, VmRefused
 from nodes.vm.memory import MIB, PAGE_SIZE, PageError
 from nodes.vm.strategies import PreCopyLimits, Strategy
 from nodes.vm.transfer import Incoming, MigrationPlan, Outgoing
 
 VM_SERVICE = vm_pb2.DESCRIPTOR.services_by_name["VM"].full_name
+KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name
 MIGRATION_SERVICE = vm_pb2.DESCRIPTOR.services_by_name["Migration"].full_name
 PROTECTED = service_methods(vm_pb2.DESCRIPTOR.services_by_name["Migration"])
 PROGRESS_SECONDS = 0.2
@@ -40,7 +42,7 @@ def _abort(context, exc: Exception) -> None:
 
 
 class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
-    service_names = (VM_SERVICE, MIGRATION_SERVICE)
+    service_names = (VM_SERVICE, KV_SERVICE, MIGRATION_SERVICE)
 
     def __init__(self, ctx: NodeContext) -> None:
         config = ctx.config
@@ -98,6 +100,7 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
     def register(self, server: grpc.Server) -> None:
         vm_pb2_grpc.add_VMServicer_to_server(self, server)
         vm_pb2_grpc.add_MigrationServicer_to_server(self, server)
+        kv_pb2_grpc.add_KVServicer_to_server(VmKV(self._call), server)
 
     def serving(self, grpc_port: int) -> None:
         self.vm.start_guest()

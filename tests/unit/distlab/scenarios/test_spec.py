@@ -228,7 +228,7 @@ def test_a_machine_a_scale_migration_adds_may_be_a_target(catalogue):
 def test_an_unknown_lab_lists_the_labs_and_suggests_one(catalogue):
     assert problems(catalogue, "lab: tier\nduration: 5\nworkloads: [{type: bank}]\n") == [
         "s.yaml:1: lab: unknown lab 'tier', not one of bittorrent, chord, kv, mapreduce, "
-        "serverless, tiers; "
+        "migration, serverless, tiers; "
         "did you mean 'tiers'?"]
 
 
@@ -255,7 +255,7 @@ def test_a_check_without_its_workload_names_the_workload_it_needs(catalogue):
 def test_an_unknown_check_lists_the_checks(catalogue):
     assert problems(catalogue, HEAD + "checks: [linearisable, {bank: {strict: true}}]\n") == [
         "s.yaml:4: checks[0]: unknown check 'linearisable', not one of pieces, output, "
-        "invocations, bank, linearizable; "
+        "migration, invocations, bank, linearizable; "
         "did you mean 'linearizable'?",
         "s.yaml:4: checks[1].bank: unknown option 'strict': the bank check has none"]
 
@@ -552,7 +552,7 @@ def test_every_example_of_the_format_reference_parses(catalogue):
 
 def test_a_workload_the_lab_cannot_serve_is_refused_before_anything_starts(catalogue):
     assert problems(catalogue, "lab: chord\nduration: 10s\nworkloads:\n  - type: register\n") == [
-        "s.yaml:4: workloads[0].type: a register workload runs against the tiers or kv lab, "
+        "s.yaml:4: workloads[0].type: a register workload runs against the tiers or kv or migration lab, "
         "not chord"]
     assert problems(catalogue, "lab: kv\nduration: 10s\nworkloads:\n  - type: bank\n") == [
         "s.yaml:4: workloads[0].type: a bank workload runs against the tiers lab, not kv"]
