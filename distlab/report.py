@@ -14,7 +14,7 @@ import json
 import math
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,8 @@ class RunSummary:
     versions: dict[str, str]
     error: str = ""             # set when the run itself failed
     command: str = ""           # how to reproduce the run, e.g. `distlab run x.yaml --seed 7`
+    # What each migration action recorded: label, start, end, error, figures (downtime_ms ...)
+    migrations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -162,6 +164,7 @@ def result(summary: RunSummary, history: History) -> dict[str, Any]:
                     "figures": v.figures} for v in summary.verdicts],
         "faults": [{"id": f.id, "kind": f.kind, "machines": list(f.machines),
                     "start": f.start, "end": f.end} for f in summary.faults],
+        "migrations": summary.migrations,
         "operations": history.counts(),
         "rpc_counts": summary.rpc_counts,
         "versions": summary.versions,

@@ -28,6 +28,8 @@ LIST_SECONDS = 10.0
 MIGRATE_SECONDS = 660.0
 GRPC_PORT = 50051
 MIB = 1024 * 1024
+# The states of a vm process a migration is filling (nodes.vm.machine): not the vm yet.
+ARRIVING = ("incoming", "receiving")
 
 
 class MigrationError(DistlabError):
@@ -95,10 +97,12 @@ class Hypervisors:
         return places
 
     def locate(self, name: str) -> VmPlace:
+        """Where vm `name` runs (not where a copy of it is arriving)."""
         places = self.vms()
-        for place in places:
-            if place.name == name:
-                return place
+        found = sorted((place for place in places if place.name == name),
+                       key=lambda place: place.state in ARRIVING)
+        if found:
+            return found[0]
         vms = ", ".join(sorted({p.name for p in places})) or "none"
         machine = next((m for m in self.machines if m.name == name), None)
         if machine is not None:

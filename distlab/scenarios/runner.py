@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from distlab.errors import DistlabError
@@ -214,7 +214,8 @@ class ScenarioRunner:
             finished_wall=time.time(), verdicts=list(ctx.verdicts) if ctx else [],
             faults=list(ctx.windows) if ctx else [],
             rpc_counts=self._rpc_counts(started_wall) if ctx else {},
-            versions=versions(), error=error, command=self.command)
+            versions=versions(), error=error, command=self.command,
+            migrations=[asdict(run) for run in ctx.migration_runs] if ctx else [])
         directory = report_dir(self.options.reports_root, scenario.name, started_wall)
         history = ctx.history if ctx else None
         write_report(directory, summary, history if history is not None else History())

@@ -20,6 +20,9 @@ SPEC = RoleSpec(
                 positive),
         Setting("HOST_MIGRATION_TIMEOUT_SECONDS", float, 600.0, "deadline of one migration",
                 positive),
+        Setting("HOST_INCOMING_WAIT_SECONDS", float, 60.0, "an incoming vm no source has "
+                "begun sending to by then is stopped (so is one whose transfer broke off)",
+                positive),
         Setting("HOST_SWITCHES", lambda raw: parse_pairs(raw, "="), {},
                 "the switch in front of each vm, vm=host:port, comma list: held while the vm "
                 "pauses, re-pointed when it has moved"),

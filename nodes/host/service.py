@@ -43,6 +43,7 @@ INHERITED = ("CREDENTIAL_FILE", "DATA_DIR", "LOG_LEVEL", "GRACE_SECONDS", "MAX_M
 PREPARE_SECONDS = 40.0
 SETTING_NAME = re.compile(r"^VM_[A-Z0-9_]{1,64}$")
 SWITCH_SECONDS = 5.0  # deadline of one call to a switch
+INCOMING_POLL_SECONDS = 0.5
 # How long the switch holds new calls once the vm pauses: the switch caps it at its
 # SWITCH_HOLD_SECONDS, and re-pointing it ends the hold sooner.
 SWITCH_HOLD_SECONDS = 30.0
@@ -117,9 +118,8 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
         if elsewhere:
             self._log.info("vm_not_booted", vm=name, reason=elsewhere)
             return
-        settings = {key: value for key, value in os.environ.items() if SETTING_NAME.match(key)}
-        try:
-            entry = self._spawn(name, settings, incoming=False, context=_Raise())
+        try:  # with this host's VM_* settings
+            entry = self._spawn(name, {}, incoming=False, context=_Raise())
         except _Refused as exc:
             self._log.error("vm_boot_failed", vm=name, problem=str(exc))
             return
@@ -157,8 +157,9 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
     # -- vm processes ----------------------------------------------------------------
     def _environ(self, name: str, port: int, settings: dict[str, str],
                  incoming: bool) -> dict[str, str]:
-        environ = {k: v for k, v in os.environ.items()
-                   if not k.startswith("VM_") and k not in OWN_SETTINGS}
+        # This host's VM_* settings are the lab's defaults for every vm it starts, an
+        # incoming one included (its rate limits apply to the next move); the caller's win.
+        environ = {k: v for k, v in os.environ.items() if k not in OWN_SETTINGS}
         environ.update(settings)
         # The node contract's settings as this host has them: the vm is a machine of the lab.
         config = self._ctx.config
@@ -269,7 +270,43 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"vm {request.name} is on {self._ctx.name} already: a migration "
                           "goes to another host")
-        return self._info(self._spawn(request.name, {}, incoming=True, context=context))
+        entry = self._spawn(request.name, {}, incoming=True, context=context)
+        threading.Thread(target=self._watch_incoming, args=(entry,), daemon=True,
+                         name=f"incoming-{entry.name}").start()
+        return self._info(entry)
+
+    def _watch_incoming(self, entry: VmEntry) -> None:
+        """Reap an incoming vm its source abandoned: one that went back to waiting after a
+        broken transfer (the source died mid-way), or never heard from it at all. A vm
+        that arrived is this host's like any other."""
+        waited_until = time.monotonic() + self._ctx.config["HOST_INCOMING_WAIT_SECONDS"]
+        received = False
+        while True:
+            time.sleep(INCOMING_POLL_SECONDS)
+            with self._lock:
+                if self._table.entries.get(entry.name) is not entry:
+                    return  # stopped by the source's clean-up, or by StopVm
+            if entry.process.poll() is not None:
+                break
+            try:
+                status = self._vm(entry).Status(vm_pb2.VmStatusRequest(), timeout=2)
+            except grpc.RpcError:
+                continue
+            state = status.state
+            if state not in ("incoming", "receiving"):
+                entry.incoming = False
+                return
+            # A transfer that broke off between two polls shows as the vm's last error.
+            received = received or state == "receiving" or bool(status.last_error)
+            if state == "incoming" and (received or time.monotonic() > waited_until):
+                break
+        with self._lock:
+            if self._table.entries.get(entry.name) is not entry:
+                return
+            self._table.remove(entry.name)
+        self._log.warning("vm_incoming_abandoned", vm=entry.name,
+                          why="its transfer broke off" if received else "no transfer came")
+        self._stop_process(entry)
 
     def StopVm(self, request, context):
         with self._lock:

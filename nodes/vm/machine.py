@@ -60,6 +60,7 @@ class VirtualMachine:
         self.state = "running" if guest else "incoming"
         self.guest_step = 0
         self.moved_to = ""
+        self.dropped = ""  # why the last transfer into this process broke off
         self.incoming: DestinationMigration | None = None
         self.fault_sink: Callable[[list[int]], None] | None = None
         self.source_lost = ""  # post-copy: why pages that have not arrived never will
@@ -243,6 +244,7 @@ class VirtualMachine:
                 self.image = None
                 self.incoming = None
                 self.guest = None
+                self.dropped = problem or "the source ended the transfer"
             elif self.incoming is not None and not self.incoming.complete:
                 self.source_lost = problem or "the source went away"
             self.fault_sink = None

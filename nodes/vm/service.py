@@ -8,6 +8,7 @@ progress; the migration goes on if the caller stops listening.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -231,16 +232,21 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
     def Status(self, request, context):
         vm = self.vm
         migration = self._migration
-        reply = vm_pb2.VmStatus(state=vm.state, pages=vm.image.pages if vm.image else 0,
-                                guest_step=vm.guest_step, moved_to=vm.moved_to,
-                                pages_missing=vm.pages_missing())
+        # With a checksum, the step and the image are read together: the guest writes
+        # under `cpu`, so the image is exactly the one `guest_step` steps produce.
+        with vm.cpu if request.checksum else contextlib.nullcontext():
+            reply = vm_pb2.VmStatus(state=vm.state, pages=vm.image.pages if vm.image else 0,
+                                    guest_step=vm.guest_step, moved_to=vm.moved_to,
+                                    pages_missing=vm.pages_missing())
+            if request.checksum and vm.image is not None:
+                reply.checksum = vm.image.checksum()
         if migration is not None:
             reply.migration.CopyFrom(migration.progress())
             if migration.result is not None:
                 reply.last_result.CopyFrom(migration.result)
             if migration.error is not None:
                 reply.last_error = str(migration.error)
-        if request.checksum and vm.image is not None:
-            reply.checksum = vm.image.checksum()
+        elif vm.dropped:
+            reply.last_error = f"an incoming transfer broke off: {vm.dropped}"
         return reply
 

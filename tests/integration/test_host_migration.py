@@ -81,6 +81,24 @@ def test_a_failed_migration_leaves_the_vm_where_it_was_and_nothing_at_the_destin
     assert vms_on(lab, two) == {}
 
 
+def test_a_source_host_lost_mid_way_leaves_nothing_at_the_destination(lab, hosts):
+    one, two = hosts
+    hypervisor(lab, one).StartVm(vm_pb2.StartVmRequest(name="vm-1", settings=VM_SETTINGS),
+                                 timeout=60)
+    slow = 128 * 1024.0
+    call = hypervisor(lab, one).MigrateVm(vm_pb2.MigrateVmRequest(
+        name="vm-1", to=lab.address(two), strategy="pre-copy", min_rate=slow, max_rate=slow),
+        timeout=120)
+    next(call)
+    lab.wait_until(lambda: vms_on(lab, two).get("vm-1", vm_pb2.VmInfo()).state == "receiving",
+                   what="the destination receiving")
+    one.role._table.get("vm-1").process.kill()  # the source host's vm dies with it
+    refused(lambda: list(call))
+    # The half-received vm never serves: its host stops it once the transfer broke off.
+    lab.wait_until(lambda: vms_on(lab, two) == {}, timeout=20,
+                   what="the destination host reaped its abandoned incoming vm")
+
+
 def test_bad_requests_are_refused_with_what_was_wrong_and_change_nothing(lab, hosts):
     one, two = hosts
     stub = hypervisor(lab, one)
