@@ -172,7 +172,8 @@ class ScenarioParser(Reader):
             labs = self.registry.labs_serving(workload.type, order)
             if lab in labs or index >= len(items):
                 continue
-            where = f"the {' or '.join(labs)} lab" if labs else "no lab yet"
+            named = " or ".join(filter(None, (", ".join(labs[:-1]), labs[-1]))) if labs else ""
+            where = f"the {named} lab" if labs else "no lab yet"
             self.problem(items[index], f"workloads[{index}].type",
                          f"a {workload.type} workload runs against {where}, not {lab}")
 

@@ -26,8 +26,8 @@ def lab_with_switch(lab, monkeypatch):
         monkeypatch.setenv(key, value)  # the booted vm takes its host's VM_* settings
     placeholder = free_ports(1)[0]
     switch = lab.start("vm-switch", spec=SWITCH_SPEC, SWITCH_SERVICES="distlab.vm.VM",
-                       SWITCH_BACKENDS=f"127.0.0.1:{placeholder}", SWITCH_IDEMPOTENT_METHODS="/distlab.vm.VM/Get,/distlab.vm.VM/ReadPage",
-                      
+                       SWITCH_BACKENDS=f"127.0.0.1:{placeholder}",
+                       SWITCH_IDEMPOTENT_METHODS="/distlab.vm.VM/Get,/distlab.vm.VM/ReadPage",
                        SWITCH_DISCOVERY_INTERVAL_SECONDS="0.2",
                        SWITCH_HEALTH_INTERVAL_SECONDS="0.2", WORKERS="32")
     hosts = [lab.start(name, spec=HOST_SPEC, HOST_ADVERTISE="127.0.0.1",

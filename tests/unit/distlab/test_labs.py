@@ -64,7 +64,8 @@ def test_an_unknown_lab_lists_the_labs(catalogue):
     with pytest.raises(UnknownLab) as raised:
         catalogue.lab("nosuchlab")
     assert "'nosuchlab'" in str(raised.value)
-    assert raised.value.hint == "labs: bittorrent, chord, kv, mapreduce, migration, serverless, tiers"
+    assert raised.value.hint == ("labs: bittorrent, chord, kv, mapreduce, migration, serverless, "
+                                 "tiers")
     assert isinstance(raised.value, UsageError)  # so the CLI exits 2, not 1
 
 

@@ -195,7 +195,8 @@ def test_two_labs_cannot_claim_one_name():
 def test_the_installed_labs_register_through_entry_points():
     registry = load_registry()
     assert {"tiers", "kv", "chord", "bittorrent"} <= set(registry.labs)
-    assert registry.labs_serving("register", ["tiers", "kv", "chord"]) == ["tiers", "kv", "migration"]
+    assert registry.labs_serving("register", ["tiers", "kv", "chord"]) == [
+        "tiers", "kv", "migration"]
     assert registry.entry_role("tiers") == "switch"
     assert "chain" in registry.refs
     assert "bt" in [command.name for command in registry.commands()]

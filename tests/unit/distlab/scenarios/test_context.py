@@ -111,3 +111,39 @@ def test_machine_references_parse_as_the_yaml_writes_them():
     assert ref_of("role:app") == MachineRef("role:app", "role", "app")
     assert ref_of("chain:head") == MachineRef("chain:head", "chain", "head")
     assert ref_of("all:data") == MachineRef("all:data", "all", "data")
+
+
+def test_a_background_migration_runs_beside_the_timeline_and_is_waited_for(tiers):
+    import threading
+
+    from distlab.errors import DistlabError
+    from distlab.registry import LabPlugin, MigrationKind, MigrationRun, Registry
+    from distlab.scenarios.model import Migration
+
+    testbed, _ = tiers
+    release = threading.Event()
+
+    def slow(ctx, migration):
+        start = ctx.now()
+        release.wait(10)
+        ctx.record_migration(MigrationRun("slow", start, ctx.now()))
+        return "slow done"
+
+    def broken(ctx, migration):
+        raise DistlabError("no such vm")
+
+    testbed.registry = Registry.builtin().add(LabPlugin("toy", migrations=(
+        MigrationKind("slow", (), None, slow, background=True),
+        MigrationKind("broken", (), None, broken, background=True))))
+    ctx, _ = context(testbed)
+    ctx.migrate(Migration(0.0, "slow"))
+    (window,) = ctx.windows
+    assert window.kind == "migration" and window.end is None  # the timeline goes on
+    release.set()
+    ctx.wait_migrations(10)
+    (window,) = ctx.windows
+    assert window.end is not None and [run.label for run in ctx.migration_runs] == ["slow"]
+
+    ctx.migrate(Migration(1.0, "broken"))
+    with pytest.raises(DistlabError, match="broken at 1 s: no such vm"):
+        ctx.wait_migrations(10)

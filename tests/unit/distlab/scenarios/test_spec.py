@@ -552,7 +552,7 @@ def test_every_example_of_the_format_reference_parses(catalogue):
 
 def test_a_workload_the_lab_cannot_serve_is_refused_before_anything_starts(catalogue):
     assert problems(catalogue, "lab: chord\nduration: 10s\nworkloads:\n  - type: register\n") == [
-        "s.yaml:4: workloads[0].type: a register workload runs against the tiers or kv or migration lab, "
-        "not chord"]
+        "s.yaml:4: workloads[0].type: a register workload runs against the tiers, kv or "
+        "migration lab, not chord"]
     assert problems(catalogue, "lab: kv\nduration: 10s\nworkloads:\n  - type: bank\n") == [
         "s.yaml:4: workloads[0].type: a bank workload runs against the tiers lab, not kv"]
