@@ -9,6 +9,7 @@ from bench import (
     failover,
     foundation,
     mapreduce,
+    migration,
     migration_local,
     overload,
     scenarios,
@@ -22,6 +23,7 @@ scenarios.main()
 chord.main()
 failover.main([])
 migration_local.main([])
+migration.main([])
 overload.main([])
 mapreduce.main([])
 bittorrent.main([])

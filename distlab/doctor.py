@@ -6,6 +6,7 @@ run a throwaway container of the node image (labelled, removed after).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -61,8 +62,26 @@ def run_checks(runner: Runner | None = None, *, images_env: dict[str, str]) -> I
     yield (Check("grafana", "ok", grafana) if grafana else
            Check("grafana", "unsupported", "Grafana's image cannot be had here; labs run "
                  "without it", "dashboards are verified against Prometheus by `make test`"))
+    yield _criu(client)
     for name, script, fix in _KERNEL_CHECKS:
         yield _in_container(client, name, script, fix)
+
+
+def _criu(client) -> Check:
+    """Whether `docker checkpoint` (CRIU) could move a container: the migration lab does
+    not need it (its vms move at the application level), but a user may compare."""
+    why = []
+    if shutil.which("criu") is None:
+        why.append("no criu binary on this host")
+    try:
+        if not client.info().get("ExperimentalBuild"):
+            why.append("the engine is not in experimental mode (docker checkpoint needs it)")
+    except docker.errors.DockerException as exc:
+        why.append(f"the engine did not say ({exc})")
+    if why:
+        return Check("criu", "unsupported", "; ".join(why),
+                     "nothing depends on it: the migration lab moves vms without CRIU")
+    return Check("criu", "ok", "docker checkpoint can save and restore a container")
 
 
 _KERNEL_CHECKS = (

@@ -263,6 +263,7 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
     def StartVm(self, request, context):
         entry = self._spawn(request.name, dict(request.settings), incoming=False,
                             context=context)
+        self._steer(entry.name, {"backends": self._address(entry)})  # its switch finds it
         return self._info(entry)
 
     def PrepareIncoming(self, request, context):
