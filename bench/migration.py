@@ -23,6 +23,7 @@ import argparse
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,21 +43,28 @@ CRIU_ANCHOR_SECONDS = 6.0
 
 
 class GapClient:
-    """Get through the switch in a closed loop: the longest time between two answers."""
+    """`call()` (one client call) in a closed loop: the longest time between two answers.
+    A call that raises grpc.RpcError is counted as an error (its gap goes on)."""
 
-    def __init__(self, channel: grpc.Channel) -> None:
-        self.stub = vm_pb2_grpc.VMStub(channel)
+    def __init__(self, call: Callable[[], object]) -> None:
+        self.call = call
         self.longest = 0.0
         self.calls = 0
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @classmethod
+    def through(cls, channel: grpc.Channel) -> GapClient:
+        """Get on the vm at the other end of `channel` (here: vm-switch)."""
+        stub = vm_pb2_grpc.VMStub(channel)
+        return cls(lambda: stub.Get(vm_pb2.GetRequest(key=b"k"), timeout=60))
+
     def _run(self) -> None:
         last = time.monotonic()
         while not self._stop.is_set():
             try:
-                self.stub.Get(vm_pb2.GetRequest(key=b"k"), timeout=60)
+                self.call()
             except grpc.RpcError as exc:
                 self.errors.append(f"{exc.code().name}: {exc.details()}")
                 time.sleep(0.01)
@@ -92,10 +100,10 @@ def one_move(testbed: Testbed, switch: grpc.Channel, strategy: str,
     source = hypervisors.locate("vm-1")
     hosts = sorted(hypervisors.hosts)
     to = hosts[(hosts.index(source.host) + 1) % len(hosts)]
-    with GapClient(switch) as baseline:
+    with GapClient.through(switch) as baseline:
         time.sleep(2.0)
     steps = Hypervisors.of(testbed).locate("vm-1").guest_step
-    with GapClient(switch) as client:
+    with GapClient.through(switch) as client:
         time.sleep(0.5)
         started = time.monotonic()
         result = hypervisors.migrate("vm-1", to, strategy=strategy)

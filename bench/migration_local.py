@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from bench.migration import GapClient
 from bench.rpc_overhead import machine_facts
 from bench.tiers_local import lab_credential, node
 from nodes.common.auth import with_credential
@@ -38,43 +38,25 @@ MIN_RATE_MIB, MAX_RATE_MIB = 16.0, 32.0
 MIB = 1024 * 1024
 
 
-class GapClient:
-    """Get in a closed loop; the longest time between two answers, following a move."""
+class Follower:
+    """One Get on the vm, following it to `destination` once the source says it moved (no
+    switch here: the client is its own)."""
 
     def __init__(self, target: str, destination: str) -> None:
-        self.target, self.destination = target, destination
-        self.longest = 0.0
-        self.calls = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.destination = destination
+        self._channel = grpc.insecure_channel(target)
+        self._stub = vm_pb2_grpc.VMStub(self._channel)
 
-    def _run(self) -> None:
-        last = time.monotonic()
-        while not self._stop.is_set():
-            with grpc.insecure_channel(self.target) as channel:
-                stub = vm_pb2_grpc.VMStub(channel)
-                while not self._stop.is_set():
-                    try:
-                        stub.Get(vm_pb2.GetRequest(key=b"k"), timeout=20)
-                    except grpc.RpcError as exc:
-                        if "moved to" in (exc.details() or ""):
-                            self.target = self.destination
-                            break
-                        self.errors.append(f"{exc.code().name}: {exc.details()}")
-                        continue
-                    now = time.monotonic()
-                    self.longest = max(self.longest, now - last)
-                    last = now
-                    self.calls += 1
-
-    def __enter__(self) -> GapClient:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(30)
+    def __call__(self) -> None:
+        try:
+            self._stub.Get(vm_pb2.GetRequest(key=b"k"), timeout=20)
+        except grpc.RpcError as exc:
+            if "moved to" not in (exc.details() or ""):
+                raise
+            self._channel.close()
+            self._channel = grpc.insecure_channel(self.destination)
+            self._stub = vm_pb2_grpc.VMStub(self._channel)
+            self()
 
 
 def vm_env(credential_file: str, image_mib: float, dirty_rate: int,
@@ -95,13 +77,13 @@ def one_run(credential, credential_file: str, strategy: str, dirty_rate: int,
         migration = vm_pb2_grpc.MigrationStub(with_credential(channel, credential))
         status = vm_pb2.VmStatusRequest()
         steps_before, clock = migration.Status(status, timeout=10).guest_step, time.monotonic()
-        with GapClient(source, destination) as baseline:
+        with GapClient(Follower(source, destination)) as baseline:
             time.sleep(1.0)
         baseline_gap = baseline.longest
         # What the guest really did: a Python guest on shared cores may fall short of its rate.
         achieved = ((migration.Status(status, timeout=10).guest_step - steps_before)
                     / (time.monotonic() - clock))
-        with GapClient(source, destination) as client:
+        with GapClient(Follower(source, destination)) as client:
             time.sleep(0.3)
             started = time.monotonic()
             progress = list(migration.Migrate(vm_pb2.MigrateRequest(

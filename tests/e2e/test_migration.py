@@ -107,6 +107,24 @@ def others(testbed, host: str) -> list[str]:
     return sorted(h for h in hypervisors(testbed).hosts if h != host)
 
 
+def slow_move(testbed, to: str) -> tuple[threading.Thread, dict[str, BaseException]]:
+    """vm-1 moving to `to` for half a minute, under way (the destination receiving); the
+    mover's thread, and where its MigrationError goes."""
+    outcome: dict[str, BaseException] = {}
+
+    def move():
+        try:
+            hypervisors(testbed).migrate("vm-1", to, limits=SLOW)
+        except MigrationError as exc:
+            outcome["error"] = exc
+
+    mover = threading.Thread(target=move, daemon=True)
+    mover.start()
+    eventually(lambda: "vm-1:receiving" in where(testbed).get(to, []), timeout=30,
+               what="the destination receiving")
+    return mover, outcome
+
+
 def test_each_strategy_moves_the_vm_under_a_client_and_its_image_stays_exact(testbed, client):
     for strategy in ("pre-copy", "stop-and-copy", "post-copy"):
         source = home(testbed)
@@ -151,18 +169,7 @@ def test_a_destination_killed_mid_way_fails_the_migration_and_the_source_serves_
         testbed, healed, client):
     source = home(testbed)
     doomed, bystander = others(testbed, source)
-    outcome: dict[str, BaseException] = {}
-
-    def slow_move():
-        try:
-            hypervisors(testbed).migrate("vm-1", doomed, limits=SLOW)
-        except MigrationError as exc:
-            outcome["error"] = exc
-
-    mover = threading.Thread(target=slow_move, daemon=True)
-    mover.start()
-    eventually(lambda: "vm-1:receiving" in where(testbed).get(doomed, []), timeout=30,
-               what="the destination receiving")
+    mover, outcome = slow_move(testbed, doomed)
     # A second migration of the same vm is refused while the first runs.
     with pytest.raises(MigrationError) as second:
         hypervisors(testbed).migrate("vm-1", bystander)
@@ -182,18 +189,7 @@ def test_a_source_killed_during_pre_copy_is_reported_and_nothing_half_done_serve
         testbed, healed):
     source = home(testbed)
     to = others(testbed, source)[0]
-    outcome: dict[str, BaseException] = {}
-
-    def slow_move():
-        try:
-            hypervisors(testbed).migrate("vm-1", to, limits=SLOW)
-        except MigrationError as exc:
-            outcome["error"] = exc
-
-    mover = threading.Thread(target=slow_move, daemon=True)
-    mover.start()
-    eventually(lambda: "vm-1:receiving" in where(testbed).get(to, []), timeout=30,
-               what="the destination receiving")
+    mover, outcome = slow_move(testbed, to)
     testbed.nemesis.kill(source)
     mover.join(timeout=60)
     assert isinstance(outcome.get("error"), MigrationError)
