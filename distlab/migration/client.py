@@ -148,6 +148,9 @@ class Hypervisors:
             return self.hosts[name]
         hosts = ", ".join(sorted(self.hosts))
         machine = next((m for m in self.machines if m.name == name), None)
+        if machine is not None and machine.info.role == HOST_ROLE:
+            raise MigrationError(f"host {name} is not running ({machine.info.state})",
+                                 hint=f"distlab heal, or a running host: {hosts}")
         if machine is not None:
             raise UsageError(f"{name} is a {machine.info.role} machine, not a host: a vm moves "
                              "to a hypervisor host", hint=f"hosts: {hosts}")

@@ -389,7 +389,14 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
                 yield progress
         except grpc.RpcError as exc:
             self._metrics.finished(strategy, None)
-            if holding and not repointed:
+            if repointed:
+                # Post-copy after the commit: the destination runs the vm (and says which
+                # pages never came); the fenced source can serve nothing.
+                with self._lock:
+                    self._table.remove(entry.name)
+                self._stop_process(entry)
+                context.abort(exc.code(), exc.details())
+            if holding:
                 self._steer(entry.name, {"hold": "0"})  # the source serves on
             self._clean_up(peer, entry.name)
             context.abort(exc.code(), exc.details())

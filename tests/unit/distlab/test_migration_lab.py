@@ -98,3 +98,24 @@ def test_a_failed_migration_is_invalid_unless_failures_are_allowed():
 def test_no_migration_is_unknown():
     verdict = check_migrations([], {})
     assert verdict.valid is None and verdict.problems == ["no migration ran"]
+
+
+def test_a_destination_that_is_no_running_host_is_refused_before_anything_is_asked(
+        make_runtime, make_info):
+    from distlab.errors import UnknownMachine, UsageError
+    from distlab.machine import Machine
+    from distlab.migration.client import Hypervisors, MigrationError
+
+    runtime = make_runtime([
+        make_info("host-1", lab="migration", grpc_endpoint="127.0.0.1:1"),
+        make_info("host-2", lab="migration", state="exited"),
+        make_info("vm-switch-1", lab="migration", grpc_endpoint="127.0.0.1:2")])
+    hypervisors = Hypervisors([Machine(runtime, info) for info in runtime.machines()])
+    assert sorted(hypervisors.hosts) == ["host-1"]
+    for to, error, words in [("host-9", UnknownMachine, "no host named 'host-9'"),
+                             ("vm-switch-1", UsageError, "vm-switch machine, not a host"),
+                             ("host-2", MigrationError, "host host-2 is not running (exited)")]:
+        with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+            hypervisors.migrate("vm-1", to)
+    with pytest.raises(UsageError, match="strategy 'warp'"):
+        hypervisors.migrate("vm-1", "host-1", strategy="warp")
