@@ -141,7 +141,7 @@ class FaultKind:
 class MigrationRun:
     """One migration a scenario carried out, as its action recorded it (history seconds)."""
 
-    label: str  # "migrate vm-1 host-1 -> host-2 (pre-copy)"
+    label: str  # "migrate vm-1 to host-2 by pre-copy"
     start: float
     end: float
     error: str = ""  # why it failed; "" when it was done
