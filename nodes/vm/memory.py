@@ -69,6 +69,7 @@ class MemoryImage:
         self._data = bytearray(pages * PAGE_SIZE)
         self.dirty = DirtyBitmap(pages)
         self.tracking = False
+        self.sparse = False  # every page exists: a destination waits for each one
         self.lock = threading.RLock()
 
     @classmethod
@@ -78,6 +79,9 @@ class MemoryImage:
     @property
     def size_bytes(self) -> int:
         return self.pages * PAGE_SIZE
+
+    def units(self) -> range:
+        return range(self.pages)
 
     def check_page(self, page: int) -> None:
         if not 0 <= page < self.pages:

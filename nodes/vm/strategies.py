@@ -25,6 +25,12 @@ The three strategies:
 - post-copy (Hines & Gopalan, VEE 2009): pause, commit at once (the
   destination resumes without pages), then push every page in the background
   while pages the destination faults on (`fault`) go first.
+
+What moves is an `Image`: numbered units with dirty tracking. A vm's memory
+(nodes.vm.memory) is pages of 4 KiB; a kv guest's store (nodes.vm.keyimage)
+is hash slots of keys, whose sizes vary and of which an empty one is never
+sent (`sparse`). Rates, the sent factor and the chunk limit count bytes, so
+both move by the same rounds and stop conditions.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ import enum
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from nodes.vm.memory import PAGE_SIZE, MemoryImage
+from nodes.vm.memory import DirtyBitmap
 
 
 class Strategy(enum.Enum):
@@ -52,6 +59,33 @@ class Strategy(enum.Enum):
 
 
 MIB = 1024 * 1024
+CHUNK_BYTES = 1024 * 1024  # at most this much data in one Send (and one gRPC message)
+
+
+class Image(Protocol):
+    """What a migration reads at the source and installs at the destination."""
+
+    pages: int  # the number of units
+    dirty: DirtyBitmap
+    tracking: bool
+    sparse: bool  # True: a unit never sent is empty at both ends (never "missing")
+
+    @property
+    def size_bytes(self) -> int: ...
+
+    def units(self) -> list[int] | range: ...  # what a full round sends
+
+    def check_page(self, page: int) -> None: ...
+
+    def page(self, page: int) -> bytes: ...
+
+    def install(self, page: int, data: bytes) -> None: ...
+
+    def start_tracking(self) -> None: ...
+
+    def stop_tracking(self) -> None: ...
+
+    def take_dirty(self) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -133,10 +167,13 @@ class _Round:
 class SourceMigration:
     """The sending side of one migration of `image` (see the module docstring)."""
 
-    def __init__(self, image: MemoryImage, strategy: Strategy, *, now: float,
+    def __init__(self, image: Image, strategy: Strategy, *, now: float,
                  limits: PreCopyLimits | None = None, chunk_pages: int = 64) -> None:
         if chunk_pages < 1:
             raise ValueError("chunk_pages must be >= 1")
+        if image.sparse and strategy is Strategy.POST_COPY:
+            raise ValueError("post-copy needs an image of pages: a destination cannot tell "
+                             "a unit that has not come from an empty one")
         self.image = image
         self.strategy = strategy
         self.limits = limits or PreCopyLimits()
@@ -144,6 +181,7 @@ class SourceMigration:
         self.started = now
         self.rounds: list[RoundStats] = []
         self.pages_sent = 0
+        self.bytes_sent = 0
         self.paused_at: float | None = None
         self.committed = False
         #: Why pre-copy stopped ("few-pages", "round-limit", "sent-factor", "not-converging").
@@ -153,18 +191,14 @@ class SourceMigration:
         self._state = "start"
         if strategy is Strategy.PRE_COPY:
             image.start_tracking()
-            self._begin_round(range(image.pages), live=True, rate=self.limits.min_rate, now=now)
+            self._begin_round(image.units(), live=True, rate=self.limits.min_rate, now=now)
             self._state = "live"
 
     # -- what the driver reads -------------------------------------------------------
     @property
-    def bytes_sent(self) -> int:
-        return self.pages_sent * PAGE_SIZE
-
-    @property
     def image_factor(self) -> float:
         """Bytes sent / image size: Clark's 1.2-1.4 for pre-copy, 1.0 for stop-and-copy."""
-        return self.bytes_sent / self.image.size_bytes
+        return self.bytes_sent / max(1, self.image.size_bytes)
 
     @property
     def round_number(self) -> int:
@@ -202,12 +236,12 @@ class SourceMigration:
         if state == "paused":
             self.paused_at = now
             if self.strategy is Strategy.POST_COPY:  # the push shares the link: max_rate
-                self._begin_round(range(self.image.pages), live=False,
+                self._begin_round(self.image.units(), live=False,
                                   rate=self.limits.max_rate, now=now)
                 self._state = "push"
                 self.committed = True
                 return Commit()
-            self._begin_round(range(self.image.pages), live=False, rate=self.limits.max_rate,
+            self._begin_round(self.image.units(), live=False, rate=self.limits.max_rate,
                               now=now)
             self._state = "final"
             return self.next_step(now)
@@ -254,22 +288,30 @@ class SourceMigration:
         """The next chunk of the current round (faults first), or None when it is empty."""
         current = self._round
         pages: list[tuple[int, bytes]] = []
-        while self._faults and len(pages) < self.chunk_pages:
+        size = 0
+
+        def room() -> bool:
+            return len(pages) < self.chunk_pages and size < CHUNK_BYTES
+
+        while self._faults and room():
             page = self._faults.popleft()
             pages.append((page, self.image.page(page)))
-        while current.queue and len(pages) < self.chunk_pages:
+            size += len(pages[-1][1])
+        while current.queue and room():
             page = current.queue.popleft()
             if skip_dirty and self.image.dirty.is_dirty(page):
                 current.stats.pages_skipped += 1
                 continue
             pages.append((page, self.image.page(page)))
+            size += len(pages[-1][1])
         if not pages:
             return None
         rate = current.stats.rate
         not_before = (current.stats.started + current.bytes_sent / rate) if rate else now
-        current.bytes_sent += len(pages) * PAGE_SIZE
+        current.bytes_sent += size
         current.stats.pages_sent += len(pages)
         self.pages_sent += len(pages)
+        self.bytes_sent += size
         return Send(current.stats.number, tuple(pages), current.stats.live, not_before)
 
     def _live_step(self, now: float) -> Step:
@@ -285,7 +327,9 @@ class SourceMigration:
             return Pause()
         dirty = self.image.take_dirty()
         seconds = finished.seconds
-        dirty_rate = len(dirty) * PAGE_SIZE / seconds if seconds > 0 else float("inf")
+        # Bytes dirtied, at the image's mean unit size (a page: exact).
+        unit_bytes = self.image.size_bytes / max(1, len(self.image.units()))
+        dirty_rate = len(dirty) * unit_bytes / seconds if seconds > 0 else float("inf")
         rate = max(self.limits.min_rate, dirty_rate + self.limits.rate_increment)
         if self.limits.max_rate:
             rate = min(rate, self.limits.max_rate)
@@ -301,7 +345,7 @@ class SourceMigration:
             return "few-pages"
         if finished.number >= limits.max_rounds:
             return "round-limit"
-        if self.pages_sent > limits.max_factor * self.image.pages:
+        if self.bytes_sent > limits.max_factor * self.image.size_bytes:
             return "sent-factor"
         if previous is not None and at_full_rate and finished.pages_sent > previous.pages_sent:
             return "not-converging"
@@ -322,11 +366,12 @@ class DestinationMigration:
     overwritten by a late push.
     """
 
-    def __init__(self, image: MemoryImage, strategy: Strategy) -> None:
+    def __init__(self, image: Image, strategy: Strategy) -> None:
         self.image = image
         self.strategy = strategy
-        self.received = bytearray(image.pages)  # 1: the page has arrived at least once
-        self.missing = image.pages
+        # 1: the page has arrived at least once (a sparse image's units all count as here).
+        self.received = bytearray(b"\1" * image.pages if image.sparse else image.pages)
+        self.missing = 0 if image.sparse else image.pages
         self.pages_received = 0
         self.committed = False
 
