@@ -29,6 +29,9 @@ SPEC = RoleSpec(
         Setting("HOST_BOOT_VMS", lambda raw: parse_pairs(raw, "@"), {},
                 "vms started with the host, vm@host comma list (a host starts those naming "
                 "it, with its own VM_* settings)"),
+        Setting("HOST_VM_GUESTS", lambda raw: parse_pairs(raw, "="), {},
+                "what a booted vm runs when it is not a memory image of pages, vm=guest "
+                "comma list (kv-1=kv: the kv role's store, moved by dirty keys)"),
     ),
     build=HostNode,
     protected=PROTECTED,

@@ -104,6 +104,7 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
         self._metrics = HostMetrics(ctx.registry, vms=lambda: len(self._table.entries))
         self._boot = sorted(vm for vm, host in config["HOST_BOOT_VMS"].items()
                             if host == ctx.name)
+        self._boot_guests: dict[str, str] = config["HOST_VM_GUESTS"]
 
     def register(self, server: grpc.Server) -> None:
         vm_pb2_grpc.add_HypervisorServicer_to_server(self, server)
@@ -118,8 +119,10 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
         if elsewhere:
             self._log.info("vm_not_booted", vm=name, reason=elsewhere)
             return
-        try:  # with this host's VM_* settings
-            entry = self._spawn(name, {}, incoming=False, context=_Raise())
+        guest = self._boot_guests.get(name)
+        try:  # with this host's VM_* settings, and its guest when it is not one of pages
+            entry = self._spawn(name, {"VM_GUEST": guest} if guest else {}, incoming=False,
+                                context=_Raise())
         except _Refused as exc:
             self._log.error("vm_boot_failed", vm=name, problem=str(exc))
             return
@@ -250,6 +253,7 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
             return info
         info.state, info.guest_step, info.pages = status.state, status.guest_step, status.pages
         info.checksum, info.pages_missing = status.checksum, status.pages_missing
+        info.guest, info.keys = status.guest, status.keys
         return info
 
     def _vm(self, entry: VmEntry) -> vm_pb2_grpc.MigrationStub:

@@ -5,6 +5,7 @@ import sys
 from nodes.common.config import Setting, non_negative, parse_bool, positive
 from nodes.common.role import RoleSpec
 from nodes.common.server import main
+from nodes.vm.machine import GUESTS
 from nodes.vm.service import PROTECTED, VmNode
 
 
@@ -29,6 +30,10 @@ SPEC = RoleSpec(
         Setting("VM_INCOMING", parse_bool, False, "start empty and wait for an incoming "
                 "migration (as QEMU's -incoming); the VM_* guest settings then come from "
                 "the source"),
+        Setting("VM_GUEST", str, "pages", "what the vm runs: pages (a memory image and a "
+                "guest that dirties it) or kv (the kv role's store, moved by dirty keys; its "
+                "clients are its workload)",
+                lambda v: None if v in GUESTS else f"must be one of {', '.join(GUESTS)}"),
         Setting("VM_INCOMING_MAX_MIB", float, 1024.0, "the largest image an incoming "
                 "migration may bring (refused RESOURCE_EXHAUSTED above)", _size),
         Setting("VM_IMAGE_MIB", float, 64.0, "size of the memory image in MiB", _size),

@@ -25,8 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nodes.vm.guest import GuestLayout, PageKV
+from nodes.vm.keyimage import KeyImage
 from nodes.vm.memory import MemoryImage
-from nodes.vm.strategies import DestinationMigration, Strategy
+from nodes.vm.strategies import DestinationMigration, Image, Strategy
+
+PAGE_GUEST, KV_GUEST = "pages", "kv"
+GUESTS = (PAGE_GUEST, KV_GUEST)
 
 
 class VmRefused(Exception):
@@ -40,9 +44,20 @@ class VmRefused(Exception):
 
 @dataclass(frozen=True)
 class GuestSettings:
-    layout: GuestLayout
+    """What a vm runs: a memory image and its guest workload (`pages`), or the kv role's
+    store (`kv`: no layout, no guest steps; clients are its workload)."""
+
+    layout: GuestLayout | None
     dirty_rate: float  # guest steps (page writes) per second
     steps: int  # stop after this many steps; 0: never
+    kind: str = PAGE_GUEST
+
+    @classmethod
+    def kv(cls) -> GuestSettings:
+        return cls(None, 0.0, 0, KV_GUEST)
+
+    def new_image(self) -> Image:
+        return KeyImage() if self.kind == KV_GUEST else MemoryImage(self.layout.pages)
 
 
 class VirtualMachine:
@@ -56,7 +71,7 @@ class VirtualMachine:
         self._event = on_event
         self._clock = clock
         self.guest = guest
-        self.image: MemoryImage | None = MemoryImage(guest.layout.pages) if guest else None
+        self.image: Image | None = guest.new_image() if guest else None
         self.state = "running" if guest else "incoming"
         self.guest_step = 0
         self.moved_to = ""
@@ -70,7 +85,7 @@ class VirtualMachine:
 
     # -- the guest -------------------------------------------------------------------
     def start_guest(self) -> None:
-        if self.guest is None or self._guest_thread is not None:
+        if self.guest is None or self.guest.kind != PAGE_GUEST or self._guest_thread is not None:
             return
         self._guest_thread = threading.Thread(target=self._run_guest, name="guest", daemon=True)
         self._guest_thread.start()
@@ -141,14 +156,26 @@ class VirtualMachine:
             return operation(self)
 
     def kv(self) -> PageKV:
-        return PageKV(self, self.guest.layout.kv_pages)
+        return PageKV(self, self._pages().kv_pages)
+
+    def store(self) -> KeyImage | None:
+        """A kv guest's store; None for a vm of pages."""
+        return self.image if self.guest.kind == KV_GUEST else None
+
+    def _pages(self) -> GuestLayout:
+        if self.guest.kind != PAGE_GUEST:
+            raise VmRefused("FAILED_PRECONDITION", f"this vm runs a {self.guest.kind} guest: "
+                            "it has no pages to read or write (its data plane is distlab.kv.KV)")
+        return self.guest.layout
 
     # The Memory protocol (nodes.vm.guest), with post-copy faults in front.
     def read(self, page: int, offset: int, length: int) -> bytes:
+        self._pages()
         self._ensure(page)
         return self.image.read(page, offset, length)
 
     def write(self, page: int, offset: int, data: bytes) -> None:
+        self._pages()
         self._ensure(page)
         self.image.write(page, offset, data)
 
@@ -210,7 +237,7 @@ class VirtualMachine:
                 raise VmRefused("FAILED_PRECONDITION", f"this process already holds a vm "
                                 f"({self.state}); start a vm with VM_INCOMING to receive one")
             self.guest = guest
-            self.image = MemoryImage(guest.layout.pages)
+            self.image = guest.new_image()
             self.incoming = DestinationMigration(self.image, strategy)
             self.state = "receiving"
             self._requested = set()

@@ -22,10 +22,10 @@ from nodes.common.role import NodeContext, RoleNode
 from nodes.rpc import kv_pb2, kv_pb2_grpc, vm_pb2, vm_pb2_grpc
 from nodes.vm.guest import GuestLayout, KVFull
 from nodes.vm.kvservice import VmKV
-from nodes.vm.machine import GuestSettings, VirtualMachine, VmRefused
+from nodes.vm.machine import KV_GUEST, GuestSettings, VirtualMachine, VmRefused
 from nodes.vm.memory import MIB, PAGE_SIZE, PageError
 from nodes.vm.strategies import PreCopyLimits, Strategy
-from nodes.vm.transfer import Incoming, MigrationPlan, Outgoing
+from nodes.vm.transfer import POST_COPY_NEEDS_PAGES, Incoming, MigrationPlan, Outgoing
 
 VM_SERVICE = vm_pb2.DESCRIPTOR.services_by_name["VM"].full_name
 KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name
@@ -42,6 +42,22 @@ def _abort(context, exc: Exception) -> None:
     context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
 
+def guest_from(config) -> GuestSettings:
+    """The guest VM_* settings describe."""
+    if config["VM_GUEST"] == KV_GUEST:
+        return GuestSettings.kv()
+    pages = int(config["VM_IMAGE_MIB"] * MIB) // PAGE_SIZE
+    kv_pages = config["VM_KV_PAGES"]
+    if not 0 <= kv_pages < pages:
+        raise ConfigError(f"VM_KV_PAGES={kv_pages} leaves no guest pages in an image "
+                          f"of {pages} pages (VM_IMAGE_MIB={config['VM_IMAGE_MIB']})")
+    return GuestSettings(
+        GuestLayout(pages=pages, kv_pages=kv_pages,
+                    hot_pages=min(config["VM_HOT_PAGES"], pages - kv_pages),
+                    hot_fraction=config["VM_HOT_FRACTION"], seed=config["VM_GUEST_SEED"]),
+        dirty_rate=config["VM_DIRTY_RATE"], steps=config["VM_GUEST_STEPS"])
+
+
 class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
     service_names = (VM_SERVICE, KV_SERVICE, MIGRATION_SERVICE)
 
@@ -49,18 +65,8 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
         config = ctx.config
         self._ctx = ctx
         self._log = ctx.log
-        guest = None
-        if not config["VM_INCOMING"]:
-            pages = int(config["VM_IMAGE_MIB"] * MIB) // PAGE_SIZE
-            kv_pages = config["VM_KV_PAGES"]
-            if not 0 <= kv_pages < pages:
-                raise ConfigError(f"VM_KV_PAGES={kv_pages} leaves no guest pages in an image "
-                                  f"of {pages} pages (VM_IMAGE_MIB={config['VM_IMAGE_MIB']})")
-            guest = GuestSettings(
-                GuestLayout(pages=pages, kv_pages=kv_pages,
-                            hot_pages=min(config["VM_HOT_PAGES"], pages - kv_pages),
-                            hot_fraction=config["VM_HOT_FRACTION"], seed=config["VM_GUEST_SEED"]),
-                dirty_rate=config["VM_DIRTY_RATE"], steps=config["VM_GUEST_STEPS"])
+        # An incoming vm process gets its guest with the migration.
+        guest = None if config["VM_INCOMING"] else guest_from(config)
         self.vm = VirtualMachine(guest=guest, hold_seconds=config["VM_HOLD_SECONDS"],
                                  fault_timeout=config["VM_FAULT_TIMEOUT_SECONDS"],
                                  on_event=ctx.log.info)
@@ -113,6 +119,8 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
         vm = self.vm
         state = {"state": vm.state, "guest_step": str(vm.guest_step),
                  "pages": str(vm.image.pages if vm.image is not None else 0)}
+        if vm.guest is not None:
+            state["guest"] = vm.guest.kind
         if vm.moved_to:
             state["moved_to"] = vm.moved_to
         return state
@@ -166,6 +174,8 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
                 max_rounds=request.max_rounds or self._limits.max_rounds)
         except ValueError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if strategy is Strategy.POST_COPY and self.vm.image is not None and self.vm.image.sparse:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, POST_COPY_NEEDS_PAGES)
         config = self._ctx.config
         return MigrationPlan(destination, strategy, limits, config["VM_CHUNK_PAGES"],
                              config["VM_MIGRATION_TIMEOUT_SECONDS"])
@@ -237,7 +247,10 @@ class VmNode(RoleNode, vm_pb2_grpc.VMServicer, vm_pb2_grpc.MigrationServicer):
         with vm.cpu if request.checksum else contextlib.nullcontext():
             reply = vm_pb2.VmStatus(state=vm.state, pages=vm.image.pages if vm.image else 0,
                                     guest_step=vm.guest_step, moved_to=vm.moved_to,
-                                    pages_missing=vm.pages_missing())
+                                    pages_missing=vm.pages_missing(),
+                                    guest=vm.guest.kind if vm.guest else "")
+            if vm.guest is not None and vm.store() is not None:
+                reply.keys = len(vm.store())
             if request.checksum and vm.image is not None:
                 reply.checksum = vm.image.checksum()
         if migration is not None:

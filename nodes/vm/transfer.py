@@ -28,7 +28,8 @@ import grpc
 
 from nodes.rpc import vm_pb2
 from nodes.vm.guest import GuestLayout
-from nodes.vm.machine import GuestSettings, VirtualMachine, VmRefused
+from nodes.vm.keyimage import SLOTS, VERSION_UNIT
+from nodes.vm.machine import GUESTS, KV_GUEST, PAGE_GUEST, GuestSettings, VirtualMachine, VmRefused
 from nodes.vm.memory import PAGE_SIZE, PageError
 from nodes.vm.strategies import (
     Commit,
@@ -41,6 +42,8 @@ from nodes.vm.strategies import (
 )
 
 MAX_CHUNK_PAGES = 256
+POST_COPY_NEEDS_PAGES = ("a kv guest moves by pre-copy or stop-and-copy: post-copy would "
+                         "serve keys that have not arrived as absent")
 ACCEPT_SECONDS = 5.0
 COMMIT_SECONDS = 10.0
 _END = object()
@@ -199,18 +202,11 @@ class Outgoing:
     def _migrate(self) -> vm_pb2.MigrationResult:
         plan, vm = self.plan, self.vm
         started = time.monotonic()
-        guest = vm.guest
         replies = self._transfer(self._requests(), timeout=plan.timeout)
         self._call = replies
         threading.Thread(target=self._read_replies, args=(replies,), name="transfer-replies",
                          daemon=True).start()
-        begin = vm_pb2.TransferBegin(
-            migration_id=uuid.uuid4().hex, strategy=plan.strategy.value, pages=vm.image.pages,
-            page_size=PAGE_SIZE, source_node=self.node, source_instance=vm.instance,
-            kv_pages=guest.layout.kv_pages, hot_pages=guest.layout.hot_pages,
-            hot_fraction=guest.layout.hot_fraction,
-            seed=guest.layout.seed, dirty_pages_per_second=guest.dirty_rate,
-            guest_steps=guest.steps)
+        begin = begin_message(vm, self.node, plan.strategy)
         try:
             self._send(vm_pb2.TransferMessage(begin=begin))
             accepted = self._check_events(ACCEPT_SECONDS, until=("accepted",))
@@ -240,10 +236,8 @@ class Outgoing:
                     step = self.core.next_step(time.monotonic())
                 if isinstance(step, Send):
                     self._wait_until(step.not_before)
-                    indices = [page for page, _ in step.pages]
-                    self._send(vm_pb2.TransferMessage(pages=vm_pb2.TransferPages(
-                        round=step.round, index=indices,
-                        data=b"".join(data for _, data in step.pages))))
+                    self._send(vm_pb2.TransferMessage(pages=pages_message(
+                        step, sized=vm.image.sparse)))
                 elif isinstance(step, Pause):
                     vm.pause()
                     paused_at = time.monotonic()
@@ -316,8 +310,43 @@ class Outgoing:
                           problem=str(exc), effect="the vm runs here as before")
 
 
+def begin_message(vm: VirtualMachine, node: str, strategy: Strategy) -> vm_pb2.TransferBegin:
+    """What the destination needs before any page: the image's shape and the guest."""
+    guest = vm.guest
+    begin = vm_pb2.TransferBegin(
+        migration_id=uuid.uuid4().hex, strategy=strategy.value, pages=vm.image.pages,
+        source_node=node, source_instance=vm.instance, guest=guest.kind)
+    if guest.kind == PAGE_GUEST:
+        layout = guest.layout
+        begin.MergeFrom(vm_pb2.TransferBegin(
+            page_size=PAGE_SIZE, kv_pages=layout.kv_pages, hot_pages=layout.hot_pages,
+            hot_fraction=layout.hot_fraction, seed=layout.seed,
+            dirty_pages_per_second=guest.dirty_rate, guest_steps=guest.steps))
+    return begin
+
+
+def pages_message(step: Send, *, sized: bool) -> vm_pb2.TransferPages:
+    """One chunk; units of varying size (a kv guest's slots) carry their sizes."""
+    message = vm_pb2.TransferPages(round=step.round, index=[page for page, _ in step.pages],
+                                   data=b"".join(data for _, data in step.pages))
+    if sized:
+        message.sizes.extend(len(data) for _, data in step.pages)
+    return message
+
+
 def guest_settings(begin: vm_pb2.TransferBegin) -> GuestSettings:
     """The guest the source runs, as the destination must go on running it."""
+    kind = begin.guest or PAGE_GUEST
+    if kind not in GUESTS:
+        raise VmRefused("INVALID_ARGUMENT", f"guest {kind[:40]!r} is not one of "
+                        f"{', '.join(GUESTS)}")
+    if kind == KV_GUEST:
+        if begin.pages != SLOTS + 1:
+            raise VmRefused("INVALID_ARGUMENT", f"a kv guest moves as {SLOTS + 1} units, "
+                            f"not {begin.pages}")
+        return GuestSettings.kv()
+    if begin.page_size != PAGE_SIZE:
+        raise VmRefused("INVALID_ARGUMENT", f"page_size must be {PAGE_SIZE}")
     try:
         layout = GuestLayout(pages=begin.pages, kv_pages=begin.kv_pages,
                              hot_pages=begin.hot_pages, hot_fraction=begin.hot_fraction,
@@ -342,8 +371,6 @@ class Incoming:
     def accept(self, begin: vm_pb2.TransferBegin) -> Strategy:
         if begin.source_instance == self.vm.instance:
             raise VmRefused("INVALID_ARGUMENT", f"a vm cannot migrate to itself ({self.node})")
-        if begin.page_size != PAGE_SIZE:
-            raise VmRefused("INVALID_ARGUMENT", f"page_size must be {PAGE_SIZE}")
         if not 0 < begin.pages <= self.max_pages:
             raise VmRefused("RESOURCE_EXHAUSTED", f"an image of {begin.pages} pages does not "
                             f"fit here (at most {self.max_pages})")
@@ -351,7 +378,10 @@ class Incoming:
             strategy = Strategy.named(begin.strategy)
         except ValueError as exc:
             raise VmRefused("INVALID_ARGUMENT", str(exc)) from None
-        self.vm.begin_incoming(strategy, guest_settings(begin))
+        guest = guest_settings(begin)
+        if guest.kind == KV_GUEST and strategy is Strategy.POST_COPY:
+            raise VmRefused("INVALID_ARGUMENT", POST_COPY_NEEDS_PAGES)
+        self.vm.begin_incoming(strategy, guest)
         self.vm.fault_sink = lambda pages: self._replies.put(
             vm_pb2.TransferReply(fault=vm_pb2.PageFault(index=pages)))
         return strategy
@@ -380,6 +410,9 @@ class Incoming:
         except VmRefused as exc:
             problem = str(exc)
             self._replies.put(exc)
+        except PageError as exc:  # a unit whose contents do not install
+            problem = str(exc)
+            self._replies.put(VmRefused("INVALID_ARGUMENT", problem))
         except grpc.RpcError:  # the server-side error carries no status
             problem = "the source's stream broke (cancelled, or the source went away)"
         finally:
@@ -393,6 +426,10 @@ class Incoming:
         count = len(message.index)
         if not 0 < count <= MAX_CHUNK_PAGES:
             raise VmRefused("INVALID_ARGUMENT", f"a chunk holds 1-{MAX_CHUNK_PAGES} pages")
+        if self.vm.image.sparse:
+            return self._units(message)
+        if message.sizes:
+            raise VmRefused("INVALID_ARGUMENT", "pages have no sizes: each is a page")
         if len(message.data) != count * PAGE_SIZE:
             raise VmRefused("INVALID_ARGUMENT", f"{count} pages need {count * PAGE_SIZE} bytes "
                             f"of data, got {len(message.data)}")
@@ -402,6 +439,25 @@ class Incoming:
         data = message.data
         return [(page, data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
                 for i, page in enumerate(message.index)]
+
+    def _units(self, message: vm_pb2.TransferPages) -> list[tuple[int, bytes]]:
+        """A kv guest's slots, each of its own size (what one holds is checked as it is
+        installed: nodes.vm.keyimage)."""
+        sizes, data = message.sizes, message.data
+        if len(sizes) != len(message.index):
+            raise VmRefused("INVALID_ARGUMENT", f"{len(message.index)} units need as many "
+                            f"sizes, got {len(sizes)}")
+        if sum(sizes) != len(data):
+            raise VmRefused("INVALID_ARGUMENT", f"the sizes add up to {sum(sizes)} bytes, the "
+                            f"data is {len(data)}")
+        if max(message.index) > VERSION_UNIT:
+            raise VmRefused("INVALID_ARGUMENT", f"unit {max(message.index)} is outside a kv "
+                            f"guest ({VERSION_UNIT + 1} units)")
+        units, start = [], 0
+        for unit, size in zip(message.index, sizes, strict=True):
+            units.append((unit, data[start:start + size]))
+            start += size
+        return units
 
     def replies(self) -> Iterator[vm_pb2.TransferReply | VmRefused]:
         yield vm_pb2.TransferReply(accepted=self.node)

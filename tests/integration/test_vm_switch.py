@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from nodes.host.__main__ import SPEC as HOST_SPEC
-from nodes.rpc import control_pb2, vm_pb2, vm_pb2_grpc
+from nodes.rpc import control_pb2, kv_pb2, kv_pb2_grpc, vm_pb2, vm_pb2_grpc
 from nodes.switch.__main__ import SPEC as SWITCH_SPEC
 from tests.integration.vm_support import free_port_range
 from tests.support.ports import free_ports
@@ -105,3 +105,99 @@ def test_each_strategy_moves_the_vm_under_a_client_that_never_fails(lab, lab_wit
     reader = vm_pb2_grpc.VMStub(lab.bare_channel(switch))
     for key, value in client.written.items():
         assert reader.Get(vm_pb2.GetRequest(key=key), timeout=10).value == value
+
+
+@pytest.fixture
+def kv_lab_with_switch(lab):
+    placeholder = free_ports(1)[0]
+    switch = lab.start("kv-switch", spec=SWITCH_SPEC, SWITCH_SERVICES="distlab.kv.KV",
+                       SWITCH_BACKENDS=f"127.0.0.1:{placeholder}",
+                       SWITCH_IDEMPOTENT_METHODS="/distlab.kv.KV/Get,/distlab.kv.KV/List",
+                       SWITCH_DISCOVERY_INTERVAL_SECONDS="0.2",
+                       SWITCH_HEALTH_INTERVAL_SECONDS="0.2", WORKERS="32")
+    hosts = [lab.start(name, spec=HOST_SPEC, HOST_ADVERTISE="127.0.0.1",
+                       HOST_VM_PORTS=free_port_range(), HOST_BOOT_VMS="kv-1@host-1",
+                       HOST_VM_GUESTS="kv-1=kv", HOST_SWITCHES=f"kv-1={lab.address(switch)}")
+             for name in ("host-1", "host-2")]
+    return switch, hosts
+
+
+class KVClient(threading.Thread):
+    """Puts its own keys, reads each back at once, deletes some: through the switch, until
+    stopped. A read that misses the last acknowledged write is a stale read."""
+
+    def __init__(self, channel: grpc.Channel, name: str) -> None:
+        super().__init__(daemon=True)
+        self.kv = kv_pb2_grpc.KVStub(channel)
+        self.name = name
+        self.stop = threading.Event()
+        self.acknowledged: dict[str, bytes | None] = {}  # None: deleted
+        self.versions: list[int] = []
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set() and i < 5000:
+            key, value = f"{self.name}/{i % 50}", f"v{i}".encode()
+            try:
+                if i % 7 == 6:
+                    self.kv.Delete(kv_pb2.DeleteRequest(key=key), timeout=20)
+                    self.acknowledged[key] = None
+                else:
+                    reply = self.kv.Put(kv_pb2.PutRequest(key=key, value=value), timeout=20)
+                    self.acknowledged[key] = value
+                    self.versions.append(reply.version)
+                    got = self.kv.Get(kv_pb2.GetRequest(key=key), timeout=20)
+                    if got.value != value:
+                        self.failures.append(f"stale read of {key}: {got.value!r}, not {value!r}")
+            except grpc.RpcError as exc:
+                self.failures.append(f"{exc.code().name}: {exc.details()}")
+            i += 1
+            time.sleep(0.002)
+
+
+def test_a_kv_guest_moves_by_dirty_keys_with_no_write_lost_and_no_stale_read(
+        lab, kv_lab_with_switch):
+    switch, (one, two) = kv_lab_with_switch
+    lab.wait_until(lambda: switch_state(lab, switch)["backends"] == "1/1", timeout=20)
+    clients = [KVClient(lab.bare_channel(switch), f"c{n}") for n in range(3)]
+    for client in clients:
+        client.start()
+    here, there = one, two
+    try:
+        refused = vm_pb2_grpc.HypervisorStub(lab.channel(one)).MigrateVm(
+            vm_pb2.MigrateVmRequest(name="kv-1", to=lab.address(two), strategy="post-copy"),
+            timeout=60)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(refused)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "pre-copy or stop-and-copy" in caught.value.details()
+        for strategy in ("pre-copy", "stop-and-copy", "pre-copy"):
+            time.sleep(0.7)
+            last = list(vm_pb2_grpc.HypervisorStub(lab.channel(here)).MigrateVm(
+                vm_pb2.MigrateVmRequest(name="kv-1", to=lab.address(there), strategy=strategy),
+                timeout=120))[-1]
+            assert last.phase == "done", strategy
+            assert last.result.downtime_seconds < 5 and last.result.image_bytes > 0
+            if strategy == "pre-copy":  # live rounds of dirty keys, then the final one
+                assert len(last.result.rounds) >= 2 and not last.result.rounds[-1].live
+            moved = vms_on(lab, there)["kv-1"]
+            assert vms_on(lab, here) == {} and moved.guest == "kv" and moved.keys > 0
+            here, there = there, here
+        time.sleep(0.5)
+    finally:
+        for client in clients:
+            client.stop.set()
+        for client in clients:
+            client.join(timeout=30)
+    reader = kv_pb2_grpc.KVStub(lab.bare_channel(switch))
+    for client in clients:
+        assert client.failures == []
+        assert client.versions == sorted(client.versions)  # versions go on from the source's
+        for key, value in client.acknowledged.items():
+            if value is None:
+                with pytest.raises(grpc.RpcError) as missing:
+                    reader.Get(kv_pb2.GetRequest(key=key), timeout=10)
+                assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            else:
+                assert reader.Get(kv_pb2.GetRequest(key=key), timeout=10).value == value
