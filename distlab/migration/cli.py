@@ -96,11 +96,12 @@ def vms(checksum: bool) -> None:
     """Where each vm of the migration lab runs, and what it holds."""
     hypervisors = _hypervisors()
     places = hypervisors.vms(checksum=checksum)
-    table = Table("vm", "host", "state", "guest steps", "image MiB", "address",
+    table = Table("vm", "host", "state", "guest", "holds", "address",
                   *(["sha256"] if checksum else []))
     for place in sorted(places, key=lambda p: (p.name, p.host)):
-        table.add_row(place.name, place.host, place.state, str(place.guest_step),
-                      f"{place.pages * PAGE / MIB:.0f}", place.address,
+        holds = (f"{place.keys} keys" if place.guest == "kv" else
+                 f"{place.pages * PAGE / MIB:.0f} MiB, {place.guest_step} guest steps")
+        table.add_row(place.name, place.host, place.state, place.guest, holds, place.address,
                       *([place.checksum[:16]] if checksum else []))
     out.print(table)
     for host, why in sorted(hypervisors.unreachable.items()):

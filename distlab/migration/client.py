@@ -51,6 +51,8 @@ class VmPlace:
     pages: int
     checksum: str = ""  # sha256 of the image, when asked
     pages_missing: int = 0  # post-copy: pages not arrived yet
+    guest: str = "pages"  # pages (a memory image) or kv (the kv role's store)
+    keys: int = 0  # a kv guest: the keys it holds
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ class Hypervisors:
                 self.unreachable[host] = f"{exc.code().name}: {exc.details()}"
                 continue
             places.extend(VmPlace(vm.name, host, vm.address, vm.state, vm.guest_step, vm.pages,
-                                  vm.checksum, vm.pages_missing) for vm in reply.vms)
+                                  vm.checksum, vm.pages_missing, vm.guest or "pages", vm.keys)
+                          for vm in reply.vms)
         return places
 
     def locate(self, name: str) -> VmPlace:
@@ -125,6 +128,10 @@ class Hypervisors:
         if place.host == to:
             raise UsageError(f"{name} is on {to} already: a migration goes to another host",
                              hint=f"hosts: {', '.join(h for h in sorted(self.hosts) if h != to)}")
+        if place.guest == "kv" and strategy == "post-copy":
+            raise UsageError(f"{name} runs a kv guest: it moves by pre-copy or stop-and-copy "
+                             "(post-copy would serve keys that have not arrived as absent)",
+                             hint=f"distlab migrate {name} --to {to} --strategy pre-copy")
         request = vm_pb2.MigrateVmRequest(
             name=name, to=f"{target.info.container}:{GRPC_PORT}", strategy=strategy,
             min_rate=limits.min_rate_mib * MIB, max_rate=limits.max_rate_mib * MIB,

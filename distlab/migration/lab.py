@@ -4,7 +4,8 @@ downtime) and the `migration` check (every migration done, within the stated lim
 
 Clients talk to `vm-switch`, which fronts the vm's data plane and its KV as the lab's KV
 service: the shared `register` workload and `linearizable` check run against the vm
-through it, across every switch-over.
+through it, across every switch-over. `kv-switch` fronts kv-1, a kv guest (the kv
+role's store, moved by dirty keys): a workload with `via: kv-switch` runs against it.
 
     migrations:
       - {at: 10s, action: migrate, target: vm-1, to: host-2, strategy: pre-copy}

@@ -96,9 +96,9 @@ class ScenarioContext:
             served = [lab.name for lab in registry.labs.values() if lab.entry_role]
             raise UsageError(f"the {self.lab} lab has no client workload yet",
                              hint=f"workloads run against: {', '.join(served)}")
-        channel = self.testbed.client(role)
         for spec in specs:
-            workload = self._build(spec, channel, seconds, role)
+            via = spec.options.get("via", role)  # a role of the lab other than its entry
+            workload = self._build(spec, self.testbed.client(via), seconds, via)
             workload.setup()
             thread = threading.Thread(target=workload.run, args=(self._stop,),
                                       name=f"workload-{spec.type}", daemon=True)

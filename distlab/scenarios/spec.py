@@ -54,7 +54,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 TOP_FIELDS = ("name", "description", "lab", "scale", "environment", "seed", "duration",
               "short_duration", "workloads", "faults", "nemesis", "migrations", "checks", "expect")
-WORKLOAD_FIELDS = ("type", "processes", "rate", "timeout", "max_ops")
+WORKLOAD_FIELDS = ("type", "processes", "rate", "timeout", "max_ops", "via")
 FAULT_FIELDS = ("at", "for", "kind")
 MIGRATION_FIELDS = ("at", "action")
 NEMESIS_FIELDS = ("kinds", "targets", "start", "interval", "for", "probability")
@@ -260,9 +260,23 @@ class ScenarioParser(Reader):
                   get("rate", 0.0, lambda n, p: self.number(n, p, lambda x: x >= 0, ">= 0")),
                   get("timeout", 2.0, self.positive_duration),
                   get("max_ops", 100_000, lambda n, p: self.integer(n, p, 1, None)))
+        via = self.via(entries["via"][1], join(path, "via")) if "via" in entries else None
         if type_ is None:
             return None
-        return Workload(type_, *common, **self.fields(entries, node, path, kinds[type_].options))
+        options = self.fields(entries, node, path, kinds[type_].options)
+        return Workload(type_, *common, **options, **({"via": via} if via else {}))
+
+    def via(self, node: Node, path: str) -> str | None:
+        """The role a workload's clients call instead of the lab's entry role."""
+        role = self.string(node, path)
+        if role is None or self.lab is None:
+            return role
+        roles = list(dict.fromkeys(self.lab.roles.values()))
+        if role not in roles:
+            self.problem(node, path, f"lab '{self.lab.name}' has no role '{role}' (its roles: "
+                         f"{', '.join(roles)}){did_you_mean(role, roles)}")
+            return None
+        return role
 
     # -- faults ------------------------------------------------------------------------
 

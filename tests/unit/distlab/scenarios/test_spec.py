@@ -556,3 +556,12 @@ def test_a_workload_the_lab_cannot_serve_is_refused_before_anything_starts(catal
         "migration lab, not chord"]
     assert problems(catalogue, "lab: kv\nduration: 10s\nworkloads:\n  - type: bank\n") == [
         "s.yaml:4: workloads[0].type: a bank workload runs against the tiers lab, not kv"]
+
+
+def test_a_workload_may_call_another_role_of_its_lab(catalogue):
+    text = "lab: migration\nduration: 10s\nworkloads:\n  - {type: register, via: kv-switch}\n"
+    scenario = parse_scenario(text, catalogue)
+    assert scenario.workloads[0].via == "kv-switch"
+    assert problems(catalogue, text.replace("kv-switch", "kv-swich")) == [
+        "s.yaml:4: workloads[0].via: lab 'migration' has no role 'kv-swich' (its roles: "
+        "vm-switch, kv-switch, host); did you mean 'kv-switch'?"]
