@@ -123,7 +123,7 @@ class Hypervisors:
         it was, or the error says what is not known)."""
         if strategy not in STRATEGIES:
             raise UsageError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
-        target = self._host(to)
+        target = self.host(to)
         place = self.locate(name)
         if place.host == to:
             raise UsageError(f"{name} is on {to} already: a migration goes to another host",
@@ -150,7 +150,9 @@ class Hypervisors:
                                  "a result", code=grpc.StatusCode.UNKNOWN)
         return last.result
 
-    def _host(self, name: str) -> Machine:
+    def host(self, name: str) -> Machine:
+        """The running host machine `name`; a UsageError or MigrationError says what it is
+        instead (unknown, not running, not a host) and which hosts there are."""
         if name in self.hosts:
             return self.hosts[name]
         hosts = ", ".join(sorted(self.hosts))
@@ -159,8 +161,8 @@ class Hypervisors:
             raise MigrationError(f"host {name} is not running ({machine.info.state})",
                                  hint=f"distlab heal, or a running host: {hosts}")
         if machine is not None:
-            raise UsageError(f"{name} is a {machine.info.role} machine, not a host: a vm moves "
-                             "to a hypervisor host", hint=f"hosts: {hosts}")
+            raise UsageError(f"{name} is a {machine.info.role} machine, not a host: vms and "
+                             "tasks move to hypervisor hosts", hint=f"hosts: {hosts}")
         raise UnknownMachine(f"no host named {name!r}", hint=f"hosts: {hosts}")
 
 

@@ -1,4 +1,5 @@
-"""The migration lab's registration: `distlab migrate` and `distlab vms`, the scenario action
+"""The migration lab's registration: `distlab migrate`, `distlab vms` and `distlab task` (code
+mobility, distlab.migration.tasks), the scenario action
 `migrate` (a vm moved live to another host beside the timeline, recorded with its
 downtime) and the `migration` check (every migration done, within the stated limits).
 
@@ -30,6 +31,7 @@ from distlab.migration.client import (
     Limits,
     MigrationError,
 )
+from distlab.migration.tasks import task
 from distlab.registry import MIGRATIONS, CheckKind, LabPlugin, MigrationKind, MigrationRun
 from distlab.scenarios.model import Migration
 from distlab.scenarios.reader import Entries, Field, Reader, join
@@ -136,4 +138,4 @@ MIGRATION_CHECK = CheckKind("migration", MIGRATIONS, check_migrations,
                             tuple(Field(name, _at_most, None) for name in LIMITS))
 
 LAB = LabPlugin("migration", entry_role=SWITCH_ROLE, serves=("register",),
-                migrations=(MIGRATE,), checks=(MIGRATION_CHECK,), commands=(migrate, vms))
+                migrations=(MIGRATE,), checks=(MIGRATION_CHECK,), commands=(migrate, vms, task))

@@ -1,8 +1,9 @@
-"""python -m nodes.host — the migration lab's hypervisor: starts and moves vm processes."""
+"""python -m nodes.host — the migration lab's hypervisor: starts and moves vm processes, and
+runs and moves mobile code (nodes.mobility) beside them."""
 
 import sys
 
-from nodes.common.config import Setting, positive
+from nodes.common.config import Setting, non_negative, positive
 from nodes.common.role import RoleSpec
 from nodes.common.server import main
 from nodes.host.service import PROTECTED, HostNode, parse_pairs, parse_ports
@@ -10,7 +11,8 @@ from nodes.host.service import PROTECTED, HostNode, parse_pairs, parse_ports
 SPEC = RoleSpec(
     name="host",
     summary="a hypervisor: starts `python -m nodes.vm` processes, moves them live to "
-            "another host's hypervisor, and reports what it holds.",
+            "another host's hypervisor, and reports what it holds; runs shipped programs "
+            "(nodes.mobility) and moves them mid-run.",
     settings=(
         Setting("HOST_VM_PORTS", parse_ports, (50100, 50131), "gRPC ports of the vm processes, "
                 "first-last (each vm's metrics: its port + 1000)"),
@@ -32,6 +34,13 @@ SPEC = RoleSpec(
         Setting("HOST_VM_GUESTS", lambda raw: parse_pairs(raw, "="), {},
                 "what a booted vm runs when it is not a memory image of pages, vm=guest "
                 "comma list (kv-1=kv: the kv role's store, moved by dirty keys)"),
+        Setting("MOBILITY_STEPS_PER_SECOND", int, 20_000, "instructions a shipped task runs "
+                "a second at most (slow enough for a demo task to be moved mid-run)",
+                positive),
+        Setting("MOBILITY_MAX_TASKS", int, 32, "tasks running here at once; more are refused "
+                "(RESOURCE_EXHAUSTED)", positive),
+        Setting("MOBILITY_KEEP_FINISHED", int, 256, "finished tasks and forwarding entries of "
+                "moved ones kept to be asked about (the oldest go first)", non_negative),
     ),
     build=HostNode,
     protected=PROTECTED,

@@ -29,11 +29,15 @@ from nodes.common.peers import container_name_of
 from nodes.common.role import NodeContext, RoleNode
 from nodes.host.metrics import STRATEGIES, HostMetrics
 from nodes.host.table import TableError, VmEntry, VmTable
+from nodes.mobility.service import PROTECTED as MOBILITY_PROTECTED
+from nodes.mobility.service import SERVICE_NAME as MOBILITY_SERVICE
+from nodes.mobility.service import MobilityService
 from nodes.rpc import control_pb2, control_pb2_grpc, vm_pb2, vm_pb2_grpc
 
 HYPERVISOR = vm_pb2.DESCRIPTOR.services_by_name["Hypervisor"]
 SERVICE_NAME = HYPERVISOR.full_name
-PROTECTED = service_methods(HYPERVISOR)
+# Code mobility's service is served beside the Hypervisor and as guarded: it runs code.
+PROTECTED = service_methods(HYPERVISOR) | MOBILITY_PROTECTED
 METRICS_OFFSET = 1000
 # Settings a vm process gets from the hypervisor, never from the caller or this host's env.
 OWN_SETTINGS = ("NODE_NAME", "GRPC_PORT", "METRICS_PORT", "PEERS", "VM_INCOMING")
@@ -84,7 +88,7 @@ class _Raise:
 
 
 class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
-    service_names = (SERVICE_NAME,)
+    service_names = (SERVICE_NAME, MOBILITY_SERVICE)
 
     def __init__(self, ctx: NodeContext) -> None:
         self._ctx = ctx
@@ -105,11 +109,14 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
         self._boot = sorted(vm for vm, host in config["HOST_BOOT_VMS"].items()
                             if host == ctx.name)
         self._boot_guests: dict[str, str] = config["HOST_VM_GUESTS"]
+        self._mobility = MobilityService(ctx)
 
     def register(self, server: grpc.Server) -> None:
         vm_pb2_grpc.add_HypervisorServicer_to_server(self, server)
+        self._mobility.register(server)
 
     def serving(self, grpc_port: int) -> None:
+        self._mobility.start()
         for name in self._boot:
             self._boot_vm(name)
 
@@ -147,10 +154,12 @@ class HostNode(RoleNode, vm_pb2_grpc.HypervisorServicer):
 
     def status(self) -> dict[str, str]:
         with self._lock:
-            return {"vms": ",".join(sorted(self._table.entries)),
-                    "migrating": ",".join(sorted(self._migrating))}
+            state = {"vms": ",".join(sorted(self._table.entries)),
+                     "migrating": ",".join(sorted(self._migrating))}
+        return state | self._mobility.status()
 
     def close(self) -> None:
+        self._mobility.close()
         with self._lock:
             entries = list(self._table.entries.values())
             self._table.entries.clear()

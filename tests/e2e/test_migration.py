@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
 
 from distlab.errors import UnknownMachine, UsageError
 from distlab.migration.client import Hypervisors, Limits, MigrationError
+from distlab.migration.tasks import MobileTasks
 from nodes.rpc import control_pb2, control_pb2_grpc, vm_pb2, vm_pb2_grpc
 from nodes.vm.guest import GuestLayout, expected_image
 from nodes.vm.memory import MIB, PAGE_SIZE
 from tests.e2e.conftest import assert_dashboards_answer, eventually, lab_fixture, run_valid
 
 pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
 
 testbed = lab_fixture("migration")
 # compose.yaml's VM_* defaults for the migration lab.
@@ -226,6 +230,26 @@ def test_the_three_moves_scenario_is_valid(testbed, tmp_path):
     checks = {v["name"]: v for v in outcome["checks"]}
     assert checks["migration"]["figures"]["migrations"] == 3
     assert checks["migration"]["figures"]["failed"] == 0
+
+
+def test_a_task_moved_strong_mid_run_ends_as_one_never_moved(testbed):
+    """Code mobility: primes.asm shipped to host-2, moved with its execution state to host-3
+    mid-run, gives the output and step count of the same program left alone on host-1."""
+    program = (ROOT / "nodes" / "mobility" / "programs" / "primes.asm").read_text()
+    tasks = MobileTasks.of(testbed)
+    args = {"n": "2000"}  # 231 000 steps: about 12 s at the hosts' 20 000 steps a second
+    unmoved = tasks.run(program, "host-1", args, "unmoved")
+    moving = tasks.run(program, "host-2", args, "moving")
+    eventually(lambda: tasks.locate(moving.id).info.steps > 20_000, timeout=60,
+               what="the task under way on host-2")
+    arrived = tasks.move(moving.id, "host-3", "strong")
+    assert arrived.host == "host-3" and arrived.steps > 20_000  # it goes on, not over
+
+    moved, reference = tasks.wait(moving.id, timeout=120), tasks.wait(unmoved.id, timeout=120)
+    assert moved.path == ("host-2", "host-3")
+    assert (moved.info.state, list(moved.info.output)) == ("done", ["303"])
+    assert (moved.info.output, moved.info.steps) == (reference.info.output,
+                                                     reference.info.steps)
 
 
 def test_the_migration_dashboard_answers(testbed):
