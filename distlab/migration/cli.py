@@ -49,20 +49,31 @@ class ProgressLines:
 def summary(name: str, to: str, result: vm_pb2.MigrationResult) -> str:
     sent = result.bytes_sent / result.image_bytes if result.image_bytes else 0.0
     why = f", stopped by {result.stop_reason}" if result.stop_reason else ""
+    what = "store" if result.guest == "kv" else "image"
     return (f"{name} moved to {to} by {result.strategy}: downtime "
             f"{result.downtime_seconds * 1000:.1f} ms, total {result.total_seconds:.2f} s, "
-            f"sent {sent:.2f}x the {result.image_bytes / MIB:.0f} MiB image in "
+            f"sent {sent:.2f}x the {size(result.image_bytes)} {what} in "
             f"{len(result.rounds)} rounds{why}")
+
+
+def size(count: float) -> str:
+    for unit, scale in (("MiB", MIB), ("KiB", 1024)):
+        if count >= scale:
+            return f"{count / scale:.{0 if unit == 'MiB' else 1}f} {unit}"
+    return f"{count:.0f} bytes"
 
 
 def rounds_table(result: vm_pb2.MigrationResult) -> Table:
     """Clark's per-round bars as a table: what each round sent against what the guest
-    dirtied meanwhile, down to the final stop-and-copy round."""
-    table = Table("round", "live", "rate MB/s", "sent MiB", "dirtied MiB", "seconds")
+    dirtied meanwhile, down to the final stop-and-copy round. A kv guest's units are hash
+    slots of keys: what it dirtied is counted in slots."""
+    slots = result.guest == "kv"
+    table = Table("round", "live", "rate MB/s", "sent MiB",
+                  "dirtied slots" if slots else "dirtied MiB", "seconds")
     for r in result.rounds:
         table.add_row(str(r.number), "yes" if r.live else "paused (stop-and-copy)",
-                      f"{r.rate / 1e6:.1f}" if r.rate else "-",
-                      f"{r.pages_sent * PAGE / MIB:.2f}", f"{r.pages_dirtied * PAGE / MIB:.2f}",
+                      f"{r.rate / 1e6:.1f}" if r.rate else "-", f"{r.bytes_sent / MIB:.2f}",
+                      str(r.pages_dirtied) if slots else f"{r.pages_dirtied * PAGE / MIB:.2f}",
                       f"{r.seconds:.3f}")
     return table
 

@@ -149,6 +149,7 @@ class RoundStats:
     pages_sent: int = 0
     pages_skipped: int = 0
     pages_dirtied: int = 0  # dirty when the round ended: the next round's work
+    bytes_sent: int = 0
     started: float = 0.0
     ended: float | None = None
 
@@ -309,6 +310,7 @@ class SourceMigration:
         rate = current.stats.rate
         not_before = (current.stats.started + current.bytes_sent / rate) if rate else now
         current.bytes_sent += size
+        current.stats.bytes_sent += size
         current.stats.pages_sent += len(pages)
         self.pages_sent += len(pages)
         self.bytes_sent += size

@@ -67,14 +67,16 @@ class MigrationPlan:
 
 
 def result_message(core: SourceMigration, plan: MigrationPlan, downtime: float,
-                   total: float, guest_step: int) -> vm_pb2.MigrationResult:
+                   total: float, guest_step: int, guest: str) -> vm_pb2.MigrationResult:
     return vm_pb2.MigrationResult(
         strategy=plan.strategy.value, destination=plan.destination,
         downtime_seconds=downtime, total_seconds=total, bytes_sent=core.bytes_sent,
         image_bytes=core.image.size_bytes, stop_reason=core.stop_reason, guest_step=guest_step,
+        guest=guest,
         rounds=[vm_pb2.RoundReport(number=r.number, live=r.live, rate=r.rate,
                                    pages_sent=r.pages_sent, pages_skipped=r.pages_skipped,
-                                   pages_dirtied=r.pages_dirtied, seconds=r.seconds)
+                                   pages_dirtied=r.pages_dirtied, seconds=r.seconds,
+                                   bytes_sent=r.bytes_sent)
                 for r in core.rounds])
 
 
@@ -274,7 +276,8 @@ class Outgoing:
             raise failure from exc
         total = time.monotonic() - started
         with self._lock:
-            result = result_message(self.core, plan, downtime, total, guest_step)
+            result = result_message(self.core, plan, downtime, total, guest_step,
+                                    vm.guest.kind)
         self._log.info("migration_done", destination=plan.destination,
                        strategy=plan.strategy.value, downtime_seconds=round(downtime, 6),
                        total_seconds=round(total, 3), bytes_sent=result.bytes_sent,

@@ -9,10 +9,12 @@ from textwrap import dedent
 import pytest
 
 from distlab.labs import load_catalogue
+from distlab.migration.cli import rounds_table, summary
 from distlab.migration.lab import check_migrations
 from distlab.registry import MigrationRun
 from distlab.scenarios.model import MachineRef, ScenarioError
 from distlab.scenarios.spec import parse_scenario
+from nodes.rpc import vm_pb2
 
 COMPOSE = Path(__file__).resolve().parents[3] / "compose.yaml"
 HEAD = """\
@@ -119,3 +121,15 @@ def test_a_destination_that_is_no_running_host_is_refused_before_anything_is_ask
             hypervisors.migrate("vm-1", to)
     with pytest.raises(UsageError, match="strategy 'warp'"):
         hypervisors.migrate("vm-1", "host-1", strategy="warp")
+
+
+def test_a_kv_guests_summary_counts_bytes_and_its_rounds_count_slots():
+    result = vm_pb2.MigrationResult(
+        strategy="pre-copy", guest="kv", downtime_seconds=0.002, total_seconds=0.1,
+        bytes_sent=3000, image_bytes=2048, stop_reason="few-pages",
+        rounds=[vm_pb2.RoundReport(number=1, live=True, bytes_sent=3000, pages_dirtied=4)])
+    assert summary("kv-1", "host-3", result) == (
+        "kv-1 moved to host-3 by pre-copy: downtime 2.0 ms, total 0.10 s, sent 1.46x the "
+        "2.0 KiB store in 1 rounds, stopped by few-pages")
+    table = rounds_table(result)
+    assert [column.header for column in table.columns][4] == "dirtied slots"
