@@ -20,11 +20,10 @@ there too. Plain data under one lock, no I/O.
 from __future__ import annotations
 
 import hashlib
-import threading
 import zlib
 
 from nodes.kv.store import CHECKPOINT, DELETE, PUT, KVStore, Record, decode_records
-from nodes.vm.memory import DirtyBitmap, PageError
+from nodes.vm.memory import DirtyTracking, PageError
 
 SLOTS = 4096
 VERSION_UNIT = SLOTS
@@ -35,15 +34,13 @@ def slot_of(key: str) -> int:
     return zlib.crc32(key.encode()) % SLOTS
 
 
-class KeyImage:
+class KeyImage(DirtyTracking):
     """SLOTS slots of keys and the version unit, with dirty tracking (see the module doc)."""
 
     def __init__(self, *, max_value_bytes: int = MAX_VALUE_BYTES) -> None:
+        super().__init__(SLOTS + 1)
         self.pages = SLOTS + 1
         self.sparse = True
-        self.dirty = DirtyBitmap(self.pages)
-        self.tracking = False
-        self.lock = threading.RLock()
         self.store = KVStore(max_value_bytes=max_value_bytes)
         self._slots: list[set[str]] = [set() for _ in range(SLOTS)]
         self._bytes = 0  # encoded size of every record held
@@ -135,20 +132,6 @@ class KeyImage:
                     self._apply(record)
             finally:
                 self.tracking = tracking
-
-    def start_tracking(self) -> None:
-        with self.lock:
-            self.dirty.take()
-            self.tracking = True
-
-    def stop_tracking(self) -> None:
-        with self.lock:
-            self.tracking = False
-            self.dirty.take()
-
-    def take_dirty(self) -> list[int]:
-        with self.lock:
-            return self.dirty.take()
 
     def checksum(self) -> str:
         """Of every key, value and version, and the store's version."""

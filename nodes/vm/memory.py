@@ -55,7 +55,31 @@ class DirtyBitmap:
             self._bits[-1] = (1 << (self.pages % 8)) - 1
 
 
-class MemoryImage:
+class DirtyTracking:
+    """A dirty bit per unit of an image, on while a migration runs; `lock` guards the
+    image and its bits together."""
+
+    def __init__(self, units: int) -> None:
+        self.dirty = DirtyBitmap(units)
+        self.tracking = False
+        self.lock = threading.RLock()
+
+    def start_tracking(self) -> None:
+        with self.lock:
+            self.dirty.take()
+            self.tracking = True
+
+    def stop_tracking(self) -> None:
+        with self.lock:
+            self.tracking = False
+            self.dirty.take()
+
+    def take_dirty(self) -> list[int]:
+        with self.lock:
+            return self.dirty.take()
+
+
+class MemoryImage(DirtyTracking):
     """`pages` pages of PAGE_SIZE bytes, zero at start, with dirty tracking.
 
     Tracking is on while a migration runs (`start_tracking`/`stop_tracking`);
@@ -65,12 +89,10 @@ class MemoryImage:
     def __init__(self, pages: int) -> None:
         if pages <= 0:
             raise PageError(f"an image needs at least one page, got {pages}")
+        super().__init__(pages)
         self.pages = pages
         self._data = bytearray(pages * PAGE_SIZE)
-        self.dirty = DirtyBitmap(pages)
-        self.tracking = False
         self.sparse = False  # every page exists: a destination waits for each one
-        self.lock = threading.RLock()
 
     @classmethod
     def of_mib(cls, mib: float) -> MemoryImage:
@@ -118,20 +140,6 @@ class MemoryImage:
         start = page * PAGE_SIZE
         with self.lock:
             self._data[start:start + PAGE_SIZE] = data
-
-    def start_tracking(self) -> None:
-        with self.lock:
-            self.dirty.take()
-            self.tracking = True
-
-    def stop_tracking(self) -> None:
-        with self.lock:
-            self.tracking = False
-            self.dirty.take()
-
-    def take_dirty(self) -> list[int]:
-        with self.lock:
-            return self.dirty.take()
 
     def checksum(self) -> str:
         with self.lock:

@@ -20,21 +20,27 @@ from tests.support.ports import free_ports
 GUEST = {"VM_IMAGE_MIB": "8", "VM_DIRTY_RATE": "2000", "VM_HOT_PAGES": "128"}
 
 
+def switch_and_hosts(lab, vm: str, service: str, idempotent: str, **host_settings):
+    """A switch in front of `vm` (serving `service`), and two hosts, host-1 booting it."""
+    placeholder = free_ports(1)[0]
+    switch = lab.start(f"{vm}-switch", spec=SWITCH_SPEC, SWITCH_SERVICES=service,
+                       SWITCH_BACKENDS=f"127.0.0.1:{placeholder}",
+                       SWITCH_IDEMPOTENT_METHODS=idempotent,
+                       SWITCH_DISCOVERY_INTERVAL_SECONDS="0.2",
+                       SWITCH_HEALTH_INTERVAL_SECONDS="0.2", WORKERS="32")
+    hosts = [lab.start(name, spec=HOST_SPEC, HOST_ADVERTISE="127.0.0.1",
+                       HOST_VM_PORTS=free_port_range(), HOST_BOOT_VMS=f"{vm}@host-1",
+                       HOST_SWITCHES=f"{vm}={lab.address(switch)}", **host_settings)
+             for name in ("host-1", "host-2")]
+    return switch, hosts
+
+
 @pytest.fixture
 def lab_with_switch(lab, monkeypatch):
     for key, value in GUEST.items():
         monkeypatch.setenv(key, value)  # the booted vm takes its host's VM_* settings
-    placeholder = free_ports(1)[0]
-    switch = lab.start("vm-switch", spec=SWITCH_SPEC, SWITCH_SERVICES="distlab.vm.VM",
-                       SWITCH_BACKENDS=f"127.0.0.1:{placeholder}",
-                       SWITCH_IDEMPOTENT_METHODS="/distlab.vm.VM/Get,/distlab.vm.VM/ReadPage",
-                       SWITCH_DISCOVERY_INTERVAL_SECONDS="0.2",
-                       SWITCH_HEALTH_INTERVAL_SECONDS="0.2", WORKERS="32")
-    hosts = [lab.start(name, spec=HOST_SPEC, HOST_ADVERTISE="127.0.0.1",
-                       HOST_VM_PORTS=free_port_range(), HOST_BOOT_VMS="vm-1@host-1",
-                       HOST_SWITCHES=f"vm-1={lab.address(switch)}")
-             for name in ("host-1", "host-2")]
-    return switch, hosts
+    return switch_and_hosts(lab, "vm-1", "distlab.vm.VM",
+                            "/distlab.vm.VM/Get,/distlab.vm.VM/ReadPage")
 
 
 class Client(threading.Thread):
@@ -109,17 +115,8 @@ def test_each_strategy_moves_the_vm_under_a_client_that_never_fails(lab, lab_wit
 
 @pytest.fixture
 def kv_lab_with_switch(lab):
-    placeholder = free_ports(1)[0]
-    switch = lab.start("kv-switch", spec=SWITCH_SPEC, SWITCH_SERVICES="distlab.kv.KV",
-                       SWITCH_BACKENDS=f"127.0.0.1:{placeholder}",
-                       SWITCH_IDEMPOTENT_METHODS="/distlab.kv.KV/Get,/distlab.kv.KV/List",
-                       SWITCH_DISCOVERY_INTERVAL_SECONDS="0.2",
-                       SWITCH_HEALTH_INTERVAL_SECONDS="0.2", WORKERS="32")
-    hosts = [lab.start(name, spec=HOST_SPEC, HOST_ADVERTISE="127.0.0.1",
-                       HOST_VM_PORTS=free_port_range(), HOST_BOOT_VMS="kv-1@host-1",
-                       HOST_VM_GUESTS="kv-1=kv", HOST_SWITCHES=f"kv-1={lab.address(switch)}")
-             for name in ("host-1", "host-2")]
-    return switch, hosts
+    return switch_and_hosts(lab, "kv-1", "distlab.kv.KV",
+                            "/distlab.kv.KV/Get,/distlab.kv.KV/List", HOST_VM_GUESTS="kv-1=kv")
 
 
 class KVClient(threading.Thread):
