@@ -48,5 +48,14 @@ class CommandTimeout(DistlabError):
     """A command did not finish in time: it may or may not have taken effect (indefinite)."""
 
 
+class MigrationError(DistlabError):
+    """A machine refused or failed a live migration; `code` is its gRPC status (a
+    grpc.StatusCode), when one answered."""
+
+    def __init__(self, message: str, *, hint: str = "", code: object = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
 class FaultError(DistlabError):
     """A fault could not be applied or undone."""

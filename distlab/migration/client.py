@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from distlab.errors import DistlabError, UnknownMachine, UsageError
+from distlab.errors import MigrationError, UnknownMachine, UsageError
 from distlab.machine import Machine
 from nodes.rpc import vm_pb2, vm_pb2_grpc
 
@@ -30,15 +30,6 @@ GRPC_PORT = 50051
 MIB = 1024 * 1024
 # The states of a vm process a migration is filling (nodes.vm.machine): not the vm yet.
 ARRIVING = ("incoming", "receiving")
-
-
-class MigrationError(DistlabError):
-    """A hypervisor refused or failed a migration; `code` is its gRPC status."""
-
-    def __init__(self, message: str, *, hint: str = "",
-                 code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.code = code
 
 
 @dataclass(frozen=True)

@@ -128,9 +128,10 @@ def check_migrations(runs: list[MigrationRun], options: dict[str, Any]) -> Verdi
                      if not run.error and run.figures[figure] > limit]
     done = [run for run in runs if not run.error]
     figures: dict[str, Any] = {"migrations": len(runs), "failed": len(failed)}
-    for figure in ("downtime_ms", "total_s", "sent_ratio"):
-        if done:
-            figures[f"max_{figure}"] = round(max(run.figures[figure] for run in done), 3)
+    for figure in ("downtime_ms", "total_s", "sent_ratio"):  # those the migrations report
+        values = [run.figures[figure] for run in done if figure in run.figures]
+        if values:
+            figures[f"max_{figure}"] = round(max(values), 3)
     return Verdict("migration", not problems, problems, figures)
 
 

@@ -85,3 +85,38 @@ def bank_command(name: str) -> click.Command:
 
 tiers.add_command(bank_command("bank"))
 bank = bank_command("bank")  # `distlab bank`, as before the tiers group existed
+
+
+@tiers.command(name="migrate-replica")
+@click.argument("replica")
+@click.option("--to", "to", required=True, help="the spare it moves into (data-spare-1)")
+@click.option("--strategy", type=click.Choice(("pre-copy", "stop-and-copy")),
+              default="pre-copy", show_default=True)
+@click.option("--rate", type=click.FloatRange(min=0.1), default=None,
+              help="pre-copy: first round's rate limit, MiB/s [default: the replica's]")
+@click.option("--max-rate", type=click.FloatRange(min=0.1), default=None,
+              help="highest rate, and the final round's, MiB/s [default: the replica's]")
+@click.option("--max-rounds", type=click.IntRange(1, 1000), default=None,
+              help="pre-copy: rounds before the final stop-and-copy [default: 29]")
+def migrate_replica(replica: str, to: str, strategy: str, rate: float | None,
+                    max_rate: float | None, max_rounds: int | None) -> None:
+    """Move data REPLICA (data-2, or chain:head|middle|tail) live into a spare replica
+    while the chain serves: its keys by dirty hash slots, then a short pause, then the
+    spare takes its place in the chain and REPLICA is fenced."""
+    from distlab.testbed import Testbed
+    from distlab.tiers.replicas import ReplicaMover, summary
+
+    def show(progress) -> None:
+        if progress.phase != shown[-1]:
+            shown.append(progress.phase)
+            out.print(f"{progress.phase:<10} round {progress.round:>3}  units left "
+                      f"{progress.units_left:>6}  {progress.bytes_per_second / 1e6:>7.1f} MB/s",
+                      markup=False)
+
+    shown = [""]
+    mover = ReplicaMover(Testbed().machines())
+    source = mover.source(replica).name
+    result = mover.migrate(source, to, strategy=strategy, min_rate_mib=rate or 0.0,
+                           max_rate_mib=max_rate or 0.0, max_rounds=max_rounds or 0,
+                           on_progress=show)
+    out.print(summary(source, to, result), markup=False)

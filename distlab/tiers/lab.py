@@ -4,7 +4,9 @@ Workloads: `bank` (transfers, balances, audits through the switch; settled by re
 indefinite transfers) and `register` (reads and writes of a few keys of the KV service,
 which the kv lab serves too). Checks: `bank` (Jepsen's bank invariants) and
 `linearizable` (the shared WGL checker over the register history). References:
-`chain:head|middle|tail`. Commands: `distlab tiers bank`, and `distlab bank`.
+`chain:head|middle|tail`. Migrations: `migrate-replica` (a data replica moved live into
+a spare by dirty keys). Commands: `distlab tiers bank`, `distlab tiers migrate-replica`,
+and `distlab bank`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from distlab.tiers.bank import BankConfig, BankWorkload
 from distlab.tiers.chain import CHAIN_REF
 from distlab.tiers.cli import bank, tiers
 from distlab.tiers.register import READ, WRITE, RegisterConfig, RegisterWorkload
+from distlab.tiers.replicas import MIGRATE_REPLICA
 from distlab.workloads.clients import ClientWorkload
 
 
@@ -59,4 +62,5 @@ LAB = LabPlugin(
                       (Field("time_limit", Reader.positive_duration, 10.0),
                        Field("max_ops_per_key", integer_in(1, None), 2000)))),
     refs=(CHAIN_REF,),
+    migrations=(MIGRATE_REPLICA,),
     commands=(tiers, bank))

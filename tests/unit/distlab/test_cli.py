@@ -101,7 +101,7 @@ def test_labs_lists_the_default_lab_without_an_engine(distlab):
     run = distlab("labs")
     assert run.returncode == 0, run.stderr
     assert "tiers (default)" in run.stdout
-    assert "services: switch, app, data, data-master" in run.stdout
+    assert "services: switch, app, data, data-spare, data-master" in run.stdout
     assert "services: kv" in run.stdout
 
 

@@ -18,7 +18,8 @@ def catalogue():
 def test_the_default_lab_is_tiers_with_switch_app_and_data_tier(catalogue):
     assert catalogue.default == "tiers"
     assert catalogue.lab(None) is catalogue.labs["tiers"]
-    assert catalogue.labs["tiers"].services == ("switch", "app", "data", "data-master")
+    assert catalogue.labs["tiers"].services == ("switch", "app", "data", "data-spare",
+                                                "data-master")
     assert catalogue.labs["kv"].services == ("kv",)
     assert all(lab.description for lab in catalogue.labs.values())
 
@@ -89,9 +90,10 @@ def test_a_lab_is_the_services_whose_profiles_name_it(tmp_path):
 
 def test_each_service_has_its_default_count_and_role_from_compose(catalogue):
     tiers = catalogue.labs["tiers"]
-    assert tiers.replicas == {"switch": 1, "app": 3, "data": 3, "data-master": 1}
+    assert tiers.replicas == {"switch": 1, "app": 3, "data": 3, "data-spare": 0,
+                              "data-master": 1}
     assert tiers.roles == {"switch": "switch", "app": "app", "data": "data",
-                           "data-master": "data-master"}
+                           "data-spare": "data", "data-master": "data-master"}
     assert catalogue.labs["chord"].replicas == {"chord": 8}
     assert hash(tiers) == hash(catalogue.labs["tiers"])  # still usable as a dict key
 

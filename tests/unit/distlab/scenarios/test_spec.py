@@ -408,7 +408,7 @@ def test_the_short_duration_may_not_exceed_the_duration(catalogue):
 def test_scale_services_must_be_in_the_lab_and_counts_in_range(catalogue):
     assert problems(catalogue, HEAD + "scale: {ap: 2, data: 257}\n") == [
         "s.yaml:4: scale.ap: lab 'tiers' has no service 'ap' (its services: switch, app, data, "
-        "data-master); did you mean 'app'?",
+        "data-spare, data-master); did you mean 'app'?",
         "s.yaml:4: scale.data: expected an integer 0..256, got 257 (an integer)"]
 
 
