@@ -3,7 +3,7 @@
 import sys
 
 from nodes.common.auth import service_methods
-from nodes.common.config import Setting, one_of, positive
+from nodes.common.config import Setting, one_of, parse_bool, positive
 from nodes.common.role import RoleSpec
 from nodes.common.server import main
 from nodes.data.service import ACK_AT_TAIL, ACK_MODES, DataNode
@@ -49,6 +49,12 @@ SPEC = RoleSpec(
                 "most bytes of state one full-state stream (Install from a predecessor, Sync "
                 "from the tail) may carry; past it the stream is refused RESOURCE_EXHAUSTED "
                 "and nothing of it is kept", positive),
+        Setting("DATA_SPARE", parse_bool, False,
+                "start as a spare: empty, registered with no master, serving nothing until a "
+                "live migration (Replica.MigrateOut on a member) commits into it; a disk that "
+                "holds a migrated-in state overrides it"),
+        Setting("DATA_MIGRATION_TIMEOUT_SECONDS", float, 300.0,
+                "deadline of a whole live migration out of this replica", positive),
         Setting("DATA_ACK_AT", str, ACK_AT_TAIL,
                 "where a Txn is acknowledged: tail (correct: once every replica holds it) or "
                 "head (DELIBERATELY BROKEN, for checking checkers: see docs/scenarios.md; "

@@ -16,6 +16,13 @@ synced a full state in this run (a joiner) or while its disk says it has been a
 member without a break (`member_epoch` > 0). A configuration merely polled
 from the master never activates a replica: a joining tail must not serve
 reads before its predecessor, pushed first, has brought it up to date.
+
+A migration's destination (`moved_in`) is the one exception: it holds the
+whole state of the member it replaces, frozen at that member's last seq when
+the member paused, so any configuration listing it (pushed or polled, or
+learnt from a predecessor's Forward at a newer epoch) activates it; it must,
+or a predecessor pushed before it would forward to a replica that does not
+pass updates on. See "Live migration" in nodes/data/service.py.
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ class ReplicaCore:
         self.member_epoch = member_epoch
         #: Set by the adapter once a full state from the tail is installed in this run.
         self.ready = False
+        #: Set by the adapter once a migration committed a member's whole state here.
+        self.moved_in = False
         #: Highest seq every replica after this one is known to hold (the head's
         #: "nothing pending"); reset whenever the configuration changes.
         self.acked_seq = 0
@@ -178,8 +187,10 @@ class ReplicaCore:
         if not listed:
             self._take(config)
             self.active, self.member_epoch, self.ready = False, 0, False
+            self.moved_in = False
             return Adoption.LEFT
-        if self.active or granted or (pushed and (self.ready or self.member_epoch > 0)):
+        if (self.active or granted or self.moved_in
+                or (pushed and (self.ready or self.member_epoch > 0))):
             self._take(config)
             self.active = True
             self.member_epoch = self.member_epoch or config.epoch

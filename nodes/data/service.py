@@ -53,6 +53,46 @@ and the master appends it at the tail. Every DATA_MEMBERSHIP_CHECK_SECONDS it
 asks the master for the configuration and re-registers when it is no longer
 in the chain. A replica serves nothing before the master answered once.
 
+Live migration (Replica.MigrateOut on a member, MigrateIn on a spare started
+with DATA_SPARE=true; driver in nodes/data/migration.py, image in image.py).
+The source runs pre-copy or stop-and-copy over its store's hash slots while
+it serves. At Pause it takes the chain lock (so no update is half-applied:
+every apply, and every Forward until its successor answered, holds it) and
+refuses reads (UNAVAILABLE: retried by every client); its state is frozen at
+seq s. It sends the last dirty slots and commit{s, epoch E}; the spare checks
+the whole state as a snapshot at s, writes it to its log as Install does,
+marks its disk as a member's, and answers committed. Only then does the
+source ask the master to Replace it by the spare at its position (a new
+epoch E+1, pushed head first), and once the master answered it is fenced:
+it refuses everything with FAILED_PRECONDITION "this replica moved to ...",
+never registers again, and reports NOT_SERVING. Why nothing is lost or read
+stale:
+- every acknowledged write was applied by the tail of its epoch; up to E+1
+  that tail was the source (frozen at s, so the spare holds it) or another
+  member, which the replace does not touch; the source serves no read after
+  its pause, and the spare serves none before a configuration lists it;
+- an update in flight at the switch-over is one the predecessor holds and
+  the source does not (its lock was taken before or after it, never during
+  it): the predecessor's Forward waits for the lock at most its deadline,
+  then gets UNAVAILABLE or, once fenced, FAILED_PRECONDITION, which makes it
+  fetch E+1 and bring the spare (at seq s, the source's) up to date by the
+  usual gap catch-up; the head has not acknowledged it meanwhile;
+- the spare, committed, becomes active on any configuration listing it
+  (chain.py `moved_in`) and refuses Forwards until then (UNAVAILABLE), so a
+  predecessor pushed E+1 before it never forwards to a replica that would
+  not pass updates on; a configuration past E that does not list it means
+  the Replace can no longer be granted (epochs must match): it drops the
+  state and is a spare again;
+- no deadlock: while paused the source waits only for the spare and the
+  master, neither of which waits for a replica's lock (the master's Replace
+  records and returns; its pusher runs apart, with deadlines).
+Failures: before committed came, the source stops tracking, releases the
+lock and serves on, and the spare drops what it received. After committed,
+a Replace the master refuses (definite) resumes the source as well (no
+configuration will list the spare); a Replace with no answer after a few
+tries leaves the source fenced with outcome "unknown" (Status moved=unknown):
+never two copies serving.
+
 A deliberately broken mode (DATA_ACK_AT=head, or Reconfigure ack_at=head), there
 only so scenario tests can show that their checkers catch a real bug: the head
 answers a Txn once it logged and applied the update itself, and a background
@@ -76,6 +116,14 @@ from nodes.common.durable import AppendFailed, read_file, write_atomically
 from nodes.common.metrics import LATENCY_BUCKETS
 from nodes.common.role import NodeContext, RoleError, RoleNode
 from nodes.data.chain import POSITIONS, Adoption, ForwardKind, NotReady, ReplicaCore, StaleEpoch
+from nodes.data.image import ChainImage
+from nodes.data.migration import (
+    MAX_CHUNK_UNITS,
+    STRATEGIES,
+    MigrationFailed,
+    MigrationPlan,
+    Outgoing,
+)
 from nodes.data.store import (
     InvalidRequest,
     Limits,
@@ -88,6 +136,8 @@ from nodes.data.store import (
 )
 from nodes.data.wal import ChainLog
 from nodes.rpc import chain_pb2, chain_pb2_grpc
+from nodes.vm.memory import PageError
+from nodes.vm.strategies import PreCopyLimits, Strategy
 
 SERVICE_NAMES = (chain_pb2.DESCRIPTOR.services_by_name["Data"].full_name,
                  chain_pb2.DESCRIPTOR.services_by_name["Replica"].full_name)
@@ -101,6 +151,8 @@ REPLY_MARGIN_SECONDS = 0.05
 ACK_AT_TAIL, ACK_AT_HEAD = "tail", "head"
 ACK_MODES = (ACK_AT_TAIL, ACK_AT_HEAD)
 RECONFIGURABLE = ("ack_at",)
+SPARE_REFUSAL = "a spare waiting for a migration: it serves nothing until one commits into it"
+MIGRATION_OUTCOMES = ("done", "aborted", "refused", "unknown")
 
 
 class ChainBroken(Exception):
@@ -220,6 +272,20 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         self._chain_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._me = chain_pb2.ChainMember(name=ctx.name)
+        self._set_not_serving = ctx.set_not_serving
+        self._migration_timeout = config["DATA_MIGRATION_TIMEOUT_SECONDS"]
+        # Live migration (see "Live migration" above). A spare holds nothing and registers
+        # with nobody; a disk that says a migration committed into it is no spare's.
+        self._spare = config["DATA_SPARE"] and self._core.member_epoch == 0
+        if self._spare:
+            self._core.install([], 0)
+        self._incoming = False          # a MigrateIn stream is being received
+        self._moved_in_epoch = 0        # the epoch a migration into this spare committed at
+        self._moved_to = ""             # fenced for good: the destination it moved to
+        self._fence_outcome = ""        # "moved", or "unknown" (the replace had no answer)
+        self._paused = False            # a switch-over holds the chain lock: reads refused
+        self._migration: Outgoing | None = None
+        self._migration_lock = threading.Lock()
         self._needs_register = True
         self._closed = False
         self._last_problem = ""
@@ -265,11 +331,43 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         self._fsync_seconds = Histogram("distlab_chain_wal_fsync_seconds",
                                         "Time to fsync one write-ahead-log append.",
                                         buckets=LATENCY_BUCKETS, registry=registry)
+        self._define_migration_metrics(registry)
         self._early_acks = Counter(
             "distlab_data_early_acks_total",
             "Txns the head acknowledged before the rest of the chain held them (ack_at=head: "
             "the deliberately broken mode; anything above 0 means it is or was on).",
             registry=registry)
+
+    def _define_migration_metrics(self, registry) -> None:
+        def of_migration(read: Callable[[chain_pb2.ReplicaMigrationProgress], float]):
+            def value() -> float:
+                migration = self._migration
+                if migration is None or migration.finished.is_set():
+                    return 0.0
+                return float(read(migration.progress()))
+            return value
+
+        for name, doc, read in (
+                ("distlab_data_migration_round", "Round of the running migration out of this "
+                 "replica (0: none).", lambda p: p.round),
+                ("distlab_data_migration_units_left", "Hash slots still to send in the running "
+                 "migration (queued and dirty).", lambda p: p.units_left),
+                ("distlab_data_migration_transfer_bytes_per_second", "Bytes per second sent so "
+                 "far by the running migration.", lambda p: p.bytes_per_second)):
+            Gauge(name, doc, registry=registry).set_function(of_migration(read))
+        self._migration_sent = Counter("distlab_data_migration_sent_bytes_total",
+                                       "Bytes of slots sent by migrations out of this replica.",
+                                       registry=registry)
+        self._migration_downtime = Histogram(
+            "distlab_data_migration_downtime_seconds",
+            "Time this replica was paused (updates and reads held) at a migration's switch-over.",
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self._migrations = Counter("distlab_data_migrations_total",
+                                   "Migrations out of this replica, by strategy and outcome.",
+                                   ["strategy", "outcome"], registry=registry)
+        for strategy in STRATEGIES:
+            for outcome in MIGRATION_OUTCOMES:
+                self._migrations.labels(strategy=strategy.value, outcome=outcome)
 
     # -- node contract ---------------------------------------------------------------------
 
@@ -286,6 +384,14 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
             state = {"position": self._core.position, "epoch": str(self._core.epoch),
                      "last_seq": str(self._core.last_seq), "keys": str(len(self._core.store)),
                      "chain": ",".join(self._core.names())}
+            if self._spare:
+                state["spare"] = "true"
+            if self._moved_to:
+                state["moved_to"] = self._moved_to
+                state["moved"] = self._fence_outcome
+        migration = self._migration
+        if migration is not None:
+            state["migration"] = migration.progress().phase
         if self._ack_at != ACK_AT_TAIL:  # the correct mode's status stays as it always was
             state["ack_at"] = self._ack_at
         if self._wal.stopped_because:
@@ -333,6 +439,9 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
 
     def _txn_at_head(self, request, deadline: float, context) -> chain_pb2.TxnReply:
         """Evaluate, log, apply and pass on one txn; chain lock held."""
+        out = self._out_of_service()
+        if out:
+            self._refuse_txn(context, grpc.StatusCode.FAILED_PRECONDITION, f"not applied: {out}")
         if not self._core.serves_txn():
             self._refuse_txn(context, grpc.StatusCode.FAILED_PRECONDITION,
                              f"not the head: {self._core.describe()}")
@@ -389,6 +498,12 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         except InvalidRequest as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         with self._state_lock:
+            out = self._out_of_service()
+            if out:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, out)
+            if self._paused:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "paused for a migration's "
+                              "switch-over: retry (the tail may be about to change)")
             if not self._core.serves_read():
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                               f"not the tail: {self._core.describe()}")
@@ -396,6 +511,15 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
                 return self._core.store.read(request, limit, self._budget)
             except TooLarge as exc:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    def _out_of_service(self) -> str:
+        """Why this replica serves nothing at all (a spare, or moved away), or ""."""
+        if self._moved_to:
+            if self._fence_outcome == "moved":
+                return f"this replica moved to {self._moved_to}"
+            return (f"this replica is fenced: its migration to {self._moved_to} has an "
+                    f"unknown outcome")
+        return SPARE_REFUSAL if self._spare else ""
 
     def _refuse_txn(self, context, code: grpc.StatusCode, message: str) -> None:
         self._txns.labels(result="error").inc()
@@ -409,12 +533,22 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         except InvalidRequest as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"update {request.seq}: {exc}")
         deadline = self._deadline(context)
-        with self._chain_lock:
+        # Bounded: behind a migration's switch-over the predecessor gets UNAVAILABLE at its
+        # deadline and passes the update on again under the next configuration.
+        if not self._chain_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"update {request.seq} not taken: this replica was busy (a "
+                          f"migration's switch-over?) until the deadline; retry")
+        try:
+            out = self._out_of_service()
+            if out:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, out)
             try:
                 self._core.check_epoch(request.epoch)
             except StaleEpoch as exc:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             self._catch_up_on_epoch(request.epoch, deadline, context)
+            self._refuse_until_configured(context)
             kind = self._core.classify(request.seq)
             if kind is ForwardKind.GAP or (request.probe and kind is ForwardKind.APPLY):
                 return chain_pb2.ForwardReply(last_seq=self._core.last_seq)  # send me more
@@ -426,6 +560,15 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
                                   f"update {request.seq} not held here: {exc}")
             self._pass_on(request.seq, deadline, context)
             return chain_pb2.ForwardReply(last_seq=self._core.last_seq)
+        finally:
+            self._chain_lock.release()
+
+    def _refuse_until_configured(self, context) -> None:
+        """A migration's destination takes nothing before a configuration made it a member:
+        it would apply an update and not pass it on to a successor it does not know yet."""
+        if self._core.moved_in and not self._core.active:
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          "migrated in, waiting for the configuration that lists it; retry")
 
     def Install(self, request_iterator, context):
         def refuse_stale_sender(first: chain_pb2.SyncChunk) -> None:
@@ -447,12 +590,16 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, complaint)
         deadline = self._deadline(context)
         with self._chain_lock:
+            out = self._out_of_service()
+            if out:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, out)
             # Checked again under the lock: the configuration may have moved on meanwhile.
             try:
                 self._core.check_epoch(chunks[0].epoch)
             except StaleEpoch as exc:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             self._catch_up_on_epoch(chunks[0].epoch, deadline, context)
+            self._refuse_until_configured(context)
             # Never step back: a predecessor holds a superset of what its successor holds.
             if chunks[0].seq > self._core.last_seq:
                 try:
@@ -465,6 +612,9 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
 
     def Sync(self, request, context):
         with self._state_lock:
+            out = self._out_of_service()
+            if out:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, out)
             # Only the tail's state is all committed: a head or middle may hold an update
             # that is lost (and its seq reused) if it dies before passing it on.
             if not self._core.serves_read():
@@ -480,6 +630,9 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
     def Configure(self, request, context):
         deadline = self._deadline(context)
         with self._chain_lock:
+            out = self._out_of_service()
+            if out:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, out)
             try:
                 self._adopt(request, deadline, pushed=True)
             except NotReady as exc:
@@ -496,7 +649,7 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
         for it now rather than pass updates to a successor that may have been removed.
         Without an answer, carry on with the configuration at hand. An epoch the master
         has not reached is no configuration at all: refused."""
-        if epoch <= self._core.epoch or not self._core.active:
+        if epoch <= self._core.epoch or not (self._core.active or self._core.moved_in):
             return
         try:
             self._refresh(deadline)
@@ -721,12 +874,24 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
 
     def _membership_step(self) -> None:
         deadline = time.monotonic() + self._transfer_timeout
+        if self._spare or self._moved_to:
+            return  # a spare registers with nobody; a moved replica never comes back
         if not self._needs_register:
             config = self._master().GetConfig(chain_pb2.GetConfigRequest(),
                                               timeout=self._rpc_timeout)
             with self._chain_lock:
-                if not self._closed:
-                    self._adopt(config, deadline)
+                if self._closed or self._moved_to:
+                    return
+                if self._core.moved_in and not self._core.active:
+                    if self._me.name not in [member.name for member in config.chain]:
+                        if config.epoch > self._moved_in_epoch:
+                            # The master moved past the epoch the source committed at
+                            # without listing this replica: its Replace can no longer be
+                            # granted, and the source serves on.
+                            self._drop_to_spare("the chain moved on without this replica "
+                                                f"(epoch {config.epoch})")
+                        return
+                self._adopt(config, deadline)
             return
         with self._chain_lock:
             request = chain_pb2.RegisterRequest(
@@ -763,6 +928,180 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
             self._core.ready = True
         self._log.info("synced_from_tail", tail=tail.name, seq=chunks[0].seq)
 
+    # -- live migration --------------------------------------------------------------------
+
+    def MigrateOut(self, request, context):
+        plan = self._migration_plan(request, context)
+        with self._migration_lock:
+            running = self._migration
+            if running is not None and not running.finished.is_set():
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"a migration to {running.plan.destination_name} is already "
+                              f"running here")
+            with self._state_lock:
+                out = self._out_of_service()
+                if out:
+                    context.abort(grpc.StatusCode.FAILED_PRECONDITION, out)
+                if not self._core.active:
+                    context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"only a member migrates: {self._core.describe()}")
+            stub = chain_pb2_grpc.ReplicaStub(self._channels.get(plan.destination,
+                                                                 plan.destination_name))
+            migration = Outgoing(_SourceHooks(self, plan), plan, stub.MigrateIn, self._log)
+            self._migration = migration
+        self._log.info("migration_started", destination=plan.destination_name,
+                       address=plan.destination, strategy=plan.strategy.value)
+        threading.Thread(target=migration.run, args=(self._migration_ended,),
+                         name="migrate-out", daemon=True).start()
+        while not migration.finished.is_set():
+            migration.changed.wait(0.5)
+            migration.changed.clear()
+            if not migration.finished.is_set():
+                yield migration.progress()
+        if migration.error is not None:
+            context.abort(migration.error.code, str(migration.error))
+        yield migration.progress()
+
+    def _migration_plan(self, request, context) -> MigrationPlan:
+        host, _, port = request.destination.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"destination {request.destination!r} is not host:port")
+        if not request.destination_name:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name the destination replica "
+                          "(destination_name)")
+        if request.destination_name == self._me.name or request.destination == self._me.address:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"a replica cannot migrate to itself ({self._me.name})")
+        try:
+            strategy = Strategy.named(request.strategy or Strategy.PRE_COPY.value)
+            if strategy not in STRATEGIES:
+                raise ValueError(f"a replica moves by {' or '.join(s.value for s in STRATEGIES)}"
+                                 f": post-copy would serve keys that have not arrived as absent")
+            defaults = PreCopyLimits()
+            limits = PreCopyLimits(min_rate=request.min_rate or defaults.min_rate,
+                                   max_rate=request.max_rate or defaults.max_rate,
+                                   max_rounds=request.max_rounds or defaults.max_rounds)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        chunk = max(1, min(MAX_CHUNK_UNITS, self._budget // max(1, self._limits.max_value_bytes
+                                                                  + 1024)))
+        return MigrationPlan(request.destination, request.destination_name, strategy, limits,
+                             chunk, self._migration_timeout)
+
+    def _migration_ended(self, migration: Outgoing) -> None:
+        error = migration.error
+        outcome = "done" if error is None else error.outcome
+        self._migrations.labels(strategy=migration.plan.strategy.value, outcome=outcome).inc()
+        if migration.core is not None:
+            self._migration_sent.inc(migration.core.bytes_sent)
+        if migration.downtime is not None:
+            self._migration_downtime.observe(migration.downtime)
+        self._log.info("migration_ended", destination=migration.plan.destination_name,
+                       outcome=outcome, problem=str(error) if error else "")
+
+    def MigrateIn(self, request_iterator, context):
+        with self._chain_lock:
+            if not self._spare or self._incoming:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"{self._me.name} is not a spare waiting for a migration"
+                              + (" (one is already coming in)" if self._incoming else ""))
+            self._incoming = True
+        committed = False
+        try:
+            begin = next(request_iterator, None)
+            if begin is None or begin.WhichOneof("body") != "begin":
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a migration starts with begin")
+            begin = begin.begin
+            if begin.destination_name != self._me.name:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"this is {self._me.name}, not {begin.destination_name!r}")
+            if not begin.source or begin.source == self._me.name:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"a replica cannot migrate into itself ({self._me.name})")
+            with self._state_lock:
+                image = ChainImage(self._core.store, max_value_bytes=self._limits.max_value_bytes,
+                                   lock=self._state_lock)
+            self._log.info("migration_incoming", source=begin.source, strategy=begin.strategy)
+            yield chain_pb2.ReplicaTransferReply(accepted=self._me.name)
+            for message in request_iterator:
+                kind = message.WhichOneof("body")
+                if kind == "units":
+                    self._install_units(image, message.units, context)
+                elif kind == "commit":
+                    self._commit_incoming(image, message.commit, context)
+                    committed = True
+                    yield chain_pb2.ReplicaTransferReply(committed=True)
+                    return
+                else:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"unexpected {kind} in a migration")
+        finally:
+            with self._chain_lock:
+                self._incoming = False
+                if not committed and self._spare:
+                    with self._state_lock:
+                        self._core.store.observer = None
+                        self._core.install([], 0)
+                    self._log.warning("migration_incoming_dropped",
+                                      effect="nothing of it is kept; still a spare")
+
+    def _install_units(self, image: ChainImage, units, context) -> None:
+        if not 0 < len(units.index) <= MAX_CHUNK_UNITS or len(units.data) != len(units.index):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"a chunk holds 1-{MAX_CHUNK_UNITS} units, each with its data")
+        with self._state_lock:
+            try:
+                for unit, data in zip(units.index, units.data, strict=True):
+                    image.install(unit, data)
+            except PageError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            if image.size_bytes > self._install_max_bytes:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"the state migrating in is over DATA_INSTALL_MAX_BYTES="
+                              f"{self._install_max_bytes} bytes")
+
+    def _commit_incoming(self, image: ChainImage, commit, context) -> None:
+        """Make the state durable as Install does, then wait to be listed (see "Live
+        migration"): from here a configuration listing this replica activates it."""
+        with self._chain_lock:
+            with self._state_lock:
+                image.detach()
+                try:
+                    entries = image.finish(commit.seq, self._limits)
+                except InvalidRequest as exc:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"the migrated state is not whole: {exc}")
+            try:
+                self._wal.replace(chunk_entries(entries, commit.seq, self._budget))
+                # A restart finds a member's state here (never a spare's): registered with
+                # it, the master re-uses it in place once it is listed.
+                self._write_marker(commit.epoch + 1)
+            except AppendFailed as exc:
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"migrated state not durable: {exc}")
+            with self._state_lock:
+                self._core.install(entries, commit.seq)
+                self._core.ready = True
+                self._core.moved_in = True
+                self._core.member_epoch = commit.epoch + 1
+                self._moved_in_epoch = commit.epoch
+                self._spare = False
+                self._needs_register = False
+        self._log.info("migration_took_over", source=commit.source, seq=commit.seq,
+                       epoch=commit.epoch, keys=len(entries))
+        self._wake.set()
+
+    def _drop_to_spare(self, why: str) -> None:
+        """A committed migration that was never granted: forget it, be a spare again.
+        Chain lock held."""
+        with self._state_lock:
+            self._core.install([], 0)
+            self._core.moved_in = self._core.ready = False
+            self._core.member_epoch = 0
+            self._spare = True
+        self._write_marker(0)
+        self._log.warning("migration_not_granted", why=why, effect="a spare again")
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _master(self) -> chain_pb2_grpc.MasterStub:
@@ -788,3 +1127,66 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
 
     def _write_marker(self, member_epoch: int) -> None:
         write_atomically(self._marker_path, json.dumps({"member_epoch": member_epoch}).encode())
+
+
+class _SourceHooks:
+    """What a migration's driver (nodes/data/migration.py) may do to the replica it moves."""
+
+    def __init__(self, node: DataNode, plan: MigrationPlan) -> None:
+        self.node = node
+        self.plan = plan
+        self.name = node._me.name
+        self._holding = False
+
+    def image(self) -> ChainImage:
+        node = self.node
+        with node._state_lock:
+            return ChainImage(node._core.store, max_value_bytes=node._limits.max_value_bytes,
+                              lock=node._state_lock)
+
+    def pause(self) -> None:
+        node = self.node
+        if not node._chain_lock.acquire(timeout=node._transfer_timeout):
+            raise MigrationFailed(grpc.StatusCode.UNAVAILABLE, "could not pause: the chain "
+                                  f"stayed busy for {node._transfer_timeout} s")
+        self._holding = True
+        with node._state_lock:
+            node._paused = True
+        if node._closed or not node._core.active:
+            self.resume()
+            raise MigrationFailed(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"could not pause: {node._core.describe()}")
+
+    def resume(self) -> None:
+        node = self.node
+        with node._state_lock:
+            node._paused = False
+        if self._holding:
+            self._holding = False
+            node._chain_lock.release()
+
+    def commit_point(self) -> tuple[int, int]:
+        core = self.node._core
+        return core.last_seq, core.epoch
+
+    def replace(self, seq: int, epoch: int, timeout: float) -> chain_pb2.ChainConfig:
+        node = self.node
+        request = chain_pb2.ReplaceRequest(
+            old=self.name, new=chain_pb2.ChainMember(name=self.plan.destination_name,
+                                                     address=self.plan.destination),
+            last_seq=seq, epoch=epoch)
+        return node._master().Replace(request, timeout=node._rpc_timeout)
+
+    def fence(self, outcome: str) -> None:
+        node = self.node
+        with node._state_lock:
+            node._moved_to = self.plan.destination_name
+            node._fence_outcome = outcome
+            node._paused = False
+            node._core.active = False
+        node._log.warning("replica_fenced", moved_to=self.plan.destination_name,
+                          outcome=outcome, effect="serves nothing until restarted")
+        node._set_not_serving(f"moved to {self.plan.destination_name} ({outcome})")
+        if self._holding:
+            self._holding = False
+            node._chain_lock.release()

@@ -16,7 +16,7 @@ credential) cannot store what a client could not.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from nodes.rpc import chain_pb2
@@ -165,10 +165,13 @@ def chunk_entries(entries: Iterable[chain_pb2.KeyValue], seq: int,
 
 
 class ChainStore:
-    """Keys, values and versions, changed only by `apply` and `install`."""
+    """Keys, values and versions, changed only by `apply`, `install` and (a migration's
+    destination) `replace_keys`. `observer`, when set, hears of every key changed, after
+    the change: a migration's dirty tracking (nodes/data/image.py)."""
 
     def __init__(self) -> None:
         self.last_seq = 0
+        self.observer: Callable[[str], None] | None = None
         self._data: dict[str, tuple[bytes, int]] = {}
         self._sorted_keys: list[str] = []  # for prefix reads without sorting every time
 
@@ -212,6 +215,9 @@ class ChainStore:
             if self._data.pop(key, None) is not None:
                 del self._sorted_keys[bisect.bisect_left(self._sorted_keys, key)]
         self.last_seq = update.seq
+        if self.observer is not None:
+            for key in [put.key for put in update.puts] + list(update.deletes):
+                self.observer(key)
 
     def read(self, request: chain_pb2.ReadRequest, limit: int,
              budget_bytes: int) -> chain_pb2.ReadReply:
@@ -259,6 +265,24 @@ class ChainStore:
 
     def install(self, entries: Iterable[chain_pb2.KeyValue], seq: int) -> None:
         """Replace the whole state with a snapshot taken at `seq`."""
+        before = set(self._data)
         self._data = {entry.key: (entry.value, entry.version) for entry in entries}
         self._sorted_keys = sorted(self._data)
         self.last_seq = seq
+        if self.observer is not None:
+            for key in sorted(before | set(self._data)):
+                self.observer(key)
+
+    def replace_keys(self, gone: Iterable[str], entries: Iterable[chain_pb2.KeyValue]) -> None:
+        """Delete `gone`, then set every entry with its own version; the seq stays."""
+        for key in gone:
+            if self._data.pop(key, None) is not None:
+                del self._sorted_keys[bisect.bisect_left(self._sorted_keys, key)]
+                if self.observer is not None:
+                    self.observer(key)
+        for entry in entries:
+            if entry.key not in self._data:
+                bisect.insort(self._sorted_keys, entry.key)
+            self._data[entry.key] = (entry.value, entry.version)
+            if self.observer is not None:
+                self.observer(entry.key)

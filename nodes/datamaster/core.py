@@ -1,10 +1,11 @@
 """The data-master's decisions about the chain configuration. Sans-I/O.
 
 `ChainMaster` owns the configuration (epoch + members, head first) and changes
-it for four reasons: the first replica starts the chain (bootstrap), a synced
-replica joins at the tail (join), a member stops answering (failure), or a
-listed replica comes back without a member's state on disk (rejoin); a
-member that comes back at a new address keeps its place (address). Every
+it for five reasons: the first replica starts the chain (bootstrap), a synced
+replica joins at the tail (join), a member stops answering (failure), a
+listed replica comes back without a member's state on disk (rejoin), or a
+member migrated live into a spare asks to be replaced by it at its position
+(replace); a member that comes back at a new address keeps its place (address). Every
 change bumps the epoch. It also tracks which epoch each member acknowledged,
 so the adapter pushes configurations head first and a joiner last.
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 from nodes.rpc import chain_pb2
 
-REASONS = ("bootstrap", "join", "failure", "rejoin", "address")
+REASONS = ("bootstrap", "join", "failure", "rejoin", "address", "replace")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ def _copy(config: chain_pb2.ChainConfig) -> chain_pb2.ChainConfig:
     copy = chain_pb2.ChainConfig()
     copy.CopyFrom(config)
     return copy
+
+
+class ReplaceRefused(Exception):
+    """A Replace the configuration does not allow (FAILED_PRECONDITION); says why."""
 
 
 class ChainMaster:
@@ -109,6 +114,28 @@ class ChainMaster:
         if not any(self.is_serving(other) for other in names if other != name):
             return None
         return self._remove(name, "failure")
+
+    def replace(self, old: str, new: chain_pb2.ChainMember, *, epoch: int) -> Change | None:
+        """Put `new` in `old`'s place: the destination of a live migration of `old`, which
+        committed at `epoch` holding `old`'s whole state. None when that replacement is
+        already the configuration (a retried Replace); ReplaceRefused when `old` is not a
+        member, `new` is, or `epoch` is not the current one (the chain changed meanwhile:
+        the source's state may no longer be what its position needs)."""
+        names = self.names()
+        if new.name in names and old not in names and epoch < self.epoch:
+            if self.member(new.name).address == new.address:
+                return None
+        if old not in names:
+            raise ReplaceRefused(f"{old} is not a member of the chain at epoch {self.epoch}")
+        if new.name in names:
+            raise ReplaceRefused(f"{new.name} is already a member of the chain")
+        if epoch != self.epoch:
+            raise ReplaceRefused(f"{old} committed at epoch {epoch}, the chain is at "
+                                 f"{self.epoch}")
+        chain = [new if member.name == old else member for member in self._config.chain]
+        self._serving.discard(old)
+        self._serving.add(new.name)
+        return self._change("replace", chain)
 
     def push_targets(self) -> list[chain_pb2.ChainMember]:
         """Members that have not acknowledged the current epoch, head first. The adapter

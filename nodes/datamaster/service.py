@@ -1,6 +1,7 @@
 """The data-master's gRPC adapter: the `Master` service, the member checker and the pusher.
 
-Called by replicas (Register, GetConfig), by DataClients (GetConfig) and by
+Called by replicas (Register, GetConfig, and Replace from a replica migrated live into a
+spare: see nodes/data/service.py), by DataClients (GetConfig) and by
 the node bootstrap. It touches one file, DATA_DIR/<name>/chain-config.binpb,
 written with fsync and an atomic rename before any reply or push mentions a
 new epoch, and reloaded at start. Every decision is `ChainMaster`'s.
@@ -44,7 +45,7 @@ from nodes.common.config import ConfigError
 from nodes.common.durable import read_file, write_atomically
 from nodes.common.peers import CountingDetector, HealthChecks, phi_detector
 from nodes.common.role import NodeContext, RoleNode
-from nodes.datamaster.core import REASONS, ChainMaster, Change
+from nodes.datamaster.core import REASONS, ChainMaster, Change, ReplaceRefused
 from nodes.rpc import chain_pb2, chain_pb2_grpc, control_pb2, control_pb2_grpc
 
 SERVICE_NAME = chain_pb2.DESCRIPTOR.services_by_name["Master"].full_name
@@ -172,6 +173,30 @@ class DataMasterNode(RoleNode, chain_pb2_grpc.MasterServicer):
                        member_epoch=request.member_epoch, ready=request.ready,
                        member=registration.member, epoch=registration.config.epoch)
         return chain_pb2.RegisterReply(config=registration.config, member=registration.member)
+
+    def Replace(self, request, context):
+        complaint = _check_member(request.new)
+        if complaint or not request.old:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          complaint or "name the member to replace (old)")
+        with self._lock:
+            try:
+                change = self._core.replace(request.old, request.new, epoch=request.epoch)
+            except ReplaceRefused as exc:
+                refused = str(exc)
+            else:
+                refused = ""
+                if change is not None:
+                    self._record(change)
+                config = self._core.config
+        if refused:
+            self._log.warning("replace_refused", old=request.old, new=request.new.name,
+                              epoch=request.epoch, why=refused)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"replace refused: {refused}")
+        self._log.info("replica_replaced", old=request.old, new=request.new.name,
+                       address=request.new.address, last_seq=request.last_seq,
+                       epoch=config.epoch)
+        return config
 
     def _serving_position(self, member: chain_pb2.ChainMember) -> str | None:
         """The position `member` serves in at its registered address, if it answers there

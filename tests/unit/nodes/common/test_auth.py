@@ -116,7 +116,8 @@ def test_without_a_credential_every_protected_call_is_refused():
 def test_service_methods_names_a_services_methods_in_full():
     master = chain_pb2.DESCRIPTOR.services_by_name["Master"]
     assert service_methods(master) == {"/distlab.chain.Master/GetConfig",
-                                       "/distlab.chain.Master/Register"}
+                                       "/distlab.chain.Master/Register",
+                                       "/distlab.chain.Master/Replace"}
     assert service_methods(master, "Register") == {"/distlab.chain.Master/Register"}
     with pytest.raises(ValueError, match="has no method Regsiter"):
         service_methods(master, "Regsiter")

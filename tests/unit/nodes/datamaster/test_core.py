@@ -1,6 +1,8 @@
 """nodes/datamaster/core.py: how the chain configuration changes, and what it never does."""
 
-from nodes.datamaster.core import ChainMaster
+import pytest
+
+from nodes.datamaster.core import ChainMaster, ReplaceRefused
 from nodes.rpc import chain_pb2
 
 
@@ -105,3 +107,27 @@ def test_a_reloaded_configuration_is_kept_and_presumed_serving():
     assert reloaded.config == before.config
     assert [m.name for m in reloaded.push_targets()] == ["data-1", "data-2"]
     assert reloaded.remove_failed("data-1") is not None
+
+
+def test_replace_puts_the_new_member_at_the_old_ones_position_in_a_new_epoch():
+    master = running("data-1", "data-2", "data-3")
+    epoch = master.epoch
+    change = master.replace("data-2", replica("data-9"), epoch=epoch)
+    assert change.reason == "replace" and change.config.epoch == epoch + 1
+    assert names(master) == ["data-1", "data-9", "data-3"]
+    assert [m.name for m in master.push_targets()] == ["data-1", "data-9", "data-3"]
+    assert master.is_serving("data-9")
+    # A retried Replace whose first answer was lost: already done, nothing changes.
+    assert master.replace("data-2", replica("data-9"), epoch=epoch) is None
+    assert master.epoch == epoch + 1
+
+
+def test_replace_is_refused_for_a_non_member_a_member_or_another_epoch():
+    master = running("data-1", "data-2")
+    epoch = master.epoch
+    for old, new, at, why in (("data-7", "data-9", epoch, "not a member"),
+                              ("data-1", "data-2", epoch, "already a member"),
+                              ("data-1", "data-9", epoch - 1, "committed at epoch")):
+        with pytest.raises(ReplaceRefused, match=why):
+            master.replace(old, replica(new), epoch=at)
+    assert names(master) == ["data-1", "data-2"] and master.epoch == epoch
