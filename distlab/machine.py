@@ -56,6 +56,10 @@ class Machine:
     def restart(self, timeout: float = 10.0) -> None:
         self._runtime.restart(self.container, timeout)
 
+    def remove(self) -> None:
+        """Kill the machine and delete its container; its named volumes stay."""
+        self._runtime.remove(self.container)
+
     def pause(self) -> None:
         self._runtime.pause(self.container)
 

@@ -4,7 +4,11 @@ The source replica does the work (nodes/data/migration.py): pre-copy of its keys
 dirty hash slots (or stop-and-copy) into a spare replica (`data-spare-N`, started with
 DATA_SPARE), a short pause, the commit, and the data master's `Replace`, which puts the
 spare at the source's position in the chain; the source is then fenced for good. This
-module checks the request before anything starts, runs it, and relays its progress.
+module checks the request before anything starts, runs it, relays its progress, and
+then retires the source's machine as a hypervisor ends a migrated vm's source: its
+container is removed (its volume directory stays; `distlab up` starts it again as a
+new replica, which joins the chain at the tail). It also holds the `migrate-replica`
+scenario action.
 """
 
 from __future__ import annotations
@@ -130,6 +134,7 @@ class ReplicaMover:
             why = last.error if last is not None and last.error else "no result"
             raise MigrationError(f"moving {source.name} into {to}: "
                                  f"{last.phase if last else 'ended'}: {why}")
+        source.remove()  # fenced: it would only ever refuse, and report itself unhealthy
         return last
 
 
