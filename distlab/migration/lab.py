@@ -33,6 +33,7 @@ from distlab.migration.client import (
 )
 from distlab.migration.tasks import task
 from distlab.registry import MIGRATIONS, CheckKind, LabPlugin, MigrationKind, MigrationRun
+from distlab.scenarios.migrations import LIVE_MOVE_FIELDS, parse_live_move
 from distlab.scenarios.model import Migration
 from distlab.scenarios.reader import Entries, Field, Reader, join
 
@@ -49,17 +50,8 @@ LIMITS = ("downtime_ms", "total_s", "failures")
 
 def _parse_migrate(parser: ScenarioParser, migration: Migration, entries: Entries,
                    node: Node, path: str) -> Migration:
-    get = parser.getter(entries, path)
-    return Migration(
-        migration.at, migration.action, line=migration.line,
-        target=parser.required(entries, node, path, "target",
-                               lambda n, p: _vm_name(parser, n, p)),
-        to=parser.required(entries, node, path, "to", parser.single_ref),
-        strategy=get("strategy", "pre-copy", lambda n, p: parser.choice(n, p, STRATEGIES)),
-        max_rounds=get("max_rounds", 0, lambda n, p: parser.integer(n, p, 1, 1000)),
-        rate=get("rate", 0.0, lambda n, p: parser.number(n, p, lambda x: x > 0, "> 0 MiB/s")),
-        max_rate=get("max_rate", 0.0,
-                     lambda n, p: parser.number(n, p, lambda x: x > 0, "> 0 MiB/s")))
+    return parse_live_move(parser, migration, entries, node, path,
+                           target=lambda n, p: _vm_name(parser, n, p), strategies=STRATEGIES)
 
 
 def _vm_name(reader: Reader, node: Node, path: str) -> str | None:
@@ -91,8 +83,7 @@ def _migrate(ctx: ScenarioContext, migration: Migration) -> str:
     return summary(name, to, result)
 
 
-MIGRATE = MigrationKind("migrate", ("target", "to", "strategy", "max_rounds", "rate",
-                                    "max_rate"), _parse_migrate, _migrate, background=True)
+MIGRATE = MigrationKind("migrate", LIVE_MOVE_FIELDS, _parse_migrate, _migrate, background=True)
 
 
 # -- the `migration` check --------------------------------------------------------------------

@@ -24,6 +24,26 @@ if TYPE_CHECKING:
     from distlab.scenarios.spec import ScenarioParser
 
 
+LIVE_MOVE_FIELDS = ("target", "to", "strategy", "max_rounds", "rate", "max_rate")
+
+
+def parse_live_move(parser: ScenarioParser, migration: Migration, entries: Entries,
+                    node: Node, path: str, *, target, strategies: tuple[str, ...]) -> Migration:
+    """A live migration as the labs' actions write it (`migrate`, `migrate-replica`):
+    `target` (read by the lab's `target` reader), `to`, `strategy` and pre-copy's limits
+    (`max_rounds`, `rate` and `max_rate` in MiB/s; 0 keeps the machine's settings)."""
+    get = parser.getter(entries, path)
+    return Migration(
+        migration.at, migration.action, line=migration.line,
+        target=parser.required(entries, node, path, "target", target),
+        to=parser.required(entries, node, path, "to", parser.single_ref),
+        strategy=get("strategy", "pre-copy", lambda n, p: parser.choice(n, p, strategies)),
+        max_rounds=get("max_rounds", 0, lambda n, p: parser.integer(n, p, 1, 1000)),
+        rate=get("rate", 0.0, lambda n, p: parser.number(n, p, lambda x: x > 0, "> 0 MiB/s")),
+        max_rate=get("max_rate", 0.0,
+                     lambda n, p: parser.number(n, p, lambda x: x > 0, "> 0 MiB/s")))
+
+
 def _parse_reconfigure(parser: ScenarioParser, migration: Migration, entries: Entries,
                        node: Node, path: str) -> Migration:
     return Migration(migration.at, migration.action, line=migration.line,

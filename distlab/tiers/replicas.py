@@ -22,6 +22,7 @@ from yaml.nodes import Node
 from distlab.errors import DistlabError, MigrationError, UnknownMachine, UsageError
 from distlab.machine import Machine
 from distlab.registry import MigrationKind, MigrationRun
+from distlab.scenarios.migrations import LIVE_MOVE_FIELDS, parse_live_move
 from distlab.scenarios.model import Migration
 from distlab.scenarios.reader import Entries
 from distlab.tiers.chain import DATA_ROLE, POSITIONS, holder
@@ -151,16 +152,8 @@ def summary(source: str, to: str, result: chain_pb2.ReplicaMigrationProgress) ->
 
 def parse_action(parser: ScenarioParser, migration: Migration, entries: Entries, node: Node,
                  path: str) -> Migration:
-    get = parser.getter(entries, path)
-    return Migration(
-        migration.at, migration.action, line=migration.line,
-        target=parser.required(entries, node, path, "target", parser.single_ref),
-        to=parser.required(entries, node, path, "to", parser.single_ref),
-        strategy=get("strategy", "pre-copy", lambda n, p: parser.choice(n, p, STRATEGIES)),
-        max_rounds=get("max_rounds", 0, lambda n, p: parser.integer(n, p, 1, 1000)),
-        rate=get("rate", 0.0, lambda n, p: parser.number(n, p, lambda x: x > 0, "> 0 MiB/s")),
-        max_rate=get("max_rate", 0.0,
-                     lambda n, p: parser.number(n, p, lambda x: x > 0, "> 0 MiB/s")))
+    return parse_live_move(parser, migration, entries, node, path, target=parser.single_ref,
+                           strategies=STRATEGIES)
 
 
 def run_action(ctx: ScenarioContext, migration: Migration) -> str:
@@ -180,6 +173,5 @@ def run_action(ctx: ScenarioContext, migration: Migration) -> str:
     return summary(source, to, result)
 
 
-MIGRATE_REPLICA = MigrationKind(
-    "migrate-replica", ("target", "to", "strategy", "max_rounds", "rate", "max_rate"),
-    parse_action, run_action, background=True)
+MIGRATE_REPLICA = MigrationKind("migrate-replica", LIVE_MOVE_FIELDS, parse_action, run_action,
+                                background=True)

@@ -12,7 +12,6 @@ docstring ("Live migration").
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Protocol
 
 import grpc
 
+from nodes.common.stream import OutboundStream
 from nodes.data.image import ChainImage
 from nodes.rpc import chain_pb2
 from nodes.vm.strategies import Commit, Done, Pause, PreCopyLimits, Send, SourceMigration, Strategy
@@ -31,7 +31,6 @@ REPLACE_ATTEMPTS = 4
 REPLACE_PAUSE_SECONDS = 0.5
 MAX_CHUNK_UNITS = 256
 STRATEGIES = (Strategy.PRE_COPY, Strategy.STOP_AND_COPY)
-_END = object()
 
 
 class MigrationFailed(Exception):
@@ -81,8 +80,7 @@ class Outgoing:
         self.plan = plan
         self._transfer = transfer
         self._log = log
-        self._events: queue.Queue = queue.Queue()
-        self._outbox: queue.Queue = queue.Queue(maxsize=4)
+        self._stream = OutboundStream(MigrationFailed, plan.destination_name)
         self.lock = threading.Lock()  # the core is read by status readers too
         self.core: SourceMigration | None = None
         self.phase = "starting"
@@ -117,7 +115,7 @@ class Outgoing:
                                          f"the migration driver failed: {type(exc).__name__}",
                                          "unknown")
         finally:
-            self._outbox_close()
+            self._stream.close()
             with self.lock:
                 result = (self._result_of(started) if self.error is None
                           else chain_pb2.ReplicaMigrationProgress(
@@ -147,69 +145,25 @@ class Outgoing:
             last_seq=self._committed_seq, epoch=self._new_epoch,
             destination=self.plan.destination_name)
 
-    def _requests(self) -> Iterator[chain_pb2.ReplicaTransfer]:
-        while True:
-            item = self._outbox.get()
-            if item is _END:
-                return
-            yield item
-
-    def _outbox_close(self) -> None:
-        while True:
-            try:
-                self._outbox.get_nowait()
-            except queue.Empty:
-                break
-        self._outbox.put_nowait(_END)
-
     def _send(self, message: chain_pb2.ReplicaTransfer) -> None:
-        while True:
-            self._check_events()
-            try:
-                self._outbox.put(message, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _read_replies(self, replies) -> None:
-        try:
-            for reply in replies:
-                self._events.put(reply)
-            self._events.put(MigrationFailed(grpc.StatusCode.UNAVAILABLE,
-                                             "the destination ended the transfer"))
-        except grpc.RpcError as exc:
-            self._events.put(MigrationFailed(
-                exc.code(), f"destination {self.plan.destination_name}: {exc.details()}"))
+        self._stream.send(message, self._check_events)
 
     def _check_events(self, wait: float = 0.0, until: str = "") -> bool:
         """Raise what went wrong at the destination; True once a reply of kind `until`
         came within `wait`."""
-        deadline = time.monotonic() + wait
-        while True:
-            left = deadline - time.monotonic()
-            try:
-                event = self._events.get(timeout=left) if left > 0 else self._events.get_nowait()
-            except queue.Empty:
-                return False
-            if isinstance(event, MigrationFailed):
-                raise event
-            kind = event.WhichOneof("body")
-            if kind != until:
-                raise MigrationFailed(grpc.StatusCode.INTERNAL,
-                                      f"the destination said {kind} out of turn")
-            return True
-
-    def _wait_until(self, moment: float) -> None:
-        while (left := moment - time.monotonic()) > 0:
-            self._check_events()
-            time.sleep(min(left, 0.05))
+        event = self._stream.next_event(wait)
+        if event is None:
+            return False
+        kind = event.WhichOneof("body")
+        if kind != until:
+            raise MigrationFailed(grpc.StatusCode.INTERNAL,
+                                  f"the destination said {kind} out of turn")
+        return True
 
     def _migrate(self, started: float) -> None:
         plan = self.plan
         self._committed_seq, self._new_epoch = 0, 0
-        replies = self._transfer(self._requests(), timeout=plan.timeout)
-        threading.Thread(target=self._read_replies, args=(replies,), name="migrate-replies",
-                         daemon=True).start()
+        replies = self._stream.open(self._transfer, plan.timeout)
         paused = commit_sent = False
         try:
             self._send(chain_pb2.ReplicaTransfer(begin=chain_pb2.ReplicaTransferBegin(
@@ -231,7 +185,7 @@ class Outgoing:
                 with image.lock, self.lock:
                     step = core.next_step(time.monotonic())
                 if isinstance(step, Send):
-                    self._wait_until(step.not_before)
+                    self._stream.wait_until(step.not_before, self._check_events)
                     self._send(chain_pb2.ReplicaTransfer(units=chain_pb2.ReplicaUnits(
                         round=step.round, index=[unit for unit, _ in step.pages],
                         data=[data for _, data in step.pages])))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from nodes.common.stream import OutboundStream
 from nodes.rpc import vm_pb2
 from nodes.vm.guest import GuestLayout
 from nodes.vm.keyimage import SLOTS, VERSION_UNIT
@@ -90,8 +91,7 @@ class Outgoing:
         self.plan = plan
         self._transfer = transfer
         self._log = log
-        self._events: queue.Queue = queue.Queue()
-        self._outbox: queue.Queue = queue.Queue(maxsize=4)
+        self._stream = OutboundStream(MigrationFailed, plan.destination)
         self._lock = threading.Lock()  # the core is used by this thread and status readers
         self.core: SourceMigration | None = None
         self.phase = "starting"
@@ -101,7 +101,6 @@ class Outgoing:
         self.result: vm_pb2.MigrationResult | None = None
         self.error: MigrationFailed | None = None
         self.finished = threading.Event()
-        self._call = None
         self._complete = False  # the destination has every page
 
     # -- status, from any thread ---------------------------------------------------
@@ -125,7 +124,7 @@ class Outgoing:
             self.error = exc
             self._enter("failed")
         finally:
-            self._outbox_close()
+            self._stream.close()
             try:
                 on_end(self)
             finally:
@@ -136,41 +135,8 @@ class Outgoing:
         self.phase = phase
         self.phase_changed.set()
 
-    def _requests(self) -> Iterator[vm_pb2.TransferMessage]:
-        while True:
-            item = self._outbox.get()
-            if item is _END:
-                return
-            yield item
-
-    def _outbox_close(self) -> None:
-        """End the request stream. What is still queued is not needed: a migration that
-        succeeded had its last message answered, one that failed is cancelled."""
-        while True:
-            try:
-                self._outbox.get_nowait()
-            except queue.Empty:
-                break
-        self._outbox.put_nowait(_END)
-
     def _send(self, message: vm_pb2.TransferMessage) -> None:
-        while True:
-            self._check_events()
-            try:
-                self._outbox.put(message, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _read_replies(self, replies) -> None:
-        try:
-            for reply in replies:
-                self._events.put(reply)
-            self._events.put(MigrationFailed(grpc.StatusCode.UNAVAILABLE,
-                                             "the destination ended the transfer"))
-        except grpc.RpcError as exc:
-            self._events.put(MigrationFailed(
-                exc.code(), f"destination {self.plan.destination}: {exc.details()}"))
+        self._stream.send(message, self._check_events)
 
     def _check_events(self, wait: float = 0.0,
                       until: tuple[str, ...] = ()) -> vm_pb2.TransferReply | None:
@@ -178,13 +144,9 @@ class Outgoing:
         reply whose kind is in `until`, or None once `wait` has passed."""
         deadline = time.monotonic() + wait
         while True:
-            left = deadline - time.monotonic()
-            try:
-                event = self._events.get(timeout=left) if left > 0 else self._events.get_nowait()
-            except queue.Empty:
+            event = self._stream.next_event(deadline - time.monotonic())
+            if event is None:
                 return None
-            if isinstance(event, MigrationFailed):
-                raise event
             kind = event.WhichOneof("body")
             if kind == "fault":
                 try:
@@ -204,10 +166,7 @@ class Outgoing:
     def _migrate(self) -> vm_pb2.MigrationResult:
         plan, vm = self.plan, self.vm
         started = time.monotonic()
-        replies = self._transfer(self._requests(), timeout=plan.timeout)
-        self._call = replies
-        threading.Thread(target=self._read_replies, args=(replies,), name="transfer-replies",
-                         daemon=True).start()
+        replies = self._stream.open(self._transfer, plan.timeout)
         begin = begin_message(vm, self.node, plan.strategy)
         try:
             self._send(vm_pb2.TransferMessage(begin=begin))
@@ -237,7 +196,7 @@ class Outgoing:
                 with self._lock:
                     step = self.core.next_step(time.monotonic())
                 if isinstance(step, Send):
-                    self._wait_until(step.not_before)
+                    self._stream.wait_until(step.not_before, self._check_events)
                     self._send(vm_pb2.TransferMessage(pages=pages_message(
                         step, sized=vm.image.sparse)))
                 elif isinstance(step, Pause):
@@ -284,17 +243,8 @@ class Outgoing:
                        rounds=len(result.rounds), stop_reason=result.stop_reason)
         return result
 
-    def _wait_until(self, moment: float) -> None:
-        while True:
-            left = moment - time.monotonic()
-            if left <= 0:
-                return
-            self._check_events()
-            time.sleep(min(left, 0.05))
-
     def _abort(self, exc: MigrationFailed, commit_sent: bool, committed: bool) -> None:
-        if self._call is not None:
-            self._call.cancel()
+        self._stream.cancel()
         if committed:  # post-copy: the destination runs, without the pages still here
             self._log.error("migration_push_failed", problem=str(exc))
             exc.args = (f"the vm runs at {self.plan.destination} but its pages could not all "
