@@ -1001,6 +1001,9 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
                        outcome=outcome, problem=str(error) if error else "")
 
     def MigrateIn(self, request_iterator, context):
+        # The first message is read before anything is decided, so a body past the size
+        # limit is refused RESOURCE_EXHAUSTED here as on every other method.
+        first = next(request_iterator, None)
         with self._chain_lock:
             if not self._spare or self._incoming:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION,
@@ -1009,10 +1012,9 @@ class DataNode(RoleNode, chain_pb2_grpc.DataServicer, chain_pb2_grpc.ReplicaServ
             self._incoming = True
         committed = False
         try:
-            begin = next(request_iterator, None)
-            if begin is None or begin.WhichOneof("body") != "begin":
+            if first is None or first.WhichOneof("body") != "begin":
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a migration starts with begin")
-            begin = begin.begin
+            begin = first.begin
             if begin.destination_name != self._me.name:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"this is {self._me.name}, not {begin.destination_name!r}")
