@@ -26,7 +26,6 @@ STRATEGIES = ("pre-copy", "stop-and-copy", "post-copy")
 LIST_SECONDS = 10.0
 # A hypervisor's own deadline for one migration is HOST_MIGRATION_TIMEOUT_SECONDS (600).
 MIGRATE_SECONDS = 660.0
-GRPC_PORT = 50051
 MIB = 1024 * 1024
 # The states of a vm process a migration is filling (nodes.vm.machine): not the vm yet.
 ARRIVING = ("incoming", "receiving")
@@ -124,7 +123,7 @@ class Hypervisors:
                              "(post-copy would serve keys that have not arrived as absent)",
                              hint=f"distlab migrate {name} --to {to} --strategy pre-copy")
         request = vm_pb2.MigrateVmRequest(
-            name=name, to=f"{target.info.container}:{GRPC_PORT}", strategy=strategy,
+            name=name, to=target.address, strategy=strategy,
             min_rate=limits.min_rate_mib * MIB, max_rate=limits.max_rate_mib * MIB,
             max_rounds=limits.max_rounds)
         last = None

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from distlab.console import out
 from distlab.errors import DistlabError, UsageError
-from distlab.migration.client import GRPC_PORT, Hypervisors
+from distlab.migration.client import Hypervisors
 from nodes.rpc import mobility_pb2, mobility_pb2_grpc
 
 MODES = ("strong", "weak")
@@ -138,7 +138,7 @@ class MobileTasks:
             raise UsageError(f"task {task_id} is on {to} already: a move goes to another host",
                              hint=f"hosts: {others}")
         return self._call(here.host, "Move", mobility_pb2.MoveRequest(
-            id=task_id, to=f"{target.info.container}:{GRPC_PORT}", mode=mode),
+            id=task_id, to=target.address, mode=mode),
             f"moving task {task_id} from {here.host} to {to}", timeout=MOVE_SECONDS)
 
     def wait(self, task_id: str, timeout: float, poll: float = 0.5) -> Whereabouts:

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from distlab.scenarios.spec import ScenarioParser
 
 STRATEGIES = ("pre-copy", "stop-and-copy")
-GRPC_PORT = 50051
 MIB = 1024 * 1024
 MIGRATE_SECONDS = 600.0
 SPARE_HINT = "start spares with `distlab up tiers --scale data-spare=1`"
@@ -119,7 +118,7 @@ class ReplicaMover:
                              hint="move it into a spare: data-spare-1")
         target = self.destination(to)
         request = chain_pb2.MigrateReplicaRequest(
-            destination=f"{target.info.container}:{GRPC_PORT}", destination_name=target.name,
+            destination=target.address, destination_name=target.name,
             strategy=strategy, min_rate=min_rate_mib * MIB, max_rate=max_rate_mib * MIB,
             max_rounds=max_rounds)
         stub = chain_pb2_grpc.ReplicaStub(source.protected_channel())
