@@ -6,7 +6,7 @@ LAB    ?=
 STAMP  := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
-.PHONY: host up down status test unit integration e2e bench soak images protos lint clean doctor
+.PHONY: host up down status test test-scale test-cluster unit integration e2e bench soak images protos lint clean doctor
 
 $(STAMP): pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: protos images  ## everything CI runs: unit and integration (on every core)
 
 test-scale: protos images  ## labs at scale (64 Chord peers for 10 minutes); CI runs it too
 	$(PYTEST) tests/scale -m scale -q -ra -s
+
+test-cluster: protos images  ## a swarm of three test hosts over SSH (docs/cluster.md); CI runs it too
+	@DISTLAB_CLUSTER_IMAGES=1 scripts/images.sh
+	$(PYTEST) tests/cluster -m cluster -q -ra -s
 
 unit: protos
 	$(PYTEST) tests/unit -n auto -q

@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from distlab import capacity, credential
+from distlab.cluster.cli import cluster
 from distlab.console import err, fail, out
 from distlab.control import ControlError
 from distlab.errors import DistlabError, UsageError
@@ -68,7 +69,7 @@ def build_cli(registry: Registry) -> click.Group:
     def chaos() -> None:
         """Inject a fault: process (kill, stop, pause, restart), network, or RPC-level."""
 
-    for command in (labs, up, down, clean, status, logs, heal, doctor, run):
+    for command in (labs, up, down, clean, status, logs, heal, doctor, run, cluster):
         cli.add_command(command)
     for kind in registry.faults.values():
         if kind.command is not None:

@@ -59,3 +59,8 @@ class MigrationError(DistlabError):
 
 class FaultError(DistlabError):
     """A fault could not be applied or undone."""
+
+
+class ClusterError(DistlabError):
+    """A host of a cluster cannot be used as asked: the message names the host, the hint
+    says how to fix it."""

@@ -8,6 +8,8 @@
 #   grafana     grafana/grafana (pinned) if it can be pulled, else skipped (said so)
 #   btclients   images/btclients/Dockerfile FROM that base: aria2 and libtorrent, the real
 #               BitTorrent clients of the bittorrent lab (Debian's packages)
+#   host, registry  only with DISTLAB_CLUSTER_IMAGES=1: a test host for `distlab cluster`
+#               (sshd + Docker engine) and the cluster's registry (Debian's docker-registry)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .distlab/logs
@@ -90,6 +92,15 @@ fi
 if [ "${DISTLAB_BENCH_IMAGES:-0}" = 1 ]; then
   say haproxy "building distlab/haproxy:debian FROM $base (make bench compares the switch with it)"
   build_logged haproxy --build-arg "BASE=$base" -t distlab/haproxy:debian images/haproxy
+fi
+
+# The cluster's test hosts and registry (docs/cluster.md): `make test-cluster` and
+# `distlab cluster` ask for them.
+if [ "${DISTLAB_CLUSTER_IMAGES:-0}" = 1 ]; then
+  say host "building distlab/host:dev FROM $base (sshd + Debian's Docker engine: a test host)"
+  build_logged host --build-arg "BASE=$base" -t distlab/host:dev images/host
+  say registry "building distlab/registry:debian FROM $base (Debian's docker-registry)"
+  build_logged registry --build-arg "BASE=$base" -t distlab/registry:debian images/registry
 fi
 
 cat > .distlab/images.env <<ENV
