@@ -26,7 +26,15 @@ from distlab.registry import Registry, load_registry
 from distlab.runtime.base import CleanReport, MachineInfo
 from distlab.runtime.compose import read_images_env
 from distlab.scenarios.cli import run
-from distlab.testbed import GRAFANA_URL, PROMETHEUS_URL, Testbed
+from distlab.testbed import (
+    GRAFANA_URL,
+    PROMETHEUS_URL,
+    RUNTIMES,
+    Testbed,
+    choose_runtime,
+    make_runtime,
+    project_root,
+)
 from nodes.rpc import control_pb2
 
 
@@ -118,16 +126,27 @@ def labs() -> None:
 @click.option("--timeout", default=180.0, show_default=True, help="seconds to wait for health")
 @click.option("--force", is_flag=True,
               help="start even when the lab at this scale looks too big for the engine")
-def up(lab: str | None, scale: tuple[str, ...], timeout: float, force: bool) -> None:
+@click.option("--runtime", "runtime", type=click.Choice(RUNTIMES), default=None,
+              help="compose: this machine's engine (the default); swarm: the cluster "
+                   "`distlab cluster create` made (docs/cluster.md)")
+@click.option("--place", "place", multiple=True, metavar="SERVICE=HOST",
+              help="on the swarm, run a service's machines on one host, e.g. "
+                   "--place data=host-2 (repeatable; default: spread over the hosts)")
+def up(lab: str | None, scale: tuple[str, ...], timeout: float, force: bool,
+       runtime: str | None, place: tuple[str, ...]) -> None:
     """Bring LAB up (default lab if omitted) and wait until every machine is healthy.
 
     First it estimates what the lab at this scale needs against what the Docker engine
     has: past a comfortable size it says so, and where the lab would not come up at all
     it refuses unless --force."""
-    testbed = Testbed()
+    root = project_root()
+    testbed = Testbed(make_runtime(root, runtime) if runtime else None, root=root)
     chosen = testbed.catalogue.lab(lab)
     testbed.catalogue.parse_scale(chosen, list(scale))  # fail before starting anything
+    placement = _placement(testbed, chosen, place)
     _check_capacity(testbed.capacity(chosen.name, list(scale)), chosen.name, force)
+    if runtime:
+        choose_runtime(root, runtime)
     started = time.monotonic()
     state = {"line": "starting Compose ...", "machines": []}
 
@@ -151,7 +170,8 @@ def up(lab: str | None, scale: tuple[str, ...], timeout: float, force: bool) -> 
             state["machines"] = infos
             live.update(render())
 
-        testbed.up(chosen.name, list(scale), timeout=timeout, on_line=on_line, on_wait=on_wait)
+        testbed.up(chosen.name, list(scale), timeout=timeout, on_line=on_line, on_wait=on_wait,
+                   placement=placement)
     out.print(f"[green]lab {chosen.name} is up[/] in {time.monotonic() - started:.1f} s")
     _print_status(testbed)
     out.print(f"\nPrometheus  {PROMETHEUS_URL}")
@@ -163,6 +183,18 @@ def up(lab: str | None, scale: tuple[str, ...], timeout: float, force: bool) -> 
                       "(dashboards are verified against Prometheus by `make test`)")
     out.print("Next        distlab status · distlab chaos --help · distlab heal · "
                   "distlab down")
+
+
+def _placement(testbed: Testbed, lab, place: tuple[str, ...]) -> dict[str, str]:
+    if not place:
+        return {}
+    hosts = getattr(testbed.runtime, "hosts", None)
+    if hosts is None:
+        raise UsageError("--place needs several hosts: this engine is one",
+                         hint="add --runtime swarm, on a cluster (docs/cluster.md)")
+    from distlab.runtime.swarm import placement_of
+
+    return placement_of(place, lab.services, hosts())
 
 
 def _check_capacity(estimate: capacity.Estimate | None, lab: str, force: bool) -> None:
@@ -181,16 +213,20 @@ def _check_capacity(estimate: capacity.Estimate | None, lab: str, force: bool) -
 @click.command()
 def down() -> None:
     """Stop and remove every lab's machines (volumes are kept; `clean` removes them)."""
-    report = Testbed().down()
+    testbed = Testbed()
+    report = testbed.down()
     _print_sweep(report, "down")
+    choose_runtime(testbed.root, "compose")  # the next `up` is on this machine unless asked
     out.print("every lab is down")
 
 
 @click.command()
 def clean() -> None:
     """Remove every container, network and volume labelled distlab.lab, even after a crash."""
-    report = Testbed().clean()
+    testbed = Testbed()
+    report = testbed.clean()
     _print_sweep(report, "clean")
+    choose_runtime(testbed.root, "compose")
     out.print(f"removed {report.containers} containers, {report.networks} networks, "
               f"{report.volumes} volumes")
 
@@ -230,7 +266,9 @@ def _print_status(testbed: Testbed) -> None:
     testbed.sync_targets()
     active = testbed.nemesis.active()
     table = Table()
-    for column in ("machine", "lab", "role", "state", "health", "address", "faults", "detail"):
+    on_hosts = any(m.info.host for m in machines)  # the swarm: which host runs each
+    for column in ("machine", "lab", "role", "state", "health") + \
+            (("host",) if on_hosts else ()) + ("address", "faults", "detail"):
         table.add_column(column)
     statuses = {machine.name: _status(machine) for machine in machines}
     balancer_view = _balancer_view(statuses, {m.name: m.info.role for m in machines})
@@ -240,6 +278,7 @@ def _print_status(testbed: Testbed) -> None:
         detail = " ".join(part for part in (balancer_view.get(info.name, ""),
                                             _render(statuses[info.name])) if part)
         table.add_row(info.name, info.lab, info.role, info.state, _health_cell(info),
+                      *((info.host or "-",) if on_hosts else ()),
                       ", ".join(info.addresses) or "-", faults or "-", detail)
     out.print(table)
 

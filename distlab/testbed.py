@@ -39,11 +39,40 @@ def project_root() -> Path:
     return root
 
 
+RUNTIME_CHOICE = Path(".distlab") / "runtime"  # "swarm" while a lab runs on the cluster
+RUNTIMES = ("compose", "swarm")
+
+
+def chosen_runtime(root: Path) -> str:
+    """The runtime `distlab up --runtime` last chose for this checkout (compose if none)."""
+    path = root / RUNTIME_CHOICE
+    return path.read_text().strip() if path.exists() else "compose"
+
+
+def choose_runtime(root: Path, name: str) -> None:
+    if name not in RUNTIMES:
+        raise UsageError(f"no runtime {name!r}", hint=f"runtimes: {', '.join(RUNTIMES)}")
+    path = root / RUNTIME_CHOICE
+    if name == "compose":
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(name + "\n")
+
+
+def make_runtime(root: Path, name: str | None = None) -> Runtime:
+    if (name or chosen_runtime(root)) == "swarm":
+        from distlab.runtime.swarm import SwarmRuntime  # Fabric, only when it is used
+
+        return SwarmRuntime(root)
+    return ComposeRuntime(root)
+
+
 class Testbed:
     def __init__(self, runtime: Runtime | None = None, *, root: Path | None = None,
                  registry: Registry | None = None) -> None:
         self.root = root or project_root()
-        self.runtime = runtime or ComposeRuntime(self.root)
+        self.runtime = runtime or make_runtime(self.root)
         self.catalogue: Catalogue = load_catalogue(self.root / "compose.yaml")
         self.registry = registry or load_registry()
         self.nemesis = Nemesis(self.machines, Journal(self.root / ".distlab" / "faults.json"))
@@ -57,7 +86,8 @@ class Testbed:
     def up(self, lab: str | None = None, scale: list[str] | None = None, *,
            timeout: float = 180.0, on_line: Callable[[str], None] | None = None,
            on_wait: Callable[[list[MachineInfo]], None] | None = None,
-           environment: Mapping[str, str] | None = None) -> Lab:
+           environment: Mapping[str, str] | None = None,
+           placement: Mapping[str, str] | None = None) -> Lab:
         """Start `lab` (default lab if None) and wait until every machine is healthy;
         `environment` sets variables the lab's services read (`Lab.variables`)."""
         chosen = self.catalogue.lab(lab)
@@ -69,7 +99,8 @@ class Testbed:
                              hint=f"they read: {', '.join(chosen.variables) or 'none'}")
         profiles = [chosen.name] + (["grafana"] if self.grafana_image() else [])
         self._remove_above(chosen, counts)
-        self.runtime.up(profiles, counts, on_line=on_line, environment=environment)
+        self.runtime.up(profiles, counts, on_line=on_line, environment=environment,
+                        **({"placement": placement} if placement else {}))
         self.wait_healthy(chosen, timeout=timeout, on_wait=on_wait)
         self.sync_targets()
         return chosen

@@ -35,6 +35,8 @@ class MachineInfo:
     # True for a machine its lab makes and removes by itself (a serverless instance): a
     # kill or stop is its end, the lab replaces it, and nothing starts it again.
     ephemeral: bool = False
+    # The cluster host that runs it (the swarm runtime); "" on this machine's engine.
+    host: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,11 @@ class Runtime(ABC):
     @abstractmethod
     def up(self, profiles: Sequence[str], scale: dict[str, int], *,
            on_line: Callable[[str], None] | None = None,
-           environment: Mapping[str, str] | None = None) -> None:
+           environment: Mapping[str, str] | None = None,
+           placement: Mapping[str, str] | None = None) -> None:
         """Start `profiles` at `scale`; `environment` fills the variables compose.yaml reads
-        (a lab's `Lab.variables`) on top of the host's own."""
+        (a lab's `Lab.variables`) on top of the host's own; `placement` pins services to
+        hosts ({"data": "host-2"}) where there are several."""
 
     @abstractmethod
     def down(self) -> CleanReport: ...

@@ -23,7 +23,13 @@ import requests.exceptions
 
 from distlab import credential
 from distlab.commands import Result, Runner
-from distlab.errors import CommandFailed, CommandTimeout, EngineUnavailable, UnknownMachine
+from distlab.errors import (
+    CommandFailed,
+    CommandTimeout,
+    EngineUnavailable,
+    UnknownMachine,
+    UsageError,
+)
 from distlab.runtime import sweep
 from distlab.runtime.base import GRPC_PORT, CleanReport, MachineInfo, Runtime
 
@@ -93,7 +99,12 @@ class ComposeRuntime(Runtime):
 
     def up(self, profiles: Sequence[str], scale: dict[str, int], *,
            on_line: Callable[[str], None] | None = None,
-           environment: Mapping[str, str] | None = None) -> None:
+           environment: Mapping[str, str] | None = None,
+           placement: Mapping[str, str] | None = None) -> None:
+        if placement:
+            raise UsageError("--place needs several hosts: this engine is one",
+                             hint="`distlab up LAB --runtime swarm --place ...` on a cluster "
+                                  "(docs/cluster.md)")
         args = [arg for profile in profiles for arg in ("--profile", profile)]
         args += ["up", "--detach", "--no-build", "--pull", "never", "--quiet-pull"]
         for service, count in scale.items():

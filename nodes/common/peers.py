@@ -32,6 +32,7 @@ offers it as CHAIN_CHECK_DETECTOR=fixed for comparison.
 from __future__ import annotations
 
 import ipaddress
+import re
 import queue
 import socket
 import threading
@@ -243,15 +244,26 @@ def container_name_of(address: str) -> str | None:
         full = str(answer[0].target).rstrip(".")
     except (dns.exception.DNSException, OSError, IndexError):
         return None
-    return full.split(".")[0]
+    task = SWARM_TASK.match(full)
+    return task.group(0) if task else full.split(".")[0]
+
+
+# A Swarm task's name (what its DNS answers, before `.<network>`):
+# `<stack>_<service>.<slot>.<task id>`.
+SWARM_TASK = re.compile(r"^(?P<stack>[^_.]+)_(?P<service>[^.]+)\.(?P<slot>\d+)\.[0-9a-z]+")
 
 
 def machine_name_of(address: str) -> str | None:
     """The machine name distlab shows for `address`: its container name without the
-    Compose project (`kv-2`)."""
+    Compose project (`kv-2`), or its Swarm service and slot (`distlab_kv.2.<id>`: `kv-2`)."""
     container = container_name_of(address)
-    if container is None:
-        return None
+    return None if container is None else machine_name_from(container)
+
+
+def machine_name_from(container: str) -> str:
+    task = SWARM_TASK.match(container)
+    if task:
+        return f"{task['service']}-{task['slot']}"
     project, _, rest = container.partition("-")
     return rest if project and rest else container
 

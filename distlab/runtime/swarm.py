@@ -1,0 +1,381 @@
+"""SwarmRuntime: a lab deployed as a stack on the cluster `distlab cluster create` made.
+
+The lab's services come from the same compose.yaml, rendered by Compose on this
+machine and adapted for Swarm in one place (distlab.runtime.stack); `docker stack
+deploy` runs on the manager over SSH. Machines keep their names: task slot 2 of
+service `app` is `app-2`, wherever Swarm placed it. Everything a machine is asked to
+do goes to the engine of the host that runs it, over that host's SSH connection.
+
+What differs from Compose, because Swarm is an orchestrator:
+- A task whose container exits (killed, stopped) is replaced by a new one in the
+  same slot, on whichever host Swarm picks: the machine comes back by itself, with a
+  new container. `start` of a machine whose slot runs again does nothing; `restart`
+  stops the task and waits for its replacement.
+- A task whose health check fails long enough (a machine paused for more than
+  about the check's interval x retries) is replaced too, as a Kubernetes liveness
+  probe would.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from distlab import credential
+from distlab.cluster import state as cluster_state
+from distlab.cluster.hosts import parse_host
+from distlab.cluster.ssh import Shell
+from distlab.commands import Result, Runner
+from distlab.errors import ClusterError, CommandFailed, DistlabError, UnknownMachine, UsageError
+from distlab.runtime import stack
+from distlab.runtime.base import GRPC_PORT, CleanReport, MachineInfo, Runtime
+from distlab.runtime.compose import (
+    CONTRACT_LABEL,
+    EPHEMERAL_LABEL,
+    LAB_LABEL,
+    PROJECT,
+    ROLE_LABEL,
+    ComposeRuntime,
+)
+
+STACK = PROJECT  # services are distlab_<service>
+HOST_LABEL = "distlab.host"  # which host a machine runs on (set on every node by create)
+REMOTE_DIR = "/etc/distlab/stack"
+TASK_NAME = "com.docker.swarm.task.name"
+SERVICE_NAME = "com.docker.swarm.service.name"
+STACK_LABEL = "com.docker.stack.namespace"
+DEPLOY_SECONDS = 300.0
+REPLACED_WAIT_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task container as its host's engine reports it."""
+
+    host: str  # host-2
+    info: MachineInfo
+    created: str
+
+
+class SwarmRuntime(Runtime):
+    def __init__(self, root: Path, *, runner: Runner | None = None) -> None:
+        self.root = root
+        self.cluster = cluster_state.load(root)
+        if self.cluster is None:
+            raise ClusterError("there is no cluster to run on (.distlab/cluster.json)",
+                               hint="`distlab cluster create HOST...` makes one "
+                                    "(`distlab cluster test-hosts 3` to try it here)")
+        self.runner = runner or Runner()
+        self._compose = ComposeRuntime(root, runner=self.runner)  # renders compose.yaml
+        identity = Path(self.cluster.identity) if self.cluster.identity else None
+        self._shells = {h.name: Shell(parse_host(h.spec), identity=identity)
+                        for h in self.cluster.hosts}
+        self._addresses = {h.name: h.address for h in self.cluster.hosts}
+        self._lock = threading.Lock()
+        self._where: dict[str, str] = {}  # container -> host, from the last listing
+
+    # -- the hosts ----------------------------------------------------------------------------
+
+    def shell(self, host: str) -> Shell:
+        shell = self._shells[host]
+        with self._lock:  # one SSH handshake per host, whichever thread asks first
+            shell.connect()
+            shell.check_root()
+        return shell
+
+    @property
+    def manager(self) -> Shell:
+        return self.shell(self.cluster.manager.name)
+
+    def hosts(self) -> list[str]:
+        return [h.name for h in self.cluster.hosts]
+
+    def _on_hosts(self, action: Callable[[str], object]) -> dict[str, object]:
+        """`action(host)` on every host at once: {host: result or the DistlabError}."""
+        with ThreadPoolExecutor(max_workers=len(self._shells)) as pool:
+            futures = {host: pool.submit(action, host) for host in self._shells}
+        results: dict[str, object] = {}
+        for host, future in futures.items():
+            try:
+                results[host] = future.result()
+            except DistlabError as exc:
+                results[host] = exc
+        return results
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def up(self, profiles: Sequence[str], scale: dict[str, int], *,
+           on_line: Callable[[str], None] | None = None,
+           environment: Mapping[str, str] | None = None,
+           placement: Mapping[str, str] | None = None) -> None:
+        say = on_line or (lambda _: None)
+        project = self.render(profiles, environment)
+        services = [name for name, service in project["services"].items()
+                    if set(service.get("profiles") or ()) & set(profiles)]
+        adapted = stack.to_stack(project, services=services, scale=scale,
+                                 registry=self.cluster.registry, placement=placement or {},
+                                 hosts=self.hosts())
+        for note in adapted.notes:
+            say(f"swarm: {note}")
+        manager = self.manager
+        secret = credential.ensure(self.root)
+        manager.run(f"mkdir -p {REMOTE_DIR} && chmod 700 {REMOTE_DIR}")
+        manager.put(secret.read_bytes(), f"{REMOTE_DIR}/credential", mode=0o600)
+        adapted.point_secrets_at(REMOTE_DIR)
+        manager.put(adapted.dump().encode(), f"{REMOTE_DIR}/stack.yaml", mode=0o600)
+        say(f"docker stack deploy {STACK} ({len(services)} services) on "
+            f"{self.cluster.manager.name}")
+        result = manager.run(f"docker stack deploy --with-registry-auth --prune "
+                             f"--resolve-image never -c {REMOTE_DIR}/stack.yaml {STACK}",
+                             timeout=DEPLOY_SECONDS, check=False)
+        for line in result.output.splitlines():
+            say(line)
+        if result.returncode != 0:
+            raise CommandFailed(["docker", "stack", "deploy", STACK], result.returncode,
+                                result.output, where=self.cluster.manager.name)
+
+    def render(self, profiles: Sequence[str], environment: Mapping[str, str] | None
+               ) -> dict:
+        """compose.yaml as Compose resolves it for `profiles` (variables, anchors, images)."""
+        import os
+
+        args = [a for p in profiles for a in ("--profile", p)] + ["config", "--format", "json"]
+        env = {**os.environ, **environment} if environment else None
+        return json.loads(self.runner.run(self._compose.compose_argv(*args), timeout=60,
+                                          env=env).output)
+
+    def down(self) -> CleanReport:
+        return self._remove_stack(volumes=False)
+
+    def clean(self) -> CleanReport:
+        return self._remove_stack(volumes=True)
+
+    def _remove_stack(self, *, volumes: bool) -> CleanReport:
+        """`docker stack rm`, then on every host whatever the stack left (its containers
+        stop with a grace period; the networks go once they are empty)."""
+        notes: list[str] = []
+        try:
+            self.manager.run(f"docker stack rm {STACK} >/dev/null 2>&1; true", timeout=120)
+        except DistlabError as exc:
+            notes.append(f"docker stack rm on {self.cluster.manager.name}: {exc}")
+
+        def sweep(host: str) -> tuple[int, int, int]:
+            shell = self.shell(host)
+            label = f"label={STACK_LABEL}={STACK}"
+            out = shell.run(
+                f"c=$(docker ps -aq --filter {label}); [ -n \"$c\" ] && docker rm -f -v $c "
+                f">/dev/null; echo $c | wc -w; "
+                f"for i in $(seq 30); do [ -z \"$(docker network ls -q --filter {label})\" ] "
+                f"&& break; docker network ls -q --filter {label} | xargs -r docker network rm "
+                f">/dev/null 2>&1; sleep 1; done; docker network ls -q --filter {label} | wc -l; "
+                + (f"v=$(docker volume ls -q --filter {label}); [ -n \"$v\" ] && docker volume "
+                   f"rm $v >/dev/null; echo $v | wc -w" if volumes else "echo 0"),
+                timeout=180).output.split()
+            return int(out[0]), int(out[1]), int(out[2])
+
+        containers = networks = removed_volumes = 0
+        leftovers: list[str] = []
+        for host, result in self._on_hosts(sweep).items():
+            if isinstance(result, DistlabError):
+                leftovers.append(f"host {host}: {result}")
+                continue
+            containers += result[0]
+            removed_volumes += result[2]
+            if result[1]:
+                leftovers.append(f"host {host}: {result[1]} stack networks still in use")
+            networks += 0 if result[1] else 1
+        return CleanReport(containers, networks, removed_volumes, tuple(leftovers),
+                           tuple(notes))
+
+    # -- machines -----------------------------------------------------------------------------
+
+    def machines(self) -> list[MachineInfo]:
+        tasks: list[Task] = []
+        for result in self._on_hosts(self._tasks_on).values():
+            if isinstance(result, DistlabError):
+                raise result
+            tasks.extend(result)
+        current = current_tasks(tasks)
+        with self._lock:
+            self._where = {t.info.container: t.host for t in tasks}
+        return sorted((t.info for t in current), key=_machine_order)
+
+    def _tasks_on(self, host: str) -> list[Task]:
+        listing = self.shell(host).run(
+            f"docker ps -aq --filter label={STACK_LABEL}={STACK} | xargs -r docker inspect",
+            timeout=60).output
+        return [task for raw in json.loads(listing or "[]")
+                if (task := task_of(raw, host, self._addresses[host])) is not None]
+
+    def host_of(self, container: str) -> str:
+        with self._lock:
+            host = self._where.get(container)
+        if host is None:
+            self.machines()
+            with self._lock:
+                host = self._where.get(container)
+        if host is None:
+            raise UnknownMachine(f"no container {container!r} on the cluster's hosts")
+        return host
+
+    def _docker(self, container: str, command: str, *, timeout: float = 60.0,
+                check: bool = True) -> Result:
+        """`docker COMMAND` on the host running `container`; `{}` in COMMAND is the
+        container's name (else it goes last)."""
+        name = shlex.quote(container)
+        line = command.replace("{}", name) if "{}" in command else f"{command} {name}"
+        return self.shell(self.host_of(container)).run(f"docker {line}", timeout=timeout,
+                                                       check=check)
+
+    def signal(self, container: str, signal: str) -> None:
+        self._docker(container, f"kill --signal {shlex.quote(signal)}")
+
+    def stop(self, container: str, timeout: float) -> None:
+        self._docker(container, f"stop --time {int(timeout)}", timeout=timeout + 60)
+
+    def start(self, container: str) -> None:
+        """Swarm starts a stopped task's replacement by itself: wait for the slot to run
+        again (a task container is never started by hand: Swarm would not know it)."""
+        self._wait_for_slot(container)
+
+    def restart(self, container: str, timeout: float) -> None:
+        self.stop(container, timeout)
+        self._wait_for_slot(container)
+
+    def _wait_for_slot(self, container: str) -> None:
+        wanted = machine_name(container)
+        deadline = time.monotonic() + REPLACED_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            for info in self.machines():
+                if info.name == wanted and info.state == "running":
+                    return
+            time.sleep(1.0)
+        raise DistlabError(f"{wanted}: Swarm did not run it again within "
+                           f"{REPLACED_WAIT_SECONDS:.0f} s",
+                           hint=f"`docker service ps {STACK}_{wanted.rpartition('-')[0]}` "
+                                "on the manager says why")
+
+    def remove(self, container: str) -> None:
+        self._docker(container, "rm -f")
+
+    def pause(self, container: str) -> None:
+        self._docker(container, "pause")
+
+    def unpause(self, container: str) -> None:
+        self._docker(container, "unpause")
+
+    def exec(self, container: str, argv: Sequence[str], *, user: str = "root",
+             timeout: float = 30.0, check: bool = True) -> Result:
+        command = " ".join(shlex.quote(a) for a in argv)
+        result = self._docker(container, f"exec --user {shlex.quote(user)} {{}} {command}",
+                              timeout=timeout, check=False)
+        result = Result(tuple(argv), result.returncode, result.output)
+        if check and result.returncode != 0:
+            raise CommandFailed(list(argv), result.returncode, result.output, where=container)
+        return result
+
+    def logs(self, container: str, tail: int) -> str:
+        return self._docker(container, f"logs --tail {int(tail)}", check=False).output
+
+    def put_file(self, container: str, path: str, content: bytes) -> None:
+        target = PurePosixPath(path)
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            entry = tarfile.TarInfo(target.name)
+            entry.size, entry.mode, entry.mtime = len(content), 0o644, int(time.time())
+            tar.addfile(entry, io.BytesIO(content))
+        shell = self.shell(self.host_of(container))
+        staged = f"/tmp/distlab-put-{abs(hash((container, path)))}.tar"
+        shell.put(archive.getvalue(), staged, mode=0o600)
+        shell.run(f"docker cp - {shlex.quote(container)}:{shlex.quote(str(target.parent))} "
+                  f"< {staged}; status=$?; rm -f {staged}; exit $status")
+
+    def resources(self) -> tuple[int, int, int] | None:
+        """Every host's CPUs and memory, summed (the ARP limit is each host's own)."""
+        def info(host: str) -> tuple[int, int]:
+            words = self.shell(host).run("docker info --format '{{.NCPU}} {{.MemTotal}}'"
+                                         ).output.split()
+            return int(words[0]), int(words[1])
+
+        results = self._on_hosts(info).values()
+        if any(isinstance(r, DistlabError) for r in results):
+            return None
+        return (sum(r[0] for r in results), sum(r[1] for r in results), 0)
+
+
+def machine_name(container: str) -> str:
+    """`app-2` for task container `distlab_app.2.<task id>`."""
+    service, _, rest = container.partition(".")
+    slot = rest.partition(".")[0]
+    return f"{service.removeprefix(STACK + '_')}-{slot}"
+
+
+def task_of(raw: dict, host: str, host_address: str) -> Task | None:
+    """A machine from one `docker inspect` entry of a task container (None: not a task)."""
+    labels = raw.get("Config", {}).get("Labels") or {}
+    task = labels.get(TASK_NAME)
+    if not task:
+        return None
+    state = raw.get("State") or {}
+    status = "paused" if state.get("Paused") else state.get("Status", "unknown")
+    health = ((state.get("Health") or {}).get("Status")) or "-"
+    networks = (raw.get("NetworkSettings") or {}).get("Networks") or {}
+    addresses = tuple(n["IPAddress"] for n in networks.values() if n.get("IPAddress"))
+    ports = (raw.get("NetworkSettings") or {}).get("Ports") or {}
+    bound = next((b.get("HostPort") for b in ports.get(f"{GRPC_PORT}/tcp") or ()
+                  if b.get("HostPort")), None)
+    endpoint = f"{host_address}:{bound}" if bound and status == "running" else None
+    service = labels.get(SERVICE_NAME, "").removeprefix(STACK + "_")
+    info = MachineInfo(
+        name=machine_name(task), container=task, lab=labels.get(LAB_LABEL, ""),
+        role=labels.get(ROLE_LABEL, ""), service=service, state=status, health=health,
+        addresses=addresses, grpc_endpoint=endpoint, host=host,
+        contract=labels.get(CONTRACT_LABEL) != "none",
+        ephemeral=labels.get(EPHEMERAL_LABEL) == "true")
+    return Task(host, info, raw.get("Created", ""))
+
+
+def current_tasks(tasks: Sequence[Task]) -> list[Task]:
+    """One task per machine: the running one, else the newest (Swarm keeps a few old
+    tasks of each slot, exited, as its history)."""
+    best: dict[str, Task] = {}
+    for task in tasks:
+        held = best.get(task.info.name)
+        if held is None or _rank(task) > _rank(held):
+            best[task.info.name] = task
+    return list(best.values())
+
+
+def _rank(task: Task) -> tuple:
+    return (task.info.state in ("running", "paused"), task.created)
+
+
+def _machine_order(info: MachineInfo) -> tuple:
+    service, _, index = info.name.rpartition("-")
+    return (info.lab == "common", service, int(index) if index.isdigit() else 0, info.name)
+
+
+def placement_of(texts: Sequence[str], services: Sequence[str], hosts: Sequence[str]
+                 ) -> dict[str, str]:
+    """`--place data=host-2` options as {service: host}, each name checked."""
+    placed: dict[str, str] = {}
+    for text in texts:
+        service, sep, host = text.partition("=")
+        if not sep or not service or not host:
+            raise UsageError(f"--place {text!r}: write SERVICE=HOST", hint="e.g. data=host-2")
+        if service not in services:
+            raise UsageError(f"--place {text!r}: the lab has no service {service!r}",
+                             hint=f"its services: {', '.join(services)}")
+        if host not in hosts:
+            raise UsageError(f"--place {text!r}: the cluster has no host {host!r}",
+                             hint=f"its hosts: {', '.join(hosts)}")
+        placed[service] = host
+    return placed
