@@ -188,13 +188,13 @@ def up(lab: str | None, scale: tuple[str, ...], timeout: float, force: bool,
 def _placement(testbed: Testbed, lab, place: tuple[str, ...]) -> dict[str, str]:
     if not place:
         return {}
-    hosts = getattr(testbed.runtime, "hosts", None)
-    if hosts is None:
+    hosts = testbed.runtime.hosts()
+    if not hosts:
         raise UsageError("--place needs several hosts: this engine is one",
                          hint="add --runtime swarm, on a cluster (docs/cluster.md)")
     from distlab.runtime.swarm import placement_of
 
-    return placement_of(place, lab.services, hosts())
+    return placement_of(place, lab.services, hosts)
 
 
 def _check_capacity(estimate: capacity.Estimate | None, lab: str, force: bool) -> None:

@@ -196,10 +196,11 @@ class Registry:
     @classmethod
     def builtin(cls) -> Registry:
         """The nemesis's fault kinds and the shared migrations, and no lab."""
+        from distlab.faults.hosts import HOST_FAULT_KINDS
         from distlab.faults.kinds import FAULT_KINDS
         from distlab.scenarios.migrations import MIGRATION_KINDS
 
-        return cls(faults=FAULT_KINDS, migrations=MIGRATION_KINDS)
+        return cls(faults=FAULT_KINDS + HOST_FAULT_KINDS, migrations=MIGRATION_KINDS)
 
     def add(self, plugin: LabPlugin) -> Registry:
         if plugin.name in self.labs:

@@ -75,7 +75,8 @@ class Testbed:
         self.runtime = runtime or make_runtime(self.root)
         self.catalogue: Catalogue = load_catalogue(self.root / "compose.yaml")
         self.registry = registry or load_registry()
-        self.nemesis = Nemesis(self.machines, Journal(self.root / ".distlab" / "faults.json"))
+        self.nemesis = Nemesis(self.machines, Journal(self.root / ".distlab" / "faults.json"),
+                               runtime=self.runtime)
         self.prometheus = Prometheus(PROMETHEUS_URL)
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -126,18 +126,34 @@ def _build(root: Path, shells: list[Shell], made: ClusterState, on_step: Step) -
     manager, manager_shell = made.hosts[0], shells[0]
     on_step(f"swarm init on {manager.name} ({manager.address})")
     manager_shell.run(f"docker swarm init --advertise-addr {manager.address}")
-    token = manager_shell.run("docker swarm join-token -q worker").output.strip()
-    workers = list(zip(made.hosts[1:], shells[1:], strict=True))
-    if workers:
-        on_step(f"swarm join: {', '.join(h.name for h, _ in workers)}")
-        on_each([s for _, s in workers], lambda s: s.run(
-            f"docker swarm join --token {token} --advertise-addr "
-            f"{_host_of(made, s).address} {manager.address}:2377"))
+    tokens = {role: manager_shell.run(f"docker swarm join-token -q {role}").output.strip()
+              for role in ("manager", "worker")}
+    others = list(zip(made.hosts[1:], shells[1:], strict=True))
+    for host, _ in others[:managers_of(len(made.hosts)) - 1]:
+        host.manager = True
+    if others:
+        on_step("swarm join: " + ", ".join(
+            f"{h.name} ({'manager' if h.manager else 'worker'})" for h, _ in others))
+
+        def join(shell: Shell) -> None:
+            host = _host_of(made, shell)
+            token = tokens["manager" if host.manager else "worker"]
+            shell.run(f"docker swarm join --token {token} --advertise-addr {host.address} "
+                      f"{manager.address}:2377")
+
+        on_each([s for _, s in others], join)
     for host, node in zip(made.hosts, on_each(shells, lambda s: s.run(
             "docker info --format '{{.Swarm.NodeID}}'").output.strip()), strict=True):
         host.node = node
         manager_shell.run(f"docker node update --label-add {HOST_LABEL}={host.name} {node}")
     _start_registry(root, shells, made, on_step)
+
+
+def managers_of(hosts: int) -> int:
+    """Swarm managers for a cluster of `hosts`: three from three hosts on (Raft keeps
+    working with one of them lost), five from seven; one below three (two managers would
+    stop at the loss of either)."""
+    return 5 if hosts >= 7 else 3 if hosts >= 3 else 1
 
 
 def _host_of(made: ClusterState, shell: Shell) -> Host:

@@ -18,7 +18,7 @@ class Host:
     name: str  # host-1, host-2 ...: the node label placement and `distlab status` use
     address: str  # the address the host answered SSH on: what the swarm advertises
     node: str = ""  # its swarm node ID
-    manager: bool = False
+    manager: bool = False  # a swarm manager (the first host is the one the registry is on)
     loaded_images: list[str] = field(default_factory=list)  # what destroy removes again
     # The host's own clock when create began there (RFC 3339, UTC): volumes Docker made
     # after it and left dangling (a task's anonymous /data) are the cluster's.
@@ -33,6 +33,7 @@ class ClusterState:
 
     @property
     def manager(self) -> Host:
+        """The first manager: where the registry runs and distlab deploys from."""
         return next(h for h in self.hosts if h.manager)
 
     def save(self, root: Path) -> None:

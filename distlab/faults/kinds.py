@@ -34,14 +34,14 @@ STATUS_CODES = tuple(code.name for code in grpc.StatusCode if code is not grpc.S
 RATE_FORM = "a number and one of bit kbit mbit gbit bps kbps mbps gbps, e.g. 1mbit, 500kbit"
 
 
-def _nemesis():
+def cli_nemesis():
     """The nemesis of the lab on this host, for a `distlab chaos` verb."""
     from distlab.testbed import Testbed  # the CLI's; kinds are declared before any Testbed
 
     return Testbed().nemesis
 
 
-def _done(record: FaultRecord) -> None:
+def report_fault(record: FaultRecord) -> None:
     out.print(f"fault {record.id}: {record.kind} on {', '.join(record.machines)} "
               f"{record.params or ''}".rstrip())
 
@@ -64,7 +64,7 @@ def _process_kind(name: str, help_text: str, *, instant: bool = False) -> FaultK
     @click.command(name=name, help=help_text)
     @click.argument("machine")
     def command(machine: str) -> None:
-        _done(getattr(_nemesis(), name)(machine))
+        report_fault(getattr(cli_nemesis(), name)(machine))
 
     return FaultKind(name, ("target",), _targeted(),
                      lambda i: getattr(i.nemesis, name)(i.target), command,
@@ -133,7 +133,7 @@ def partition_command(shape: str, machines: str, target: str | None, groups: tup
     """Cut the network into SHAPE: isolate, halves, majorities-ring, bridge, groups."""
     names = [n for n in machines.split(",") if n]
     parsed = [[n for n in g.split(",") if n] for g in groups] or None
-    _done(_nemesis().partition(shape, names, target=target, groups=parsed, seed=seed))
+    report_fault(cli_nemesis().partition(shape, names, target=target, groups=parsed, seed=seed))
 
 
 # -- loss, bandwidth, delay -----------------------------------------------------------------
@@ -149,15 +149,15 @@ def _parse_loss(parser, fault, entries, node, path) -> Fault:
 @click.argument("probability", type=float)
 def loss_command(machine: str, probability: float) -> None:
     """Drop each packet MACHINE receives with PROBABILITY (0 < p <= 1)."""
-    _done(_nemesis().loss(machine, probability))
+    report_fault(cli_nemesis().loss(machine, probability))
 
 
 def _parse_bandwidth(parser, fault, entries, node, path) -> Fault:
     return replace(fault, rate=parser.required(entries, node, path, "rate",
-                                               lambda n, p: _rate(parser, n, p)))
+                                               lambda n, p: parse_rate(parser, n, p)))
 
 
-def _rate(parser: ScenarioParser, node: Node, path: str) -> str | None:
+def parse_rate(parser: ScenarioParser, node: Node, path: str) -> str | None:
     rate = parser.string(node, path)
     if rate is not None and not RATE.fullmatch(rate):
         parser.problem(node, path, f"'{rate}' is not a rate: {RATE_FORM}")
@@ -170,7 +170,7 @@ def _rate(parser: ScenarioParser, node: Node, path: str) -> str | None:
 @click.argument("rate")
 def bandwidth_command(machine: str, rate: str) -> None:
     """Cap what MACHINE sends to RATE (tc tbf), e.g. 1mbit."""
-    _done(_nemesis().bandwidth(machine, rate))
+    report_fault(cli_nemesis().bandwidth(machine, rate))
 
 
 def _parse_delay(parser, fault, entries, node, path) -> Fault:
@@ -186,7 +186,7 @@ def _parse_delay(parser, fault, entries, node, path) -> Fault:
 @click.option("--jitter", type=float, default=0.0, help="milliseconds of uniform jitter")
 def delay_command(machine: str, milliseconds: float, jitter: float) -> None:
     """Delay what MACHINE sends (tc netem; needs a kernel with sch_netem)."""
-    _done(_nemesis().delay(machine, milliseconds, jitter))
+    report_fault(cli_nemesis().delay(machine, milliseconds, jitter))
 
 
 # -- RPC-level faults -------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def rpc_command(machine: str, action: str, method: str, peer: str, seconds: floa
                 jitter: float, code: int, probability: float, duration: float,
                 outbound: bool) -> None:
     """RPC-level fault on MACHINE through its Control service (works on every kernel)."""
-    _done(_nemesis().rpc(machine, action, method=method, peer=peer, seconds=seconds,
+    report_fault(cli_nemesis().rpc(machine, action, method=method, peer=peer, seconds=seconds,
                          jitter=jitter, code=code, probability=probability,
                          duration=duration, outbound=outbound))
 

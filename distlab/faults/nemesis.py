@@ -28,6 +28,7 @@ from distlab.errors import DistlabError, FaultError, UsageError
 from distlab.faults import network
 from distlab.files import locked, replace_durably
 from distlab.machine import Machine
+from distlab.runtime.base import Runtime, one_host_error
 from nodes.common.durable import fsync_directory
 from nodes.rpc import control_pb2
 
@@ -148,10 +149,33 @@ def _next_number(records: list[FaultRecord]) -> int:
 
 class Nemesis:
     def __init__(self, machines: Callable[[], list[Machine]], journal: Journal, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, runtime: Runtime | None = None
+                 ) -> None:
         self._machines = machines
         self.journal = journal
         self._clock = clock
+        self._runtime = runtime  # host faults: where machines run on several hosts
+
+    # -- host faults (a runtime over several hosts: the swarm) ----------------------------
+
+    def _hosts(self) -> Runtime:
+        if self._runtime is None or not self._runtime.hosts():
+            raise one_host_error()
+        return self._runtime
+
+    def host_stop(self, host: str) -> FaultRecord:
+        """Stop a host's engine (every machine on it with it); heal starts it again."""
+        self._hosts().stop_host(host)
+        return self._record("host-stop", [], {"host": host}, [["host-heal", host]])
+
+    def host_partition(self, host: str) -> FaultRecord:
+        self._hosts().partition_host(host)
+        return self._record("host-partition", [], {"host": host}, [["host-heal", host]])
+
+    def host_slow(self, host: str, other: str, rate: str) -> FaultRecord:
+        self._hosts().slow_link(host, other, rate)
+        return self._record("host-slow", [], {"host": host, "other": other, "rate": rate},
+                            [["host-heal", host], ["host-heal", other]])
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -400,8 +424,14 @@ class Nemesis:
         return problems
 
     def _sweep(self) -> list[str]:
-        """Whatever the journal says: every lab machine running, no rule, no iptables, no qdisc."""
+        """Whatever the journal says: every host's engine running and its network whole,
+        every lab machine running, no rule, no iptables, no qdisc."""
         problems = []
+        for host in self._runtime.hosts() if self._runtime is not None else ():
+            try:
+                self._runtime.heal_host(host)
+            except DistlabError as exc:
+                problems.append(f"{host}: {exc}")
         for machine in self._lab_machines():
             try:
                 if machine.info.state == "paused":
@@ -421,6 +451,12 @@ class Nemesis:
 
     def _undo_step(self, step: list, known: dict[str, Machine]) -> str | None:
         kind, name, *rest = step
+        if kind == "host-heal":
+            try:
+                self._hosts().heal_host(name)
+            except DistlabError as exc:
+                return f"{name}: {exc}"
+            return None
         machine = known.get(name)
         if machine is None:
             return f"{name} no longer exists"

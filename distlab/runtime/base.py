@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from distlab.commands import Result
+from distlab.errors import UsageError
 
 GRPC_PORT = 50051  # every node's gRPC server, inside its machine (the node contract)
 
@@ -109,3 +110,35 @@ class Runtime(ABC):
         """(CPUs, memory bytes, ARP table limit or 0) the machines share, or None when the
         backend cannot say."""
         return None
+
+    # -- hosts: only a runtime over several hosts (the swarm) has them --------------------
+
+    def hosts(self) -> list[str]:
+        """The hosts machines run on, by name (host-1 ...); [] for this machine alone."""
+        return []
+
+    def stop_host(self, host: str) -> None:
+        """Stop a whole host's engine: every machine on it stops, the others see it gone."""
+        raise one_host_error()
+
+    def start_host(self, host: str) -> None:
+        raise one_host_error()
+
+    def partition_host(self, host: str) -> None:
+        """Cut a host off from every other host (this machine still reaches it)."""
+        raise one_host_error()
+
+    def slow_link(self, host: str, other: str, rate: str) -> None:
+        """Cap what `host` sends to `other` to `rate` (tc tbf), both ways."""
+        raise one_host_error()
+
+    def heal_host(self, host: str) -> None:
+        """Undo every network fault on a host (partition, slow links); start its engine."""
+        raise one_host_error()
+
+
+def one_host_error() -> UsageError:
+    return UsageError("host faults need several hosts: this lab runs on one engine",
+                      hint="bring the lab up with `--runtime swarm` on a cluster "
+                           "(docs/cluster.md)")
+

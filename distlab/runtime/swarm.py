@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shlex
 import tarfile
 import threading
@@ -28,6 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+import yaml
 
 from distlab import credential
 from distlab.cluster import state as cluster_state
@@ -93,7 +96,22 @@ class SwarmRuntime(Runtime):
 
     @property
     def manager(self) -> Shell:
-        return self.shell(self.cluster.manager.name)
+        """A manager whose engine answers: the first host's, else another's (a swarm of
+        three or more hosts has three managers, so it outlives the loss of one)."""
+        managers = [h.name for h in self.cluster.hosts if h.manager]
+        problems = []
+        for name in managers:
+            try:
+                shell = self.shell(name)
+                if shell.run("docker node ls -q >/dev/null", check=False,
+                             timeout=20).returncode == 0:
+                    return shell
+                problems.append(f"{name}: its engine is not a working manager")
+            except DistlabError as exc:
+                problems.append(str(exc))
+        raise ClusterError(f"no manager of the swarm answers: {'; '.join(problems)}",
+                           hint="`distlab cluster status`; `distlab heal` starts stopped "
+                                "engines again")
 
     def hosts(self) -> list[str]:
         return [h.name for h in self.cluster.hosts]
@@ -118,19 +136,24 @@ class SwarmRuntime(Runtime):
            placement: Mapping[str, str] | None = None) -> None:
         say = on_line or (lambda _: None)
         project = self.render(profiles, environment)
+        # The lab's own services; the common ones (Prometheus) stay on this machine for now.
         services = [name for name, service in project["services"].items()
                     if set(service.get("profiles") or ()) & set(profiles)]
         adapted = stack.to_stack(project, services=services, scale=scale,
-                                 registry=self.cluster.registry, placement=placement or {},
-                                 hosts=self.hosts())
+                                 registry=self.cluster.registry, placement=placement or {})
         for note in adapted.notes:
             say(f"swarm: {note}")
         manager = self.manager
-        secret = credential.ensure(self.root)
+        self._publish({project["services"][name]["image"] for name in services}, say)
         manager.run(f"mkdir -p {REMOTE_DIR} && chmod 700 {REMOTE_DIR}")
-        manager.put(secret.read_bytes(), f"{REMOTE_DIR}/credential", mode=0o600)
-        adapted.point_secrets_at(REMOTE_DIR)
-        manager.put(adapted.dump().encode(), f"{REMOTE_DIR}/stack.yaml", mode=0o600)
+        # File secrets are read by `docker stack deploy` where it runs: the manager.
+        for name, secret in (adapted.file.get("secrets") or {}).items():
+            if "file" in secret:
+                manager.put(Path(secret["file"]).read_bytes(), f"{REMOTE_DIR}/{name}",
+                            mode=0o600)
+                secret["file"] = f"{REMOTE_DIR}/{name}"
+        manager.put(yaml.safe_dump(adapted.file, sort_keys=False).encode(),
+                    f"{REMOTE_DIR}/stack.yaml", mode=0o600)
         say(f"docker stack deploy {STACK} ({len(services)} services) on "
             f"{self.cluster.manager.name}")
         result = manager.run(f"docker stack deploy --with-registry-auth --prune "
@@ -141,12 +164,46 @@ class SwarmRuntime(Runtime):
         if result.returncode != 0:
             raise CommandFailed(["docker", "stack", "deploy", STACK], result.returncode,
                                 result.output, where=self.cluster.manager.name)
+        # Compose has made every container when it returns; Swarm only has the services:
+        # wait until every machine exists, so the Testbed's health wait sees them all.
+        wanted = {name: spec["deploy"].get("replicas", 1)
+                  for name, spec in adapted.file["services"].items()}
+        self._wait_for_machines(wanted, say)
+
+    def _wait_for_machines(self, wanted: Mapping[str, int], say: Callable[[str], None]
+                           ) -> None:
+        deadline = time.monotonic() + DEPLOY_SECONDS
+        while True:
+            have: dict[str, int] = {}
+            for info in self.machines():
+                if info.state in ("running", "paused"):
+                    have[info.service] = have.get(info.service, 0) + 1
+            missing = {s: n - have.get(s, 0) for s, n in wanted.items() if have.get(s, 0) < n}
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise DistlabError(
+                    f"Swarm did not start every machine within {DEPLOY_SECONDS:.0f} s: "
+                    + ", ".join(f"{s} {n} missing" for s, n in sorted(missing.items())),
+                    hint=f"`docker service ps {STACK}_SERVICE --no-trunc` on a manager "
+                         "says why (an image not pulled, no host that fits)")
+            say(f"waiting for Swarm: {sum(missing.values())} machines not started yet")
+            time.sleep(1.0)
+
+    def _publish(self, images: set[str], say: Callable[[str], None]) -> None:
+        """Put this machine's build of each image in the cluster registry (a copy only
+        when the manager's differs: a rebuilt image is pushed again)."""
+        from distlab.cluster import registry
+
+        for image in sorted(images):
+            if registry.ship(self.manager, image, on_step=say):
+                say(f"pushing {image} to {self.cluster.registry}")
+                registry.push(self.manager, self.cluster.registry, image)
 
     def render(self, profiles: Sequence[str], environment: Mapping[str, str] | None
                ) -> dict:
         """compose.yaml as Compose resolves it for `profiles` (variables, anchors, images)."""
-        import os
-
+        credential.ensure(self.root)  # Compose wants the secret's file to exist
         args = [a for p in profiles for a in ("--profile", p)] + ["config", "--format", "json"]
         env = {**os.environ, **environment} if environment else None
         return json.loads(self.runner.run(self._compose.compose_argv(*args), timeout=60,
@@ -198,11 +255,16 @@ class SwarmRuntime(Runtime):
     # -- machines -----------------------------------------------------------------------------
 
     def machines(self) -> list[MachineInfo]:
+        """Every host's task containers, one per machine. A host that does not answer
+        (stopped, cut off) is left out: its machines are lost to the lab until Swarm runs
+        them elsewhere, which is what a user of the lab sees too."""
         tasks: list[Task] = []
-        for result in self._on_hosts(self._tasks_on).values():
-            if isinstance(result, DistlabError):
-                raise result
-            tasks.extend(result)
+        results = self._on_hosts(self._tasks_on)
+        if all(isinstance(r, DistlabError) for r in results.values()):
+            raise next(iter(results.values()))
+        for result in results.values():
+            if not isinstance(result, DistlabError):
+                tasks.extend(result)
         current = current_tasks(tasks)
         with self._lock:
             self._where = {t.info.container: t.host for t in tasks}
@@ -210,8 +272,9 @@ class SwarmRuntime(Runtime):
 
     def _tasks_on(self, host: str) -> list[Task]:
         listing = self.shell(host).run(
-            f"docker ps -aq --filter label={STACK_LABEL}={STACK} | xargs -r docker inspect",
-            timeout=60).output
+            f"ids=$(docker ps -aq --filter label={STACK_LABEL}={STACK}) || exit 1; "
+            "if [ -z \"$ids\" ]; then echo '[]'; else docker inspect $ids; fi",
+            timeout=30).output
         return [task for raw in json.loads(listing or "[]")
                 if (task := task_of(raw, host, self._addresses[host])) is not None]
 
@@ -298,6 +361,39 @@ class SwarmRuntime(Runtime):
         shell.run(f"docker cp - {shlex.quote(container)}:{shlex.quote(str(target.parent))} "
                   f"< {staged}; status=$?; rm -f {staged}; exit $status")
 
+    def stop_host(self, host: str) -> None:
+        self._check_host(host)
+        self.shell(host).run(STOP_ENGINE, timeout=90)
+
+    def start_host(self, host: str) -> None:
+        self._check_host(host)
+        self.shell(host).run(START_ENGINE, timeout=90)
+
+    def partition_host(self, host: str) -> None:
+        self._check_host(host)
+        others = [a for name, a in self._addresses.items() if name != host]
+        self.shell(host).run(partition_commands(others))
+
+    def slow_link(self, host: str, other: str, rate: str) -> None:
+        for name in (host, other):
+            self._check_host(name)
+        if host == other:
+            raise UsageError(f"a link joins two hosts: {host} twice",
+                             hint=f"hosts: {', '.join(self.hosts())}")
+        self.shell(host).run(slow_link_commands(self._addresses[other], rate))
+        self.shell(other).run(slow_link_commands(self._addresses[host], rate))
+
+    def heal_host(self, host: str) -> None:
+        self._check_host(host)
+        shell = self.shell(host)
+        shell.run(HEAL_NETWORK)
+        shell.run(START_ENGINE, timeout=90)
+
+    def _check_host(self, host: str) -> None:
+        if host not in self._shells:
+            raise UsageError(f"the cluster has no host {host!r}",
+                             hint=f"its hosts: {', '.join(self.hosts())}")
+
     def resources(self) -> tuple[int, int, int] | None:
         """Every host's CPUs and memory, summed (the ARP limit is each host's own)."""
         def info(host: str) -> tuple[int, int]:
@@ -309,6 +405,60 @@ class SwarmRuntime(Runtime):
         if any(isinstance(r, DistlabError) for r in results):
             return None
         return (sum(r[0] for r in results), sum(r[1] for r in results), 0)
+
+
+# -- host faults, run on the host over SSH ------------------------------------------------------
+
+HOST_CHAIN = "DISTLAB-HOST"  # the partition's iptables chain on a host
+QDISC = "d15:"  # the handle of distlab's shaping qdisc on a host's interface (a slow link)
+ENGINE_RUNNING = "docker info >/dev/null 2>&1"
+START_ENGINE = (
+    f"{ENGINE_RUNNING} && exit 0; "
+    "if [ -d /run/systemd/system ]; then systemctl start docker; "
+    "else nohup dockerd >>/var/log/dockerd.log 2>&1 </dev/null & fi; "
+    f"for i in $(seq 120); do {ENGINE_RUNNING} && exit 0; sleep 0.5; done; "
+    "echo 'dockerd did not start (see /var/log/dockerd.log)'; exit 1")
+# SIGTERM: the engine stops every container (each within its grace period) and exits, as
+# at a shutdown; the swarm's managers see the node go down and reschedule its tasks.
+STOP_ENGINE = (
+    "if [ -d /run/systemd/system ]; then systemctl stop docker.socket docker; exit $?; fi; "
+    "pkill -TERM -x dockerd || exit 0; "
+    "for i in $(seq 120); do pgrep -x dockerd >/dev/null || exit 0; sleep 0.5; done; "
+    "echo 'dockerd did not stop within 60 s'; exit 1")
+
+
+def interface_to(address: str) -> str:
+    """Shell: the interface a host sends to `address` on, into $dev."""
+    return (f"dev=$(ip route get {shlex.quote(address)} | "
+            "sed -n 's/.* dev \\([^ ]*\\).*/\\1/p' | head -1)")
+
+
+def partition_commands(others: Sequence[str]) -> str:
+    drops = "; ".join(f"iptables -A {HOST_CHAIN} -s {a} -j DROP; "
+                      f"iptables -A {HOST_CHAIN} -d {a} -j DROP" for a in others)
+    return (f"iptables -N {HOST_CHAIN} 2>/dev/null; iptables -F {HOST_CHAIN}; {drops}; "
+            f"for c in INPUT OUTPUT; do iptables -C $c -j {HOST_CHAIN} 2>/dev/null || "
+            f"iptables -I $c -j {HOST_CHAIN}; done")
+
+
+def slow_link_commands(other: str, rate: str) -> str:
+    """htb only sorts what goes to `other` into a class of its own; tbf under it shapes."""
+    return (f"{interface_to(other)}; "
+            f"tc qdisc show dev $dev | grep -q 'htb {QDISC}' || "
+            f"{{ tc qdisc add dev $dev root handle {QDISC} htb default 1 r2q 100000 && "
+            f"tc class add dev $dev parent {QDISC} classid {QDISC}1 htb rate 10gbit; }}; "
+            f"n=$(( $(tc class show dev $dev | grep -c 'htb {QDISC}') + 1 )); "
+            f"tc class add dev $dev parent {QDISC} classid {QDISC}$n htb rate 10gbit && "
+            f"tc qdisc add dev $dev parent {QDISC}$n tbf rate {rate} burst 32kbit "
+            f"latency 400ms && tc filter add dev $dev parent {QDISC} protocol ip prio 1 u32 "
+            f"match ip dst {other}/32 flowid {QDISC}$n")
+
+
+HEAL_NETWORK = (
+    f"for c in INPUT OUTPUT; do while iptables -D $c -j {HOST_CHAIN} 2>/dev/null; do :; "
+    f"done; done; iptables -F {HOST_CHAIN} 2>/dev/null; iptables -X {HOST_CHAIN} 2>/dev/null; "
+    f"for dev in $(ls /sys/class/net); do tc qdisc show dev $dev | grep -q 'htb {QDISC}' && "
+    "tc qdisc del dev $dev root; done; true")
 
 
 def machine_name(container: str) -> str:

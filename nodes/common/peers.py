@@ -32,8 +32,8 @@ offers it as CHAIN_CHECK_DETECTOR=fixed for comparison.
 from __future__ import annotations
 
 import ipaddress
-import re
 import queue
+import re
 import socket
 import threading
 import time

@@ -100,3 +100,9 @@ def test_a_host_where_nothing_listens_is_named_with_the_fix():
         shell.connect()
     assert str(raised.value).startswith(f"root@127.0.0.1:{port}: cannot reach it over SSH")
     assert f"sshd listens on port {port}" in raised.value.hint
+
+
+def test_a_swarm_of_three_or_more_outlives_the_loss_of_a_manager():
+    from distlab.cluster.cluster import managers_of
+
+    assert [managers_of(n) for n in range(1, 9)] == [1, 1, 3, 3, 3, 3, 5, 5]

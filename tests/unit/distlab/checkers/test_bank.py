@@ -183,3 +183,12 @@ def test_an_audit_missing_an_account_is_torn_even_when_its_sum_is_right():
     assert verdict.valid is False
     assert verdict.figures["torn_audits"] == 1
     assert "did not show accounts c" in verdict.problems[0]
+
+
+def test_an_audit_that_finds_no_account_is_invalid_not_a_crash():
+    """Seen on the swarm: a data master rescheduled to a host without its state made a
+    chain of one empty replica, and the audit answered {}."""
+    history = History.of_ops([transfer(1, 30), audit(2, {})])
+    verdict = check_bank(history, outcome({}, [transfer(1, 30)]))
+    assert verdict.valid is False
+    assert "did not show accounts a, b" in verdict.problems[0]
