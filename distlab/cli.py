@@ -139,14 +139,13 @@ def up(lab: str | None, scale: tuple[str, ...], timeout: float, force: bool,
     First it estimates what the lab at this scale needs against what the Docker engine
     has: past a comfortable size it says so, and where the lab would not come up at all
     it refuses unless --force."""
-    root = project_root()
-    testbed = Testbed(make_runtime(root, runtime) if runtime else None, root=root)
+    testbed = Testbed(make_runtime(project_root(), runtime)) if runtime else Testbed()
     chosen = testbed.catalogue.lab(lab)
     testbed.catalogue.parse_scale(chosen, list(scale))  # fail before starting anything
     placement = _placement(testbed, chosen, place)
     _check_capacity(testbed.capacity(chosen.name, list(scale)), chosen.name, force)
     if runtime:
-        choose_runtime(root, runtime)
+        choose_runtime(testbed.root, runtime)
     started = time.monotonic()
     state = {"line": "starting Compose ...", "machines": []}
 

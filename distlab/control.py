@@ -99,7 +99,7 @@ class ControlClient:
         """Clear these rules (every rule when none is named)."""
         self.call("ClearFaultRules", control_pb2.ClearFaultRulesRequest(rule_ids=list(rule_ids)))
 
-    def fault_rules(self) -> list[control_pb2.FaultRule]:
+    def fault_rules(self) -> list[control_pb2.ActiveFaultRule]:
         return list(self.call("ListFaultRules", control_pb2.ListFaultRulesRequest(),
                               timeout=LOOK_SECONDS).rules)
 

@@ -27,7 +27,7 @@ def show(result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
 
 
-class TestHosts:
+class HostsUnderTest:
     def __init__(self, project: Path, specs: list[str]) -> None:
         self.project = project
         self.specs = specs
@@ -53,7 +53,7 @@ def hosts(tmp_path_factory):
         pytest.fail("no Docker engine answers: run scripts/setup-host.sh")
     project = tmp_path_factory.mktemp("cluster")
     testhosts.remove(project)
-    made = TestHosts(project, testhosts.make(project, 4))
+    made = HostsUnderTest(project, testhosts.make(project, 4))
     try:
         yield made
     finally:

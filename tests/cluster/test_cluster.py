@@ -72,8 +72,8 @@ def test_create_makes_one_swarm_with_a_registry(hosts):
     status = distlab(hosts.project, "cluster", "status")
     assert status.returncode == 0, show(status)
     rows = [line for line in status.stdout.splitlines() if "host-" in line]
-    assert [("manager" in r, "worker" in r, "ready" in r) for r in rows] == \
-        [(True, False, True), (False, True, True), (False, True, True)], status.stdout
+    # Three hosts, three managers: the swarm outlives the loss of any one of them.
+    assert [("manager" in r, "ready" in r) for r in rows] == [(True, True)] * 3, status.stdout
     state = json.loads((hosts.project / ".distlab" / "cluster.json").read_text())
     assert state["registry"] == f"{one.split('@')[1]}:5000"
     assert "running" in status.stdout.splitlines()[-1], status.stdout

@@ -187,7 +187,8 @@ def test_a_misspelt_top_level_field_suggests_the_right_one(catalogue):
 def test_a_misspelt_enum_value_suggests_the_right_one(catalogue):
     assert problems(catalogue, HEAD + "faults:\n  - {at: 5s, kind: kil, target: app-1}\n") == [
         "s.yaml:5: faults[0].kind: 'kil' is not one of kill, stop, pause, restart, partition, "
-        "loss, bandwidth, delay, rpc; did you mean 'kill'?"]
+        "loss, bandwidth, delay, rpc, host-stop, host-partition, host-slow; did you mean "
+        "'kill'?"]
 
 
 def test_a_value_of_the_wrong_type_says_what_was_expected_and_what_was_found(catalogue):
@@ -565,3 +566,15 @@ def test_a_workload_may_call_another_role_of_its_lab(catalogue):
     assert problems(catalogue, text.replace("kv-switch", "kv-swich")) == [
         "s.yaml:4: workloads[0].via: lab 'migration' has no role 'kv-swich' (its roles: "
         "vm-switch, kv-switch, host); did you mean 'kv-switch'?"]
+
+
+def test_host_faults_name_hosts_and_a_rate(catalogue):
+    scenario = parse_scenario(HEAD + dedent("""\
+        faults:
+          - {at: 5s, for: 10s, kind: host-stop, host: host-2}
+          - {at: 20s, for: 10s, kind: host-slow, host: host-1, other: host-3, rate: 1mbit}
+        """), catalogue)
+    assert [f.params for f in scenario.faults] == [
+        {"host": "host-2"}, {"host": "host-1", "other": "host-3", "rate": "1mbit"}]
+    assert "is not a rate" in problems(catalogue, HEAD + "faults:\n  - {at: 5s, kind: "
+                                       "host-slow, host: a, other: b, rate: fast}\n")[0]

@@ -114,3 +114,12 @@ def test_unresolvable_name_is_skipped_and_unnamed_address_falls_back_to_itself()
     peers = discover(["gone", "kv:7000"], default_port=50051, own_targets=set(),
                      resolve=fake_dns({"kv": ["10.0.0.9"]}), name_of=NAMES.get)
     assert peers == {"10.0.0.9": "10.0.0.9:7000"}
+
+
+def test_a_machine_is_named_the_same_under_compose_and_swarm():
+    from nodes.common.peers import machine_name_from
+
+    assert machine_name_from("distlab-kv-2") == "kv-2"  # Compose: <project>-<service>-<n>
+    assert machine_name_from("distlab_kv.2.4j787ie5gxwg8uiieom8o93t2") == "kv-2"  # a task
+    assert machine_name_from("distlab_data-master.1.abc123") == "data-master-1"
+    assert machine_name_from("standalone") == "standalone"
