@@ -104,7 +104,7 @@ def ship(shell: Shell, image: str, *, on_step: Callable[[str], None] = lambda _:
          ) -> bool:
     """Copy a local image to the host's engine unless it has that very image already;
     True when it was copied (so destroy removes it again)."""
-    local = _local_engine()
+    local = local_engine()
     try:
         wanted = local.images.get(image)
     except docker.errors.ImageNotFound:
@@ -133,10 +133,10 @@ def push(manager: Shell, registry: str, image: str) -> str:
     return remote
 
 
-def _local_engine() -> docker.DockerClient:
+def local_engine(timeout: float = 300) -> docker.DockerClient:
+    """This (the control) machine's engine: where images are built, test hosts run."""
     try:
-        return docker.from_env(version="auto", timeout=300)
+        return docker.from_env(version="auto", timeout=timeout)
     except docker.errors.DockerException as exc:
         raise ClusterError(f"this machine's Docker engine does not answer ({exc})",
-                           hint="the images are built here: run scripts/setup-host.sh"
-                           ) from None
+                           hint="run scripts/setup-host.sh") from None

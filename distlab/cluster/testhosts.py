@@ -23,6 +23,7 @@ import docker.errors
 import docker.types
 
 from distlab.cluster.certificate import ssh_key_pair
+from distlab.cluster.registry import local_engine
 from distlab.errors import ClusterError
 
 IMAGE = "distlab/host:dev"
@@ -49,20 +50,12 @@ def key_path(root: Path) -> Path:
     return path
 
 
-def _engine() -> docker.DockerClient:
-    try:
-        return docker.from_env(version="auto", timeout=120)
-    except docker.errors.DockerException as exc:
-        raise ClusterError(f"this machine's Docker engine does not answer ({exc})",
-                           hint="run scripts/setup-host.sh") from None
-
-
 def make(root: Path, count: int) -> list[str]:
     """Start test hosts host-1..host-N (those missing); their `root@address` specs."""
     if not 1 <= count <= 9:
         raise ClusterError(f"{count} test hosts: give 1 to 9",
                            hint="three make a swarm with a manager and two workers")
-    engine = _engine()
+    engine = local_engine(120)
     try:
         engine.images.get(IMAGE)
     except docker.errors.ImageNotFound:
@@ -139,7 +132,7 @@ def _wait_for_ssh(address: str) -> None:
 
 def remove(root: Path) -> int:
     """Remove every test host, its engine's volume and their network; how many hosts."""
-    engine = _engine()
+    engine = local_engine(120)
     hosts = engine.containers.list(all=True, filters={"label": f"{LABEL}={VALUE}"})
     for container in hosts:
         container.remove(force=True, v=True)

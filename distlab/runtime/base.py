@@ -6,9 +6,13 @@ Docker Compose on this host is the first backend; Docker Swarm and SSH hosts
 
 from __future__ import annotations
 
+import io
+import tarfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from distlab.commands import Result
 from distlab.errors import UsageError
@@ -135,6 +139,18 @@ class Runtime(ABC):
     def heal_host(self, host: str) -> None:
         """Undo every network fault on a host (partition, slow links); start its engine."""
         raise one_host_error()
+
+
+def file_archive(path: str, content: bytes) -> tuple[str, bytes]:
+    """(the directory, a tar of the one file) for putting `content` at `path` in a
+    container: the engine's API takes files as a tar unpacked into a directory."""
+    target = PurePosixPath(path)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        entry = tarfile.TarInfo(target.name)
+        entry.size, entry.mode, entry.mtime = len(content), 0o644, int(time.time())
+        tar.addfile(entry, io.BytesIO(content))
+    return str(target.parent), archive.getvalue()
 
 
 def one_host_error() -> UsageError:

@@ -10,12 +10,10 @@ per-container inspect), so polling a 64-machine lab stays cheap.
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -31,7 +29,7 @@ from distlab.errors import (
     UsageError,
 )
 from distlab.runtime import sweep
-from distlab.runtime.base import GRPC_PORT, CleanReport, MachineInfo, Runtime
+from distlab.runtime.base import GRPC_PORT, CleanReport, MachineInfo, Runtime, file_archive
 
 LAB_LABEL = "distlab.lab"
 ROLE_LABEL = "distlab.role"
@@ -204,13 +202,8 @@ class ComposeRuntime(Runtime):
         return self._container(container).logs(tail=tail).decode(errors="replace")
 
     def put_file(self, container: str, path: str, content: bytes) -> None:
-        target = PurePosixPath(path)
-        archive = io.BytesIO()
-        with tarfile.open(fileobj=archive, mode="w") as tar:
-            entry = tarfile.TarInfo(target.name)
-            entry.size, entry.mode, entry.mtime = len(content), 0o644, int(time.time())
-            tar.addfile(entry, io.BytesIO(content))
-        if not self._container(container).put_archive(str(target.parent), archive.getvalue()):
+        directory, archive = file_archive(path, content)
+        if not self._container(container).put_archive(directory, archive):
             raise CommandFailed(["put_archive", path], 1, "the engine refused the file",
                                 where=container)
 

@@ -18,17 +18,15 @@ What differs from Compose, because Swarm is an orchestrator:
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shlex
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import yaml
 
@@ -39,7 +37,7 @@ from distlab.cluster.ssh import Shell
 from distlab.commands import Result, Runner
 from distlab.errors import ClusterError, CommandFailed, DistlabError, UnknownMachine, UsageError
 from distlab.runtime import stack
-from distlab.runtime.base import GRPC_PORT, CleanReport, MachineInfo, Runtime
+from distlab.runtime.base import GRPC_PORT, CleanReport, MachineInfo, Runtime, file_archive
 from distlab.runtime.compose import (
     CONTRACT_LABEL,
     EPHEMERAL_LABEL,
@@ -349,16 +347,11 @@ class SwarmRuntime(Runtime):
         return self._docker(container, f"logs --tail {int(tail)}", check=False).output
 
     def put_file(self, container: str, path: str, content: bytes) -> None:
-        target = PurePosixPath(path)
-        archive = io.BytesIO()
-        with tarfile.open(fileobj=archive, mode="w") as tar:
-            entry = tarfile.TarInfo(target.name)
-            entry.size, entry.mode, entry.mtime = len(content), 0o644, int(time.time())
-            tar.addfile(entry, io.BytesIO(content))
+        directory, archive = file_archive(path, content)
         shell = self.shell(self.host_of(container))
         staged = f"/tmp/distlab-put-{abs(hash((container, path)))}.tar"
-        shell.put(archive.getvalue(), staged, mode=0o600)
-        shell.run(f"docker cp - {shlex.quote(container)}:{shlex.quote(str(target.parent))} "
+        shell.put(archive, staged, mode=0o600)
+        shell.run(f"docker cp - {shlex.quote(container)}:{shlex.quote(directory)} "
                   f"< {staged}; status=$?; rm -f {staged}; exit $status")
 
     def stop_host(self, host: str) -> None:

@@ -26,7 +26,7 @@ from distlab.runtime.stack import (
     to_stack,
 )
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 REGISTRY = "10.0.0.2:5000"
 TIERS = ("switch", "app", "data", "data-spare", "data-master")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
