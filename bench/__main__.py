@@ -6,6 +6,7 @@ The soak (`python -m bench.soak`, 30 minutes by default) is not among them: `mak
 from bench import (
     bittorrent,
     chord,
+    cluster,
     failover,
     foundation,
     mapreduce,
@@ -28,3 +29,4 @@ overload.main([])
 mapreduce.main([])
 bittorrent.main([])
 serverless.main([])
+cluster.main([])
