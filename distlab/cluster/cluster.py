@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from distlab.cluster import registry, state
+from distlab.cluster.certificate import self_signed
 from distlab.cluster.hosts import HostSpec
 from distlab.cluster.ssh import Shell
 from distlab.cluster.state import REGISTRY_PORT, ClusterState, Host
@@ -164,7 +165,7 @@ def _start_registry(root: Path, shells: list[Shell], made: ClusterState,
                     on_step: Step) -> None:
     manager, manager_shell = made.hosts[0], shells[0]
     made.registry = f"{manager.address}:{REGISTRY_PORT}"
-    certificate, key = registry.make_certificate(manager.address)
+    certificate, key = self_signed(manager.address)
     on_step(f"registry on {manager.name}: {made.registry} (TLS, login)")
     on_each(shells, lambda s: registry.trust(s, made.registry, certificate))
     if registry.ship(manager_shell, registry.REGISTRY_IMAGE, on_step=on_step):
@@ -181,7 +182,7 @@ def _start_registry(root: Path, shells: list[Shell], made: ClusterState,
 def _undo_host(shell: Shell, host: Host, registry_address: str) -> None:
     """Leave the host as create found it: no distlab service, container or volume, not in
     the swarm, no registry trust, none of the images create loaded."""
-    if host.manager and registry_address:
+    if registry_address.startswith(f"{host.address}:"):  # the registry runs here
         registry.stop(shell, registry_address)
     shell.run("docker ps -aq --filter label=distlab.lab | xargs -r docker rm -f >/dev/null; "
               "docker swarm leave --force >/dev/null 2>&1; "
@@ -298,7 +299,8 @@ def status(root: Path) -> tuple[ClusterState, list[HostStatus], str]:
                                 "`distlab cluster test-hosts 3` makes hosts to try it on")
     shells = _shells(made)
     try:
-        nodes = _node_states(shells[[h.manager for h in made.hosts].index(True)])
+        first = shells[0]  # the first host: a manager, and the registry's
+        nodes = _node_states(first)
 
         def look(shell: Shell) -> HostStatus:
             host = _host_of(made, shell)
@@ -318,7 +320,7 @@ def status(root: Path) -> tuple[ClusterState, list[HostStatus], str]:
         registry_state = "-"
         manager_status = next(h for h in hosts if h.name == made.manager.name)
         if made.registry and manager_status.reachable:
-            registry_state = shells[[h.manager for h in made.hosts].index(True)].run(
+            registry_state = first.run(
                 f"docker inspect --format '{{{{.State.Status}}}}' {registry.CONTAINER}",
                 check=False).output.strip() or "missing"
         return made, hosts, registry_state

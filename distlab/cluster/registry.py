@@ -17,7 +17,6 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from distlab.cluster.certificate import self_signed
 from distlab.cluster.ssh import Shell
 from distlab.cluster.state import REGISTRY_PORT, Host
 from distlab.errors import ClusterError
@@ -94,10 +93,6 @@ def stop(manager: Shell, registry: str) -> None:
                 f"docker rm -f {CONTAINER} >/dev/null 2>&1; "
                 f"docker volume rm distlab-registry >/dev/null 2>&1; rm -rf {CONFIG_DIR}; "
                 "rmdir /etc/distlab 2>/dev/null; true")
-
-
-def make_certificate(address: str) -> tuple[bytes, bytes]:
-    return self_signed(address)
 
 
 def ship(shell: Shell, image: str, *, on_step: Callable[[str], None] = lambda _: None
