@@ -23,12 +23,10 @@ from distlab.console import err, fail, out
 from distlab.control import ControlError
 from distlab.errors import DistlabError, UsageError
 from distlab.registry import Registry, load_registry
-from distlab.runtime.base import CleanReport, MachineInfo
+from distlab.runtime.base import GRAFANA_PORT, CleanReport, MachineInfo
 from distlab.runtime.compose import read_images_env
 from distlab.scenarios.cli import run
 from distlab.testbed import (
-    GRAFANA_URL,
-    PROMETHEUS_URL,
     RUNTIMES,
     Testbed,
     choose_runtime,
@@ -173,9 +171,10 @@ def up(lab: str | None, scale: tuple[str, ...], timeout: float, force: bool,
                    placement=placement)
     out.print(f"[green]lab {chosen.name} is up[/] in {time.monotonic() - started:.1f} s")
     _print_status(testbed)
-    out.print(f"\nPrometheus  {PROMETHEUS_URL}")
+    out.print(f"\nPrometheus  {testbed.prometheus.url}")
     if testbed.grafana_image():
-        out.print(f"Grafana     {GRAFANA_URL}  (dashboards in folder 'distlab'; user admin, "
+        grafana = testbed.runtime.web_url("grafana", GRAFANA_PORT)
+        out.print(f"Grafana     {grafana}  (dashboards in folder 'distlab'; user admin, "
                   f"password in {credential.GRAFANA_PASSWORD_PATH})")
     else:
         out.print("Grafana     skipped: its image cannot be pulled on this machine "

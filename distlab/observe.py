@@ -19,14 +19,18 @@ from distlab.runtime.base import MachineInfo
 
 TARGETS_PATH = "/distlab/targets/nodes.json"
 METRICS_PORT = 9100
+LOCAL_HOST = "local"  # the `host` label of machines on this machine's own engine
 
 
 def targets_document(machines: Iterable[MachineInfo]) -> bytes:
     """Prometheus's file_sd targets: every lab machine that keeps the node contract, but
     an ephemeral one (a serverless instance lives on a network Prometheus is not on, for
-    seconds; the runner's metrics speak for it)."""
+    seconds; the runner's metrics speak for it). `host` says which cluster host runs it
+    (a swarm's `host-2`), `local` on this machine's engine. Docker DNS resolves a
+    container's name on the lab network under Compose and a task's on a swarm overlay."""
     groups = [{"targets": [f"{m.container}:{METRICS_PORT}"],
-               "labels": {"machine": m.name, "role": m.role, "lab": m.lab}}
+               "labels": {"machine": m.name, "role": m.role, "lab": m.lab,
+                          "host": m.host or LOCAL_HOST}}
               for m in machines if m.lab != "common" and m.contract and not m.ephemeral]
     return json.dumps(groups, indent=1).encode()
 

@@ -8,6 +8,7 @@ its Runtime.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -22,11 +23,15 @@ from distlab.labs import Catalogue, Lab, counts_at, load_catalogue
 from distlab.machine import Machine
 from distlab.observe import TARGETS_PATH, Prometheus, targets_document
 from distlab.registry import Registry, load_registry
-from distlab.runtime.base import CleanReport, MachineInfo, Runtime
+from distlab.runtime.base import (
+    PROMETHEUS_PORT,
+    CleanReport,
+    MachineInfo,
+    Runtime,
+)
 from distlab.runtime.compose import ComposeRuntime, read_images_env
 
-PROMETHEUS_URL = f"http://127.0.0.1:{os.environ.get('DISTLAB_PROMETHEUS_PORT', '9090')}"
-GRAFANA_URL = f"http://127.0.0.1:{os.environ.get('DISTLAB_GRAFANA_PORT', '3000')}"
+PROMETHEUS_URL = f"http://127.0.0.1:{PROMETHEUS_PORT}"  # on this machine's engine
 
 
 def project_root() -> Path:
@@ -77,7 +82,12 @@ class Testbed:
         self.registry = registry or load_registry()
         self.nemesis = Nemesis(self.machines, Journal(self.root / ".distlab" / "faults.json"),
                                runtime=self.runtime)
-        self.prometheus = Prometheus(PROMETHEUS_URL)
+
+    @functools.cached_property
+    def prometheus(self) -> Prometheus:
+        """The lab's Prometheus, where the runtime runs it (asked once: on a swarm that
+        means listing the hosts' machines)."""
+        return Prometheus(self.runtime.web_url("prometheus", PROMETHEUS_PORT))
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from distlab.cluster import registry, state
 from distlab.cluster.certificate import self_signed
 from distlab.cluster.hosts import HostSpec
 from distlab.cluster.ssh import Shell
-from distlab.cluster.state import REGISTRY_PORT, ClusterState, Host
+from distlab.cluster.state import REGISTRY_PORT, STACK_DIR, ClusterState, Host
 from distlab.errors import ClusterError, DistlabError
 
 # The checkout's own script, pushed to each host as it is (the same one CI runs here).
@@ -188,7 +188,8 @@ def _undo_host(shell: Shell, host: Host, registry_address: str) -> None:
               "docker swarm leave --force >/dev/null 2>&1; "
               "docker volume ls -q --filter label=distlab.lab | xargs -r docker volume rm "
               ">/dev/null; docker network ls -q --filter label=distlab.lab | xargs -r "
-              "docker network rm >/dev/null 2>&1; true", timeout=180)
+              "docker network rm >/dev/null 2>&1; "
+              f"rm -rf {STACK_DIR}; rmdir /etc/distlab 2>/dev/null; true", timeout=180)
     if registry_address:
         registry.untrust(shell, registry_address)
         # What the swarm pulled from the registry, on every host.

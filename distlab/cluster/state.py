@@ -10,6 +10,7 @@ from pathlib import Path
 
 STATE_PATH = Path(".distlab") / "cluster.json"
 REGISTRY_PORT = 5000
+STACK_DIR = "/etc/distlab/stack"  # on hosts: the stack file, its secrets, files it mounts
 
 
 @dataclass

@@ -7,6 +7,7 @@ Docker Compose on this host is the first backend; Docker Swarm and SSH hosts
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import time
 from abc import ABC, abstractmethod
@@ -18,6 +19,9 @@ from distlab.commands import Result
 from distlab.errors import UsageError
 
 GRPC_PORT = 50051  # every node's gRPC server, inside its machine (the node contract)
+# Where the common machines publish their web ports (compose.yaml reads the same variables).
+PROMETHEUS_PORT = int(os.environ.get("DISTLAB_PROMETHEUS_PORT", "9090"))
+GRAFANA_PORT = int(os.environ.get("DISTLAB_GRAFANA_PORT", "3000"))
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,11 @@ class Runtime(ABC):
 
     @abstractmethod
     def clean(self) -> CleanReport: ...
+
+    def web_url(self, role: str, port: int) -> str:
+        """Where the common machine of `role` (Prometheus, Grafana) answers from this
+        machine at the host port it publishes: compose.yaml publishes on loopback."""
+        return f"http://127.0.0.1:{port}"
 
     def resources(self) -> tuple[int, int, int] | None:
         """(CPUs, memory bytes, ARP table limit or 0) the machines share, or None when the

@@ -61,7 +61,13 @@ What is adapted, and why (`Stack.notes` says which services each one touched):
   another host starts empty. Services that share a volume to hand each other files (a
   torrent, job inputs) no longer do (weakened). Global services and external volumes
   keep the one name.
-- bind mount -> kept; its path must exist on whichever host runs the task (weakened).
+- bind mount of a path inside the project (Prometheus's `./prometheus` configuration)
+  -> the copy the Swarm runtime puts at the same relative path under
+  /etc/distlab/stack/files on every host (`copies`, from `project_files`), so the
+  service runs wherever Swarm places it. Files changed here reach the hosts at the next
+  `distlab up`, not while the lab runs.
+- any other bind mount -> kept; its path must exist on whichever host runs the task
+  (weakened).
 - `tmpfs` (the service key) -> `volumes: [{type: tmpfs, target, tmpfs: {size}}]`: stack
   deploy ignores the key; a 3.9 tmpfs mount takes only a size, so `uid`, `gid`, `mode`
   ... are lost (weakened).
@@ -239,11 +245,14 @@ def cluster_image(image: str, registry: str) -> str:
 
 
 def to_stack(project: Mapping, *, services: Sequence[str], scale: Mapping[str, int],
-             registry: str, placement: Mapping[str, str] | None = None) -> Stack:
+             registry: str, placement: Mapping[str, str] | None = None,
+             copies: Mapping[str, str] | None = None) -> Stack:
     """The stack file for `services` of the rendered Compose `project` at `scale`, their
     images from `registry` ("10.0.0.2:5000"), spread over hosts except the services
-    `placement` pins to one host ({"data": "host-2"})."""
+    `placement` pins to one host ({"data": "host-2"}); a bind mount whose source is in
+    `copies` mounts the copy every host has instead ({local path: path on the hosts})."""
     placement = placement or {}
+    copies = copies or {}
     registry = _checked_registry(registry)
     defined = project.get("services") or {}
     _check_names(services, defined, scale, placement)
@@ -260,7 +269,7 @@ def to_stack(project: Mapping, *, services: Sequence[str], scale: Mapping[str, i
     for name in services:
         spec = defined[name]
         out_services[name] = _service(name, spec, project, project_name, scale, registry,
-                                      placement.get(name), usage, volumes_out, notes)
+                                      placement.get(name), usage, copies, volumes_out, notes)
         for network in out_services[name].get("networks", {}):
             used_networks.setdefault(network, name)
         for secret in out_services[name].get("secrets", []):
@@ -310,7 +319,8 @@ def _check_names(services: Sequence[str], defined: Mapping, scale: Mapping[str, 
 
 def _service(name: str, spec: Mapping, project: Mapping, project_name: str,
              scale: Mapping[str, int], registry: str, host: str | None,
-             usage: Mapping[str, list[str]], volumes_out: dict, notes: _Notes) -> dict:
+             usage: Mapping[str, list[str]], copies: Mapping[str, str], volumes_out: dict,
+             notes: _Notes) -> dict:
     for key, value in spec.items():
         if key in _REFUSED and value not in (None, False, [], {}, ""):
             raise UnsupportedOnSwarm(name, key, _REFUSED[key])
@@ -358,7 +368,8 @@ def _service(name: str, spec: Mapping, project: Mapping, project_name: str,
         if (replicas or 0) > 1 and any("published" in p for p in ports):
             notes.add("ports: a fixed published port lets only one task of the service run "
                       "on each host", name)
-    mounts = [_mount(name, entry, mode, project, project_name, usage, volumes_out, notes)
+    mounts = [_mount(name, entry, mode, project, project_name, usage, copies, volumes_out,
+                     notes)
               for entry in spec.get("volumes") or ()]
     mounts += [_tmpfs(name, entry, notes) for entry in _as_list(spec.get("tmpfs"))]
     if mounts:
@@ -497,7 +508,8 @@ def _port(name: str, entry, notes: _Notes) -> dict:
 
 
 def _mount(name: str, entry, mode: str, project: Mapping, project_name: str,
-           usage: Mapping[str, list[str]], volumes_out: dict, notes: _Notes) -> dict:
+           usage: Mapping[str, list[str]], copies: Mapping[str, str], volumes_out: dict,
+           notes: _Notes) -> dict:
     mount = _parse_mount(entry)
     kind = mount.get("type", "volume")
     for option, settings in (("bind", mount.get("bind")), ("volume", mount.get("volume"))):
@@ -513,6 +525,11 @@ def _mount(name: str, entry, mode: str, project: Mapping, project_name: str,
         propagation = (mount.get("bind") or {}).get("propagation")
         if propagation:
             out["bind"] = {"propagation": propagation}
+        if out["source"] in copies:
+            notes.add(f"volumes: bind mount {out['source']} -> its copy on every host, "
+                      f"{copies[out['source']]}", name)
+            out["source"] = copies[out["source"]]
+            return out
         notes.weaken(name, f"bind mount {out['source']} must exist on the task's host",
                      "volumes: a bind mount's path must exist on whichever host runs the "
                      "task (pin the service with placement)")
@@ -551,6 +568,21 @@ def _mount(name: str, entry, mode: str, project: Mapping, project_name: str,
                          "Compose they share its files, on Swarm each task has its own")
     volumes_out[out["source"]] = stack_volume
     return out
+
+
+def project_files(project: Mapping, services: Sequence[str], root: str, under: str
+                  ) -> dict[str, str]:
+    """{bind source: its copy on the hosts} for every bind mount of `services` whose source
+    is inside the project directory `root`: `root/prometheus` -> `under/prometheus`."""
+    root = root.rstrip("/")
+    copies: dict[str, str] = {}
+    for name in services:
+        for entry in (project.get("services") or {}).get(name, {}).get("volumes") or ():
+            mount = _parse_mount(entry)
+            source = str(mount.get("source") or "")
+            if mount.get("type") == "bind" and source.startswith(root + "/"):
+                copies[source] = f"{under.rstrip('/')}/{source[len(root) + 1:]}"
+    return copies
 
 
 def _parse_mount(entry) -> dict:

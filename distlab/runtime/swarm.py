@@ -18,9 +18,11 @@ What differs from Compose, because Swarm is an orchestrator:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +39,13 @@ from distlab.cluster.ssh import Shell
 from distlab.commands import Result, Runner
 from distlab.errors import ClusterError, CommandFailed, DistlabError, UnknownMachine, UsageError
 from distlab.runtime import stack
-from distlab.runtime.base import GRPC_PORT, CleanReport, MachineInfo, Runtime, file_archive
+from distlab.runtime.base import (
+    GRPC_PORT,
+    CleanReport,
+    MachineInfo,
+    Runtime,
+    file_archive,
+)
 from distlab.runtime.compose import (
     CONTRACT_LABEL,
     EPHEMERAL_LABEL,
@@ -49,7 +57,8 @@ from distlab.runtime.compose import (
 
 STACK = PROJECT  # services are distlab_<service>
 HOST_LABEL = "distlab.host"  # which host a machine runs on (set on every node by create)
-REMOTE_DIR = "/etc/distlab/stack"
+REMOTE_DIR = cluster_state.STACK_DIR
+FILES_DIR = f"{REMOTE_DIR}/files"  # the project's files services bind-mount, on every host
 TASK_NAME = "com.docker.swarm.task.name"
 SERVICE_NAME = "com.docker.swarm.service.name"
 STACK_LABEL = "com.docker.stack.namespace"
@@ -134,15 +143,19 @@ class SwarmRuntime(Runtime):
            placement: Mapping[str, str] | None = None) -> None:
         say = on_line or (lambda _: None)
         project = self.render(profiles, environment)
-        # The lab's own services; the common ones (Prometheus) stay on this machine for now.
+        # The lab's services and the common ones (Prometheus), as Compose picks them.
         services = [name for name, service in project["services"].items()
-                    if set(service.get("profiles") or ()) & set(profiles)]
+                    if not service.get("profiles") or set(service["profiles"]) & set(profiles)]
+        copies = stack.project_files(project, services, str(self.root), FILES_DIR)
         adapted = stack.to_stack(project, services=services, scale=scale,
-                                 registry=self.cluster.registry, placement=placement or {})
+                                 registry=self.cluster.registry, placement=placement or {},
+                                 copies=copies)
         for note in adapted.notes:
             say(f"swarm: {note}")
         manager = self.manager
         self._publish({project["services"][name]["image"] for name in services}, say)
+        if copies:
+            self._copy_files(copies, say)
         manager.run(f"mkdir -p {REMOTE_DIR} && chmod 700 {REMOTE_DIR}")
         # File secrets are read by `docker stack deploy` where it runs: the manager.
         for name, secret in (adapted.file.get("secrets") or {}).items():
@@ -197,6 +210,41 @@ class SwarmRuntime(Runtime):
             if registry.ship(self.manager, image, on_step=say):
                 say(f"pushing {image} to {self.cluster.registry}")
                 registry.push(self.manager, self.cluster.registry, image)
+
+    def _copy_files(self, copies: Mapping[str, str], say: Callable[[str], None]) -> None:
+        """The project's files that services mount (Prometheus's configuration), put on
+        every host: Swarm may run the service on any. Unpacked over the copy already
+        there, never into a new directory: a running task keeps the one it mounted."""
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for local, remote in sorted(copies.items()):
+                tar.add(local, arcname=remote.removeprefix(FILES_DIR + "/"))
+        content = archive.getvalue()
+        say(f"copying {', '.join(sorted(Path(p).name for p in copies))} to every host")
+        staged = f"{REMOTE_DIR}/files.tar"
+
+        def put(host: str) -> None:
+            shell = self.shell(host)
+            shell.run(f"mkdir -p {FILES_DIR} && chmod 700 {REMOTE_DIR}")
+            shell.put(content, staged, mode=0o600)
+            shell.run(f"tar -xf {staged} -C {FILES_DIR} --no-same-owner; status=$?; "
+                      f"rm -f {staged}; exit $status")
+
+        failed = [f"{host}: {result}" for host, result in self._on_hosts(put).items()
+                  if isinstance(result, DistlabError)]
+        if failed:
+            raise ClusterError(f"could not copy the lab's files to every host: "
+                               f"{'; '.join(failed)}",
+                               hint="`distlab cluster status`; `distlab heal` starts stopped "
+                                    "engines and clears host faults")
+
+    def web_url(self, role: str, port: int) -> str:
+        """On the host Swarm runs the machine on, at the port it publishes there (host
+        mode: on every interface of that host); the first host's when it runs nowhere."""
+        for info in self.machines():
+            if info.role == role and info.state == "running":
+                return f"http://{self._addresses[info.host]}:{port}"
+        return f"http://{self.cluster.manager.address}:{port}"
 
     def render(self, profiles: Sequence[str], environment: Mapping[str, str] | None
                ) -> dict:

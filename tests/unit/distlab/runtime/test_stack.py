@@ -23,6 +23,7 @@ from distlab.runtime.stack import (
     Stack,
     UnsupportedOnSwarm,
     cluster_image,
+    project_files,
     to_stack,
 )
 
@@ -285,6 +286,31 @@ def test_a_bind_mount_is_kept_and_reported_as_needing_its_path_on_the_host(tiers
     assert {"type": "bind", "source": str(REPO / "prometheus"), "target": "/etc/prometheus",
             "read_only": True} in prometheus["volumes"]
     assert any("must exist" in loss for loss in tiers.weakened["prometheus"])
+
+
+def test_a_bind_mount_of_the_projects_files_mounts_the_copy_every_host_has():
+    rendered = project("tiers")
+    copies = project_files(rendered, list(TIERS) + ["prometheus"], str(REPO) + "/",
+                           "/etc/distlab/stack/files")
+    assert copies == {str(REPO / "prometheus"): "/etc/distlab/stack/files/prometheus"}
+    adapted = to_stack(rendered, services=list(TIERS) + ["prometheus"], scale={},
+                       registry=REGISTRY, copies=copies)
+    prometheus = services_of(adapted)["prometheus"]
+    assert {"type": "bind", "source": "/etc/distlab/stack/files/prometheus",
+            "target": "/etc/prometheus", "read_only": True} in prometheus["volumes"]
+    # It runs on whichever host Swarm picks.
+    assert not any("must exist" in loss for loss in adapted.weakened["prometheus"])
+    assert any("its copy on every host" in note for note in adapted.notes)
+
+
+def test_only_bind_mounts_inside_the_project_are_copied():
+    rendered = {"services": {"a": {"image": "x", "volumes": [
+        {"type": "bind", "source": "/srv/conf", "target": "/conf"},
+        {"type": "bind", "source": "/work/labx/conf", "target": "/c"},  # a sibling, not in
+        {"type": "volume", "source": "/work/lab/data", "target": "/d"},
+        "/work/lab/rules:/rules:ro"]}}}
+    assert project_files(rendered, ["a"], "/work/lab", "/h") == {
+        "/work/lab/rules": "/h/rules"}
 
 
 def test_the_credential_stays_a_file_secret_readable_by_the_node_user(tiers):
