@@ -41,6 +41,7 @@ _GRAFANA_BUILTIN_UIDS = frozenset({"-- Grafana --", "grafana"})
 #: windows Grafana would pick for a 15-minute range scraped every 5s.
 DEFAULT_VARIABLES: Mapping[str, str] = {
     "role": ".*",
+    "host": ".*",
     "__rate_interval": "30s",
     "__interval": "5s",
     "__interval_ms": "5000",

@@ -1,7 +1,8 @@
 """The tiers lab on a swarm of three test hosts, through the same CLI and Testbed as on
-one engine: the bank stays valid while the host of the chain head stops and while a
-host is cut off; every `distlab chaos` verb acts on machines wherever they run; down
-and destroy leave nothing on the hosts."""
+one engine: Prometheus, on whichever host Swarm runs it, scrapes every machine with its
+host and the dashboards answer; the bank stays valid while the host of the chain head
+stops and while a host is cut off; every `distlab chaos` verb acts on machines wherever
+they run; down and destroy leave nothing on the hosts."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from distlab.cluster import testhosts
 from distlab.cluster.state import STATE_PATH
 from distlab.testbed import RUNTIME_CHOICE
 from tests.cluster.conftest import DISTLAB, HostsUnderTest, distlab, show
-from tests.e2e.conftest import REPO, _engine_answers
+from tests.e2e.conftest import REPO, _engine_answers, assert_dashboards_answer, eventually
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 # The front host, never stopped: the data master keeps its state on its host's volume, and
@@ -94,6 +95,26 @@ def test_the_lab_runs_across_the_hosts_and_the_bank_is_valid(swarm):
     assert " host " in status.stdout.splitlines()[1], status.stdout  # the host column
     bank = distlab(REPO, "tiers", "bank", "--seconds", "15")
     assert bank.returncode == 0 and "bank: valid" in bank.stdout, show(bank)
+
+
+def test_prometheus_on_the_swarm_scrapes_every_machine_with_its_host(swarm):
+    bed = _testbed()
+    url = bed.prometheus.url
+    hosts = json.loads((REPO / STATE_PATH).read_text())["hosts"]
+    assert url.removeprefix("http://").partition(":")[0] in {h["address"] for h in hosts}, url
+    bed.sync_targets()
+    machines = {name: info.host for name, info in _machines().items()
+                if info.lab == "tiers" and info.contract}
+
+    def scraped() -> dict[str, str] | None:
+        rows = bed.prometheus.query('up{job="nodes"} == 1')
+        seen = {r["metric"]["machine"]: r["metric"].get("host") for r in rows}
+        return seen if seen == machines else None
+
+    eventually(scraped, timeout=60, interval=2, what=f"every machine scraped at {url}")
+    bank = distlab(REPO, "tiers", "bank", "--seconds", "15")  # traffic for the rate panels
+    assert bank.returncode == 0, show(bank)
+    assert_dashboards_answer("tiers", prometheus=url)
 
 
 def test_the_chain_heads_host_stops_and_the_bank_stays_valid(swarm):

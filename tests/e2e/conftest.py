@@ -75,7 +75,8 @@ def eventually(check, *, timeout: float, interval: float = 0.5, what: str = "con
     raise AssertionError(f"{what} did not hold within {timeout:.0f} s (last: {last!r})")
 
 
-def assert_dashboards_answer(lab: str, *, timeout: float = 90) -> None:
+def assert_dashboards_answer(lab: str, *, timeout: float = 90,
+                             prometheus: str = PROMETHEUS_URL) -> None:
     """Every panel query of `lab`'s dashboards (and the overview) returns series.
 
     Rates need a couple of scrapes over their window before they have data: poll."""
@@ -84,7 +85,7 @@ def assert_dashboards_answer(lab: str, *, timeout: float = 90) -> None:
     assert queries
     deadline = time.monotonic() + timeout
     while True:
-        problems = check_queries(PROMETHEUS_URL, queries)
+        problems = check_queries(prometheus, queries)
         if not problems or time.monotonic() > deadline:
             break
         time.sleep(3)

@@ -62,6 +62,9 @@ def test_overview_dashboard_settings() -> None:
     assert any("distlab_fault_active" in e for e in exprs)
     assert any("distlab_fault_rules_active" in e for e in exprs)
     assert any("role:distlab_rpc_server_requests:rate30s" in e for e in exprs)
+    # Which host each machine runs on (a swarm's host-1 ..., `local` on one engine).
+    assert any("sum by (host)" in e for e in exprs)
+    assert [v["name"] for v in raw["templating"]["list"]] == ["role", "host"]
     annotations = [a.get("expr", "") for a in raw["annotations"]["list"]]
     assert any('alertname="FaultActive"' in a for a in annotations)
     for panel in _all_panels(raw):
