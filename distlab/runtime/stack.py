@@ -76,9 +76,17 @@ What is adapted, and why (`Stack.notes` says which services each one touched):
   read its credential, as the 0444 file does under Compose.
 - `networks` -> `driver: overlay`, `attachable: true` (host-side tools can join);
   `internal`, `labels`, `name` kept; bridge `driver_opts` and static addresses dropped.
-- `cap_add`, `cap_drop`, `read_only`, `init`, `healthcheck`, `stop_grace_period`,
-  `sysctls`, `extra_hosts`, `ulimits`, `user`, `command`, `entrypoint`, `environment`
-  ... -> kept: 20.10 honours them (healthcheck's `start_interval` is not in 3.9).
+- `healthcheck` -> kept, with `retries` raised to at least 10: Swarm replaces a task
+  whose check fails `retries` times in a row (a liveness probe; Compose only marks it
+  unhealthy). With 3 checks 3 s apart, 64 Chord peers on three hosts sharing two
+  cores were killed for being slow and their replacements slowed the rest: 23 of 64
+  were being replaced right after the lab was first healthy. Ten checks (30 s, the
+  failure window of Kubernetes' default liveness probe) replace a dead or long-paused
+  machine without killing a busy one; a machine shows `unhealthy` that much later.
+  `start_interval` is not in 3.9.
+- `cap_add`, `cap_drop`, `read_only`, `init`, `stop_grace_period`, `sysctls`,
+  `extra_hosts`, `ulimits`, `user`, `command`, `entrypoint`, `environment` ... -> kept:
+  20.10 honours them.
 - `depends_on`, `container_name`, `expose`, `build`, `pull_policy`, `env_file`, `links`
   ... -> left out: ignored or refused by stack deploy. Swarm starts every service at
   once, so nodes wait for their peers themselves.
@@ -176,6 +184,7 @@ _REFUSED = {
     "extends": "stack deploy refuses extends (render the project with Compose first)",
 }
 _HEALTHCHECK_KEYS = ("test", "interval", "timeout", "retries", "start_period", "disable")
+LIVENESS_RETRIES = 10  # failed checks in a row before Swarm replaces a task (see above)
 _UPDATE_KEYS = ("parallelism", "delay", "failure_action", "monitor", "max_failure_ratio",
                 "order")
 _RESTART_KEYS = ("condition", "delay", "max_attempts", "window")
@@ -709,7 +718,13 @@ def _secret(key: str, declared: Mapping | None, first: str, notes: _Notes) -> di
 def _healthcheck(name: str, healthcheck: Mapping, notes: _Notes) -> dict:
     for key in set(healthcheck) - set(_HEALTHCHECK_KEYS):
         notes.add(f"healthcheck.{key}: not in the 3.9 format, left out", name)
-    return {k: healthcheck[k] for k in _HEALTHCHECK_KEYS if healthcheck.get(k) is not None}
+    out = {k: healthcheck[k] for k in _HEALTHCHECK_KEYS if healthcheck.get(k) is not None}
+    if out.get("test") and not out.get("disable") and \
+            int(out.get("retries", 3)) < LIVENESS_RETRIES:  # 3: the engine's default
+        out["retries"] = LIVENESS_RETRIES
+        notes.add(f"healthcheck.retries: {LIVENESS_RETRIES}, so Swarm replaces a task that "
+                  "stopped answering, not one that is only slow", name)
+    return out
 
 
 def _extra_hosts(hosts) -> list[str]:

@@ -52,15 +52,15 @@ def chord():
 
 
 def test_sixty_four_peers_over_three_hosts_form_one_ring(chord):
+    healthy = time.monotonic()
+    eventually(lambda: one_ring(chord, PEERS), timeout=RING_SECONDS, interval=3,
+               what=f"one correct ring of {PEERS} peers over {HOSTS} hosts")
+    formed = time.monotonic() - healthy
     peers = running_peers(chord)
     assert len(peers) == PEERS
     spread = Counter(m.info.host for m in chord.machines() if m.info.role == "chord")
     assert len(spread) == HOSTS and min(spread.values()) >= PEERS // (2 * HOSTS), spread
-    healthy = time.monotonic()
-    eventually(lambda: one_ring(chord, PEERS), timeout=RING_SECONDS, interval=3,
-               what=f"one correct ring of {PEERS} peers over {HOSTS} hosts")
-    print(f"one ring {time.monotonic() - healthy:.0f} s after healthy; peers per host "
-          f"{dict(sorted(spread.items()))}")
+    print(f"one ring {formed:.0f} s after healthy; peers per host {dict(sorted(spread.items()))}")
     rng = random.Random(14)
     for key, value in KEYS.items():
         stub_of(chord, rng.choice(peers)).Put(chord_pb2.PutRequest(key=key, value=value),

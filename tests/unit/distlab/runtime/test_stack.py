@@ -257,6 +257,17 @@ def test_the_node_contract_settings_survive(tiers):
     assert app["healthcheck"]["test"][-1] == "/app/nodes/common/healthcheck.py"
 
 
+def test_swarm_replaces_a_task_only_after_ten_failed_checks_not_three(tiers):
+    # A failing check is a liveness probe on Swarm: a slow machine must not be killed.
+    check = services_of(tiers)["app"]["healthcheck"]
+    assert check["retries"] == 10 and check["interval"] == "3s"
+    assert any("healthcheck.retries: 10" in note for note in tiers.notes)
+    patient = {"services": {"a": {"image": "x", "healthcheck": {"test": ["CMD", "t"],
+                                                                "retries": 20}}}}
+    kept = to_stack(patient, services=["a"], scale={}, registry=REGISTRY)
+    assert kept.file["services"]["a"]["healthcheck"]["retries"] == 20
+
+
 def test_tmpfs_becomes_sized_tmpfs_mounts(tiers):
     mounts = [m for m in services_of(tiers)["app"]["volumes"] if m["type"] == "tmpfs"]
     assert mounts == [{"type": "tmpfs", "target": "/tmp", "tmpfs": {"size": 16 * 2**20}},
