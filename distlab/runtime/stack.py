@@ -76,14 +76,15 @@ What is adapted, and why (`Stack.notes` says which services each one touched):
   read its credential, as the 0444 file does under Compose.
 - `networks` -> `driver: overlay`, `attachable: true` (host-side tools can join);
   `internal`, `labels`, `name` kept; bridge `driver_opts` and static addresses dropped.
-- `healthcheck` -> kept, with `retries` raised to at least 10: Swarm replaces a task
-  whose check fails `retries` times in a row (a liveness probe; Compose only marks it
-  unhealthy). With 3 checks 3 s apart, 64 Chord peers on three hosts sharing two
-  cores were killed for being slow and their replacements slowed the rest: 23 of 64
-  were being replaced right after the lab was first healthy. Ten checks (30 s, the
-  failure window of Kubernetes' default liveness probe) replace a dead or long-paused
-  machine without killing a busy one; a machine shows `unhealthy` that much later.
-  `start_interval` is not in 3.9.
+- `healthcheck` -> a liveness probe: no more often than every 10 s, a 10 s timeout at
+  least, and at least 3 failures in a row (so at least 30 s, the failure window of
+  Kubernetes' default liveness probe) before a task is replaced. Swarm replaces a task
+  whose check fails `retries` times in a row; Compose only marks it unhealthy. With
+  compose.yaml's checks (every 3 s, 3 s timeout), 64 Chord peers on three test hosts
+  sharing two cores were killed for being slow (most checks took longer than 3 s) and
+  their replacements slowed the rest: 23 of 64 were being replaced right after the lab
+  was first healthy, and the ring never settled. A machine shows `healthy` and
+  `unhealthy` that much later than under Compose. `start_interval` is not in 3.9.
 - `cap_add`, `cap_drop`, `read_only`, `init`, `stop_grace_period`, `sysctls`,
   `extra_hosts`, `ulimits`, `user`, `command`, `entrypoint`, `environment` ... -> kept:
   20.10 honours them.
@@ -184,7 +185,12 @@ _REFUSED = {
     "extends": "stack deploy refuses extends (render the project with Compose first)",
 }
 _HEALTHCHECK_KEYS = ("test", "interval", "timeout", "retries", "start_period", "disable")
-LIVENESS_RETRIES = 10  # failed checks in a row before Swarm replaces a task (see above)
+# A health check as a liveness probe on Swarm (see above): no more often, no less patient.
+LIVENESS_INTERVAL_SECONDS = 10.0
+LIVENESS_TIMEOUT_SECONDS = 10.0
+LIVENESS_RETRIES = 3
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|ns|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _UPDATE_KEYS = ("parallelism", "delay", "failure_action", "monitor", "max_failure_ratio",
                 "order")
 _RESTART_KEYS = ("condition", "delay", "max_attempts", "window")
@@ -719,12 +725,32 @@ def _healthcheck(name: str, healthcheck: Mapping, notes: _Notes) -> dict:
     for key in set(healthcheck) - set(_HEALTHCHECK_KEYS):
         notes.add(f"healthcheck.{key}: not in the 3.9 format, left out", name)
     out = {k: healthcheck[k] for k in _HEALTHCHECK_KEYS if healthcheck.get(k) is not None}
-    if out.get("test") and not out.get("disable") and \
-            int(out.get("retries", 3)) < LIVENESS_RETRIES:  # 3: the engine's default
-        out["retries"] = LIVENESS_RETRIES
-        notes.add(f"healthcheck.retries: {LIVENESS_RETRIES}, so Swarm replaces a task that "
-                  "stopped answering, not one that is only slow", name)
+    if not out.get("test") or out.get("disable"):
+        return out
+    # The engine's defaults: every 30 s, 30 s timeout, 3 retries.
+    interval = max(_seconds(out.get("interval", "30s")), LIVENESS_INTERVAL_SECONDS)
+    timeout = max(_seconds(out.get("timeout", "30s")), LIVENESS_TIMEOUT_SECONDS)
+    out.update(interval=_duration(interval), timeout=_duration(timeout),
+               retries=max(int(out.get("retries", 3)), LIVENESS_RETRIES))
+    notes.add(f"healthcheck: every {out['interval']}, {out['timeout']} timeout, replaced after "
+              f"{out['retries']} failures: Swarm kills a task whose check fails, so a busy "
+              "machine must not fail it", name)
     return out
+
+
+def _seconds(value) -> float:
+    """A Compose duration (`3s`, `1m30s`, `500ms`, or seconds as a number) in seconds."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise UsageError(f"healthcheck duration {value!r} is not like 3s or 1m30s")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s"
 
 
 def _extra_hosts(hosts) -> list[str]:
