@@ -11,9 +11,9 @@ What differs from Compose, because Swarm is an orchestrator:
   same slot, on whichever host Swarm picks: the machine comes back by itself, with a
   new container. `start` of a machine whose slot runs again does nothing; `restart`
   stops the task and waits for its replacement.
-- A task whose health check fails ten times in a row (a machine paused for more than
-  about 30 s) is replaced too, as a Kubernetes liveness probe would
-  (distlab.runtime.stack raises the checks' retries to ten for it).
+- A task whose health check fails three times in a row, 10 s apart (a machine paused
+  for more than about 30 s), is replaced too, as a Kubernetes liveness probe would
+  (distlab.runtime.stack makes the checks that patient).
 """
 
 from __future__ import annotations
