@@ -36,16 +36,11 @@ from distlab import credential
 from distlab.cluster import state as cluster_state
 from distlab.cluster.hosts import parse_host
 from distlab.cluster.ssh import Shell
+from distlab.cluster.state import STACK_DIR
 from distlab.commands import Result, Runner
 from distlab.errors import ClusterError, CommandFailed, DistlabError, UnknownMachine, UsageError
 from distlab.runtime import stack
-from distlab.runtime.base import (
-    GRPC_PORT,
-    CleanReport,
-    MachineInfo,
-    Runtime,
-    file_archive,
-)
+from distlab.runtime.base import GRPC_PORT, CleanReport, MachineInfo, Runtime, file_archive
 from distlab.runtime.compose import (
     CONTRACT_LABEL,
     EPHEMERAL_LABEL,
@@ -57,8 +52,7 @@ from distlab.runtime.compose import (
 
 STACK = PROJECT  # services are distlab_<service>
 HOST_LABEL = "distlab.host"  # which host a machine runs on (set on every node by create)
-REMOTE_DIR = cluster_state.STACK_DIR
-FILES_DIR = f"{REMOTE_DIR}/files"  # the project's files services bind-mount, on every host
+FILES_DIR = f"{STACK_DIR}/files"  # the project's files services bind-mount, on every host
 TASK_NAME = "com.docker.swarm.task.name"
 SERVICE_NAME = "com.docker.swarm.service.name"
 STACK_LABEL = "com.docker.stack.namespace"
@@ -156,19 +150,19 @@ class SwarmRuntime(Runtime):
         self._publish({project["services"][name]["image"] for name in services}, say)
         if copies:
             self._copy_files(copies, say)
-        manager.run(f"mkdir -p {REMOTE_DIR} && chmod 700 {REMOTE_DIR}")
+        manager.run(f"mkdir -p {STACK_DIR} && chmod 700 {STACK_DIR}")
         # File secrets are read by `docker stack deploy` where it runs: the manager.
         for name, secret in (adapted.file.get("secrets") or {}).items():
             if "file" in secret:
-                manager.put(Path(secret["file"]).read_bytes(), f"{REMOTE_DIR}/{name}",
+                manager.put(Path(secret["file"]).read_bytes(), f"{STACK_DIR}/{name}",
                             mode=0o600)
-                secret["file"] = f"{REMOTE_DIR}/{name}"
+                secret["file"] = f"{STACK_DIR}/{name}"
         manager.put(yaml.safe_dump(adapted.file, sort_keys=False).encode(),
-                    f"{REMOTE_DIR}/stack.yaml", mode=0o600)
+                    f"{STACK_DIR}/stack.yaml", mode=0o600)
         say(f"docker stack deploy {STACK} ({len(services)} services) on "
             f"{self.cluster.manager.name}")
         result = manager.run(f"docker stack deploy --with-registry-auth --prune "
-                             f"--resolve-image never -c {REMOTE_DIR}/stack.yaml {STACK}",
+                             f"--resolve-image never -c {STACK_DIR}/stack.yaml {STACK}",
                              timeout=DEPLOY_SECONDS, check=False)
         for line in result.output.splitlines():
             say(line)
@@ -221,11 +215,11 @@ class SwarmRuntime(Runtime):
                 tar.add(local, arcname=remote.removeprefix(FILES_DIR + "/"))
         content = archive.getvalue()
         say(f"copying {', '.join(sorted(Path(p).name for p in copies))} to every host")
-        staged = f"{REMOTE_DIR}/files.tar"
+        staged = f"{STACK_DIR}/files.tar"
 
         def put(host: str) -> None:
             shell = self.shell(host)
-            shell.run(f"mkdir -p {FILES_DIR} && chmod 700 {REMOTE_DIR}")
+            shell.run(f"mkdir -p {FILES_DIR} && chmod 700 {STACK_DIR}")
             shell.put(content, staged, mode=0o600)
             shell.run(f"tar -xf {staged} -C {FILES_DIR} --no-same-owner; status=$?; "
                       f"rm -f {staged}; exit $status")
