@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from nodes.rpc import chord_pb2
-from tests.e2e.chord_support import one_ring, readable_everywhere, running_peers, stub_of
+from tests.e2e.chord_support import one_ring, running_peers, stub_of, unread_keys
 from tests.e2e.conftest import assert_dashboards_answer, eventually, lab_fixture
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +39,7 @@ def test_the_ring_stabilizes_and_every_peer_agrees_on_every_owner(testbed, store
         for key in KEYS[:10]:
             owner = stub.Lookup(chord_pb2.LookupRequest(key=key), timeout=10).owner.id
             assert owners.setdefault(key, owner) == owner, (name, key)
-    assert readable_everywhere(testbed, stored, running_peers(testbed))
+    assert not unread_keys(testbed, stored, running_peers(testbed))
 
 
 def test_bad_input_is_a_clear_error(testbed, stored):
@@ -59,7 +59,7 @@ def test_every_chord_dashboard_query_returns_series(testbed, stored):
 def test_a_graceful_leave_hands_its_keys_over(testbed, stored):
     testbed.nemesis.stop("chord-12")
     eventually(lambda: one_ring(testbed, PEERS - 1), timeout=120, what="one ring without chord-12")
-    assert readable_everywhere(testbed, stored, running_peers(testbed)[:3])
+    assert not unread_keys(testbed, stored, running_peers(testbed)[:3])
 
 
 def test_killing_a_quarter_of_the_peers_loses_no_key(testbed, stored):
@@ -69,14 +69,14 @@ def test_killing_a_quarter_of_the_peers_loses_no_key(testbed, stored):
     survivors = running_peers(testbed)
     eventually(lambda: one_ring(testbed, len(survivors)), timeout=180,
                what=f"one ring of the {len(survivors)} survivors")
-    eventually(lambda: readable_everywhere(testbed, stored, survivors[:3]), timeout=120,
+    eventually(lambda: not unread_keys(testbed, stored, survivors[:3]), timeout=120,
                what="every key readable after the crash")
 
 
 def test_peers_that_come_back_take_their_keys_and_nothing_is_lost(testbed, stored):
     testbed.nemesis.heal()  # starts every stopped and killed peer again
     eventually(lambda: one_ring(testbed, PEERS), timeout=180, what=f"one ring of {PEERS} again")
-    eventually(lambda: readable_everywhere(testbed, stored, running_peers(testbed)), timeout=120,
+    eventually(lambda: not unread_keys(testbed, stored, running_peers(testbed)), timeout=120,
                what="every key readable from every peer after the rejoin")
 
 
@@ -92,5 +92,5 @@ def test_a_new_peer_takes_over_the_keys_it_now_owns(testbed, stored):
     if owned:  # 40 keys over 13 peers: a newcomer usually owns some, and then holds them
         eventually(lambda: stub.State(chord_pb2.StateRequest(), timeout=5).keys >= len(owned),
                    timeout=120, what=f"{newcomer} holding the {len(owned)} keys it owns")
-    eventually(lambda: readable_everywhere(testbed, stored, [newcomer]), timeout=60,
+    eventually(lambda: not unread_keys(testbed, stored, [newcomer]), timeout=60,
                what=f"every key readable through {newcomer}")
