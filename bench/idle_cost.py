@@ -5,9 +5,12 @@ the engine's own CPU, read from the kernel's accounting rather than `docker stat
 cpuacct.usage and memory.stat; v2: cpu.stat and memory.stat) and the engine
 processes' /proc/<pid>/stat at the start and end of a window, and returns the
 mean cores used over the window per container, their sum, the engine's cores
-(dockerd, containerd, the shims: what health-check execs cost shows up there)
-and resident memory per container. Used by bench.chord_lab to say what a Chord
-peer costs at each ring size; reads only, never changes a container.
+(dockerd, containerd, the shims), the whole host's busy cores (/proc/stat), and
+resident memory per container. The host's figure is the one to plan with: a Docker
+health check is an exec, and most of what an exec costs (runc, namespaces, cgroups)
+is kernel time that neither the container's nor the engine's accounting shows. Used by
+bench.chord_lab to say what a Chord peer costs at each ring size; reads only, never
+changes a container.
 """
 
 from __future__ import annotations
@@ -74,6 +77,13 @@ def _engine_cpu_seconds() -> float:
     return total / TICKS
 
 
+def _host_busy_seconds() -> float:
+    """CPU seconds every core of the host spent on anything but idling and I/O wait."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
 def container_rss_bytes(container_id: str) -> int:
     """Resident memory of one running container now (anonymous memory: the page cache of
     files it reads is not counted)."""
@@ -92,7 +102,7 @@ def sample(testbed: Testbed, seconds: float = 30.0) -> dict[str, Any]:
     dirs = {name: d for name, d in dirs.items() if d is not None}
     started = time.monotonic()
     cpu0 = {name: _cpu_seconds(d[0]) for name, d in dirs.items()}
-    engine0 = _engine_cpu_seconds()
+    engine0, host0 = _engine_cpu_seconds(), _host_busy_seconds()
     time.sleep(seconds)
     elapsed = time.monotonic() - started
     cores = {name: (_cpu_seconds(d[0]) - cpu0[name]) / elapsed for name, d in dirs.items()
@@ -105,6 +115,7 @@ def sample(testbed: Testbed, seconds: float = 30.0) -> dict[str, Any]:
         "cores_per_container_mean": round(statistics.fmean(cores.values()), 4) if cores else 0,
         "cores_per_container_max": round(max(cores.values()), 4) if cores else 0,
         "engine_cores": round((_engine_cpu_seconds() - engine0) / elapsed, 3),
+        "host_busy_cores": round((_host_busy_seconds() - host0) / elapsed, 3),
         "rss_mib_mean": round(statistics.fmean(rss.values()) / 2**20, 1) if rss else 0,
         "rss_mib_total": round(sum(rss.values()) / 2**20, 1),
         "per_container": {name: {"cores": round(cores[name], 4),

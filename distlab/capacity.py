@@ -35,16 +35,17 @@ class Idle:
 
 
 # chord is MEASURED (bench/idle_cost.py, docs/chord.md "What a peer costs"; 2-core
-# machine, 2026-12-06): 0.021 cores and 30-37 MiB RSS per idle peer at 16, 32 and 64
-# peers alike, plus ~0.003 cores of the engine's per container (the health probe's exec)
-# and ~15 MiB of shim and docker-proxy. The other lines are estimates of the same shape:
-# a Python gRPC node with a health probe every 3 s and its periodic work.
+# machine): the whole host's busy cores over 64 idle peers, 1.15 with the probe every
+# 10 s (2026-12-07), so 0.018 per peer: 0.013 in the peer's own cgroup, the rest the
+# engine and the kernel's share of the probe's exec. 30-37 MiB RSS per peer at 16, 32 and
+# 64 peers, plus ~15 MiB of shim and docker-proxy. The other lines are estimates of the
+# same shape: a Python gRPC node with a health probe every 3 s and its periodic work.
 #  - cpu_seconds_per_peer_check: a health-check RPC costs ~1 ms of CPU on each side
 #    (Python gRPC), made every PEER_INTERVAL_SECONDS (1 s for kv and data, which watch
 #    each other); chord peers no longer do (they learn liveness from their own calls).
 #  - memory_mib: resident set plus the engine's share per container.
 IDLE: dict[str, Idle] = {
-    "chord": Idle(cpu=0.024, memory_mib=55),
+    "chord": Idle(cpu=0.018, memory_mib=55),
     "kv": Idle(cpu=0.02, memory_mib=80, cpu_seconds_per_peer_check=0.002),
     "data": Idle(cpu=0.02, memory_mib=85, cpu_seconds_per_peer_check=0.002),
     "data-master": Idle(cpu=0.02, memory_mib=80),

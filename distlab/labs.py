@@ -34,8 +34,9 @@ class Lab:
     replicas: dict[str, int] = field(default_factory=dict, hash=False)
     roles: dict[str, str] = field(default_factory=dict, hash=False)
     # The variables the lab's services read into their machines' environment
-    # (`PEER_UPLOAD_RATE_BYTES: ${DISTLAB_SEEDER_UPLOAD_RATE:-0}`): the settings a
-    # scenario's `environment:` may choose at bring-up.
+    # (`PEER_UPLOAD_RATE_BYTES: ${DISTLAB_SEEDER_UPLOAD_RATE:-0}`) or their health check
+    # (`interval: ${DISTLAB_CHORD_PROBE_INTERVAL:-10s}`): the settings a scenario's
+    # `environment:` may choose at bring-up.
     variables: tuple[str, ...] = ()
 
 
@@ -115,10 +116,11 @@ def load_catalogue(compose_file: Path) -> Catalogue:
 def _variables(specs) -> tuple[str, ...]:
     found: set[str] = set()
     for spec in specs:
-        environment = spec.get("environment") or {}
-        values = environment.values() if isinstance(environment, dict) else environment
-        for value in values:
-            found.update(_VARIABLE.findall(str(value)))
+        for section in ("environment", "healthcheck"):
+            settings = spec.get(section) or {}
+            values = settings.values() if isinstance(settings, dict) else settings
+            for value in values:
+                found.update(_VARIABLE.findall(str(value)))
     return tuple(sorted(found))
 
 

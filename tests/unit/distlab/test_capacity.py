@@ -57,7 +57,7 @@ def test_sixteen_peers_fit_a_two_core_laptop():
 
 
 def test_sixty_four_peers_are_a_warning_with_the_figures():
-    # Measured: 64 peers idle at ~1.4 cores of 2 and form one ring (docs/chord.md).
+    # Measured: 64 peers keep ~1.15 of 2 cores busy and form one ring (docs/chord.md).
     assert chord_at(32).verdict is Verdict.OK
     result = chord_at(64)
     assert result.verdict is Verdict.WARN

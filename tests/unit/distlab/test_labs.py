@@ -110,3 +110,10 @@ def test_a_role_comes_from_the_label_in_either_compose_form_else_the_service(tmp
     kv = load_catalogue(compose).labs["kv"]
     assert kv.roles == {"kv": "store", "client": "loadgen", "sidecar": "sidecar"}
     assert kv.replicas == {"kv": 5, "client": 1, "sidecar": 1}
+
+
+def test_a_lab_s_variables_include_those_its_health_checks_read(catalogue):
+    # DISTLAB_CHORD_PROBE_INTERVAL: the chord peers' probe interval, which the 128-peer bench
+    # sets (a scenario's `environment:` may too); environment variables are read as before.
+    assert catalogue.lab("chord").variables == ("DISTLAB_CHORD_PROBE_INTERVAL",)
+    assert "DISTLAB_SEEDER_UPLOAD_RATE" in catalogue.lab("bittorrent").variables
