@@ -121,6 +121,10 @@ COMMON_SETTINGS: tuple[Setting, ...] = (
     Setting("NODE_NAME", str, "", "this machine's name (default: from Docker DNS, else hostname)"),
     Setting("GRPC_PORT", int, 50051, "port of the gRPC server", port),
     Setting("METRICS_PORT", int, 9100, "port of the Prometheus /metrics endpoint", port),
+    Setting("METRICS_PEER_LABELS", int, 64, "distinct peers the RPC client metrics name; "
+            "later ones count as `other` (each named peer adds a 15-bucket latency histogram "
+            "per method called: a ring of N peers that all talk to each other makes N^2 "
+            "series)", non_negative),
     Setting("GRACE_SECONDS", float, 5.0, "on SIGTERM, time in-flight RPCs get to finish",
             non_negative),
     Setting("MAX_MESSAGE_BYTES", int, 4 * 1024 * 1024, "largest gRPC message accepted or sent",

@@ -11,7 +11,10 @@ wrapper that maps every value outside its bounded set to `other`. A method
 keeps its name only when it belongs to a service compiled into this process
 (`MethodLabels`); a peer keeps its name only among the first MAX_PEER_LABELS
 well-formed names seen (`NameLabels`). So 3000 made-up method names sent to
-a node add one series, not 60 000.
+a node add one series, not 60 000. The RPC client metrics take a bound of their
+own (`client_peer_labels`, METRICS_PEER_LABELS): a Chord peer calls most of a
+64-peer ring, and 64 peers naming 63 each made 190 000 series, more than
+Prometheus's 512 MiB held.
 """
 
 from __future__ import annotations
@@ -139,9 +142,9 @@ class NodeMetrics:
     """Every metric of the node contract; roles add their own on `registry`."""
 
     def __init__(self, registry: CollectorRegistry, *, node: str, role: str,
-                 version: str) -> None:
+                 version: str, client_peer_labels: int = MAX_PEER_LABELS) -> None:
         self.registry = registry
-        methods, peers = MethodLabels(), NameLabels()
+        methods, peers, called = MethodLabels(), NameLabels(), NameLabels(client_peer_labels)
         codes = one_of(STATUS_CODE_NAMES)
         self.info = Gauge("distlab_node_info", "Always 1; labels say who this node is.",
                           ["node", "role", "version"], registry=registry)
@@ -168,12 +171,13 @@ class NodeMetrics:
             ["method"], registry=registry), method=methods)
         self.client_handled = BoundedLabels(Counter(
             "distlab_rpc_client_handled_total", "RPCs this node sent, by peer and final status.",
-            ["method", "peer", "code"], registry=registry), method=methods, peer=peers, code=codes)
+            ["method", "peer", "code"], registry=registry), method=methods, peer=called,
+            code=codes)
         self.client_latency = BoundedLabels(Histogram(
             "distlab_rpc_client_latency_seconds",
             "Time from sending an RPC to its answer, as the caller saw it.",
             ["method", "peer"], buckets=LATENCY_BUCKETS, registry=registry),
-            method=methods, peer=peers)
+            method=methods, peer=called)
         self.fault_rules_active = Gauge(
             "distlab_fault_rules_active", "RPC-level fault rules in force on this node.",
             registry=registry)

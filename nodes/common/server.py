@@ -92,7 +92,8 @@ class NodeServer:
         self.config = load_settings(COMMON_SETTINGS + spec.settings, environ)
         name = self.config["NODE_NAME"] or default_node_name()
         self.registry = CollectorRegistry()
-        self.metrics = NodeMetrics(self.registry, node=name, role=spec.name, version=VERSION)
+        self.metrics = NodeMetrics(self.registry, node=name, role=spec.name, version=VERSION,
+                                   client_peer_labels=self.config["METRICS_PEER_LABELS"])
         self.log = EventLog(name, spec.name, level=self.config["LOG_LEVEL"])
         self.rules = FaultRules()
         self.metrics.fault_rules_active.set_function(lambda: len(self.rules.active()))

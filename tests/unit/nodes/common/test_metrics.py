@@ -84,6 +84,26 @@ def test_three_thousand_made_up_methods_add_one_series_per_metric():
     assert len(series(metrics, "distlab_rpc_client_handled_total")) == MAX_PEER_LABELS + 1
 
 
+def test_the_client_metrics_name_at_most_client_peer_labels_peers_and_peer_up_keeps_its_own():
+    # A Chord peer calls most of the ring (compose sets METRICS_PEER_LABELS=8 for it): its
+    # client metrics must not grow with the ring, while its verdicts on its neighbours, met
+    # later than the peers a join probed, still carry their names.
+    metrics = NodeMetrics(CollectorRegistry(), node="chord-1", role="chord", version="test",
+                          client_peer_labels=2)
+    for n in range(10):
+        metrics.client_handled.labels(method=GET, peer=f"chord-{n}", code="OK").inc()
+        metrics.client_latency.labels(method=GET, peer=f"chord-{n}").observe(0.001)
+    metrics.peer_up.labels(peer="chord-9").set(1)
+    assert [s["peer"] for s in series(metrics, "distlab_rpc_client_handled_total")] == [
+        "chord-0", "chord-1", OTHER]
+    assert len(series(metrics, "distlab_rpc_client_latency_seconds_count")) == 3
+    assert series(metrics, "distlab_peer_up") == [{"peer": "chord-9"}]
+    none = NodeMetrics(CollectorRegistry(), node="n", role="r", version="t", client_peer_labels=0)
+    none.client_handled.labels(method=GET, peer="chord-1", code="OK").inc()
+    assert series(none, "distlab_rpc_client_handled_total") == [
+        {"method": GET, "peer": OTHER, "code": "OK"}]
+
+
 def test_fault_kinds_actions_and_codes_are_the_known_ones_or_other():
     metrics = node_metrics()
     metrics.fault_active.labels(kind="partition").set(1)
