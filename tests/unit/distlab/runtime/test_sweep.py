@@ -60,6 +60,18 @@ def test_every_running_container_is_killed_before_any_is_removed():
     assert methods == ["kill"] * kills + ["remove_container"] * 7
 
 
+def test_a_container_that_stopped_since_the_listing_is_removed_without_a_note():
+    engine = chord_lab(3)
+    # A peer that exits on its own between the listing and the kill (a drowning ring of 128
+    # does this by the dozen): the engine answers the kill 409 "is not running".
+    engine.fail("kill", "distlab-chord-2",
+                error=api_error(409, "Container distlab-chord-2 is not running"))
+    engine.fail("kill", "distlab-chord-3", error=api_error(403, "permission denied"))
+    report = sweep(engine).run(volumes=True)
+    assert report.complete and report.containers == 4
+    assert [note.split(":")[0] for note in report.notes] == ["kill distlab-chord-3"]
+
+
 def test_down_keeps_named_volumes_but_not_the_anonymous_ones():
     engine = chord_lab(2)
     report = sweep(engine).run(volumes=False)
