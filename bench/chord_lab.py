@@ -140,8 +140,8 @@ def one_size(testbed: Testbed, size: int, rng: random.Random) -> dict[str, Any]:
     steps = growth_steps(size)
     environment = ({"DISTLAB_CHORD_PROBE_INTERVAL": PATIENT_PROBE}
                    if size >= PATIENT_PROBE_PEERS else {})
-    row: dict[str, Any] = {"growth_steps": steps, "probe_interval":
-                           environment.get("DISTLAB_CHORD_PROBE_INTERVAL", "10s")}
+    row: dict[str, Any] = {"growth_steps": steps, "probe_interval": environment.get(
+        "DISTLAB_CHORD_PROBE_INTERVAL", "compose.yaml's default")}
     try:
         for step in steps:
             testbed.up("chord", [f"chord={step}"], timeout=UP_SECONDS, environment=environment)
